@@ -1,0 +1,109 @@
+"""CleanRL agents, feedforward (``ppo.py``, ``ppo_atari.py``, ``ppo_continuous_action.py``) and
+recurrent (``ppo_atari_lstm.py``).
+
+Usage::
+
+    evaluator = CleanRLEvaluator(agent)                       # feedforward
+    evaluator = CleanRLEvaluator(lstm_agent, is_lstm=True)   # recurrent
+    state = evaluator.initial_lstm_state(num_envs)
+    value, extras = evaluator.get_value(obs, lstm_state=state, done=done)
+    state = extras["lstm_state"]
+
+Observations become float32 tensors, as CleanRL's loop does with ``torch.Tensor(obs)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..evaluator import AgentInputs, Evaluator, LSTMState
+
+
+class CleanRLEvaluator(Evaluator):
+    """Queries a CleanRL PPO ``Agent``.
+
+    Feedforward agents need ``get_value(x)`` and ``get_action_and_value(x, action=None)``;
+    recurrent ones (``is_lstm=True``) also ``get_states(x, lstm_state, done)`` and an ``lstm``.
+    ``extras`` holds ``log_prob`` and ``entropy`` of sampled actions. Greedy actions
+    (``deterministic=True``) use the actor head: ``actor`` (discrete logits) or ``actor_mean``
+    (continuous), applied to observations, or to ``get_states``' output for recurrent agents.
+    """
+
+    def __init__(self, agent: nn.Module, device: str | torch.device | None = None,
+                 preprocess_obs: Any = None, copy_agent: bool = True, is_lstm: bool = False,
+                 **kwargs: Any) -> None:
+        required = ["get_value", "get_action_and_value"] + (["get_states"] if is_lstm else [])
+        missing = [name for name in required if not callable(getattr(agent, name, None))]
+        if missing:
+            raise TypeError(f"agent: a CleanRL agent{' (is_lstm=True)' if is_lstm else ''} "
+                            f"needs {', '.join(required)}; {type(agent).__name__} lacks "
+                            f"{', '.join(missing)}")
+        super().__init__(agent, device, preprocess_obs, copy_agent, is_lstm=is_lstm, **kwargs)
+        if self.deterministic:
+            self._actor_head()  # fail at construction, not at the first query
+
+    def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
+        if not self.is_lstm:
+            return None
+        lstm = self.agent.lstm
+        shape = (lstm.num_layers, batch_size, lstm.hidden_size)
+        return (torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device))
+
+    def _get_action(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState | None, dict]:
+        if inputs.deterministic:
+            action, next_state = self._greedy_action(inputs)
+            return action, next_state, {}
+        action, log_prob, entropy, _, next_state = self._sample(inputs)
+        return action, next_state, {"log_prob": log_prob, "entropy": entropy}
+
+    def _get_value(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState | None, dict]:
+        agent = self.agent
+        if not self.is_lstm:
+            return agent.get_value(inputs.obs), None, {}
+        # CleanRL's recurrent get_value drops the next state: run get_states once and the
+        # critic on its output (the same operations, so the same numbers).
+        hidden, next_state = agent.get_states(inputs.obs, inputs.lstm_state, inputs.done)
+        critic = getattr(agent, "critic", None)
+        if critic is not None:
+            return critic(hidden), next_state, {}
+        return agent.get_value(inputs.obs, inputs.lstm_state, inputs.done), next_state, {}
+
+    def _get_action_and_value(self, inputs: AgentInputs
+                              ) -> tuple[torch.Tensor, torch.Tensor, LSTMState | None, dict]:
+        if inputs.deterministic:
+            return super()._get_action_and_value(inputs)
+        action, log_prob, entropy, value, next_state = self._sample(inputs)
+        return action, value, next_state, {"log_prob": log_prob, "entropy": entropy}
+
+    def _sample(self, inputs: AgentInputs) -> tuple:
+        if self.is_lstm:
+            return self.agent.get_action_and_value(inputs.obs, inputs.lstm_state, inputs.done)
+        return (*self.agent.get_action_and_value(inputs.obs), None)
+
+    def _greedy_action(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState | None]:
+        """The most likely action: override for agents whose actor head is elsewhere."""
+        head, continuous = self._actor_head()
+        if self.is_lstm:
+            features, next_state = self.agent.get_states(inputs.obs, inputs.lstm_state,
+                                                         inputs.done)
+        else:
+            features, next_state = inputs.obs, None
+        out = head(features)
+        return (out if continuous else out.argmax(dim=-1)), next_state
+
+    def _actor_head(self) -> tuple[nn.Module, bool]:
+        agent = self.agent
+        if isinstance(getattr(agent, "actor_mean", None), nn.Module):
+            return agent.actor_mean, True
+        if isinstance(getattr(agent, "actor", None), nn.Module) and (
+                self.is_lstm or not hasattr(agent, "network")):
+            return agent.actor, False
+        raise TypeError(
+            f"deterministic=True: {type(agent).__name__} exposes no actor head on observations "
+            "(`actor` giving logits, or `actor_mean`); agents with a shared `network` trunk "
+            "scale inputs inside get_action_and_value: subclass CleanRLEvaluator and override "
+            "_greedy_action"
+        )

@@ -1,0 +1,121 @@
+"""moolib agents (the ``Net`` of moolib's ``examples/atari/models.py`` and models like it).
+
+Usage::
+
+    evaluator = MoolibEvaluator(model)
+    core_state = evaluator.initial_lstm_state(num_envs)        # () without an LSTM core
+    value, extras = evaluator.get_value(frames, lstm_state=core_state, done=done)
+
+``model.forward(inputs, core_state)`` takes ``[T, B, ...]`` inputs: ``state`` (frames, dtype
+kept), ``reward`` (float32), ``done`` (bool) and ``prev_action`` (int64); queries use T = 1.
+Pass either plain observations (``reward`` and ``prev_action`` are then 0: the first step of an
+episode) or a full input dict with a ``state`` key and any of ``reward`` and ``prev_action``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import bad_argument
+from ..evaluator import AgentInputs, Evaluator, LSTMState
+from ..inputs import TensorTree, as_batch, batch_size_of, check_against_space
+
+_INPUT_KEYS = {"state", "reward", "done", "prev_action"}
+
+
+class MoolibEvaluator(Evaluator):
+    """Queries a moolib model; ``core_state`` is carried as the recurrent state.
+
+    ``extras`` holds ``policy_logits`` [B, A]. Sampled actions are the model's own ``action``
+    output; greedy actions (``deterministic=True``) are the argmax of ``policy_logits``.
+    """
+
+    obs_dtype = None  # frames stay uint8: the model scales them itself
+
+    def __init__(self, model: nn.Module, device: str | torch.device | None = None,
+                 preprocess_obs: Any = None, copy_agent: bool = True, **kwargs: Any) -> None:
+        if not callable(getattr(model, "initial_state", None)):
+            raise TypeError(f"model: a moolib model needs initial_state(batch_size); "
+                            f"{type(model).__name__} has none")
+        is_lstm = len(model.initial_state(1)) > 0
+        super().__init__(model, device, preprocess_obs, copy_agent, is_lstm=is_lstm, **kwargs)
+
+    def initial_lstm_state(self, batch_size: int) -> LSTMState:
+        return tuple(t.to(self.device) for t in self.agent.initial_state(batch_size))
+
+    def _prepare_state(self, state: Any) -> TensorTree:
+        if self.preprocess_obs is not None:
+            state = self.preprocess_obs(state)
+        if isinstance(state, dict) and "state" in state:
+            unknown = set(state) - _INPUT_KEYS
+            if unknown:
+                raise bad_argument("state", f"a moolib input dict with keys among "
+                                   f"{sorted(_INPUT_KEYS)}", state)
+            frames = as_batch(state["state"], self.device, None, "state['state']")
+        else:
+            state, frames = {}, as_batch(state, self.device, None, "state")
+        batch = batch_size_of(frames, "state")
+        reward = state.get("reward")
+        prev_action = state.get("prev_action")
+        prepared = {
+            "state": frames,
+            "reward": torch.zeros(batch, device=self.device) if reward is None
+            else as_batch(reward, self.device, torch.float32, "state['reward']"),
+            "prev_action": torch.zeros(batch, dtype=torch.int64, device=self.device)
+            if prev_action is None
+            else as_batch(prev_action, self.device, torch.int64, "state['prev_action']"),
+        }
+        if "done" in state:
+            prepared["done"] = as_batch(state["done"], self.device, torch.float32,
+                                        "state['done']")
+        for key in ("reward", "prev_action", "done"):
+            if key in prepared and tuple(prepared[key].shape) != (batch,):
+                raise bad_argument(f"state[{key!r}]", f"one value per env, shape [{batch}]",
+                                   prepared[key])
+        if self.observation_space is not None:
+            check_against_space(frames, self.observation_space, "state")
+        return prepared
+
+    def _prepare_lstm(self, lstm_state: Any, done: Any, batch_size: int
+                      ) -> tuple[LSTMState | None, torch.Tensor]:
+        if not self.is_lstm:
+            if lstm_state not in (None, ()):
+                raise bad_argument("lstm_state", "None or () for a model without a core",
+                                   lstm_state)
+            return (), self._check_done(done, batch_size)
+        return super()._prepare_lstm(lstm_state, done, batch_size)
+
+    def _forward(self, inputs: AgentInputs) -> tuple[dict, LSTMState]:
+        obs = inputs.obs
+        done = obs.get("done", inputs.done)
+        model_inputs = {  # [T=1, B, ...]
+            "state": obs["state"].unsqueeze(0),
+            "reward": obs["reward"].unsqueeze(0),
+            "prev_action": obs["prev_action"].unsqueeze(0),
+            "done": done.bool().unsqueeze(0),
+        }
+        output, core_state = self.agent(model_inputs, inputs.lstm_state)
+        return output, tuple(core_state)
+
+    def _action_from(self, output: dict, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        logits = output["policy_logits"][0]  # [B, A]
+        action = logits.argmax(dim=-1) if inputs.deterministic else output["action"][0]
+        return action, {"policy_logits": logits}
+
+    def _get_action(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState, dict]:
+        output, core_state = self._forward(inputs)
+        action, extras = self._action_from(output, inputs)
+        return action, core_state, extras
+
+    def _get_value(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState, dict]:
+        output, core_state = self._forward(inputs)
+        return output["baseline"][0].unsqueeze(-1), core_state, {}  # [B, 1]
+
+    def _get_action_and_value(self, inputs: AgentInputs
+                              ) -> tuple[torch.Tensor, torch.Tensor, LSTMState, dict]:
+        output, core_state = self._forward(inputs)
+        action, extras = self._action_from(output, inputs)
+        return action, output["baseline"][0].unsqueeze(-1), core_state, extras

@@ -1,0 +1,1 @@
+"""Curricula that query the training agent (imported as ``syllabus_eval.curricula``)."""

@@ -1,0 +1,382 @@
+"""The agent-query template: ask a training agent for actions and values from any thread.
+
+Usage::
+
+    from syllabus_eval.adapters import CleanRLEvaluator
+
+    evaluator = CleanRLEvaluator(agent, device="cpu")           # keeps a private copy
+    value, extras = evaluator.get_value(obs)                      # [B, 1], from a worker thread
+    action, extras = evaluator.get_action(obs, deterministic=True)
+    action, value, extras = evaluator.get_action_and_value(obs)
+
+Each public method is a template that (1) refreshes the private copy if the training weights
+changed, (2) prepares observations (``_prepare_state``), (3) prepares recurrent state and done
+flags (``_prepare_lstm``), (4) puts the agent in eval mode, (5) calls the adapter's hook under
+``torch.no_grad()``, and (6) restores the previous mode. Adapters override only the hooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from .errors import bad_argument, describe
+from .inputs import TensorTree, as_batch, batch_size_of, check_against_space
+from .weights import WeightSource, weight_source
+
+LSTMState = tuple[torch.Tensor, ...]
+
+
+@dataclass(slots=True)
+class AgentInputs:
+    """What a hook receives: prepared tensors on the evaluator's device."""
+
+    obs: TensorTree  # [B, ...] (or a dict of them)
+    lstm_state: LSTMState | None  # each [num_layers, B, hidden] for CleanRL / moolib
+    done: torch.Tensor | None  # [B] float32; None for feedforward agents
+    batch_size: int
+    deterministic: bool
+
+
+@runtime_checkable
+class AgentQueries(Protocol):
+    """What curricula and the rollout engine need from an evaluator (any object will do)."""
+
+    def get_action(self, state: Any, lstm_state: Any = None, done: Any = None,
+                   *, deterministic: bool | None = None) -> tuple[torch.Tensor, dict]: ...
+
+    def get_value(self, state: Any, lstm_state: Any = None, done: Any = None
+                  ) -> tuple[torch.Tensor, dict]: ...
+
+    def get_action_and_value(self, state: Any, lstm_state: Any = None, done: Any = None,
+                             *, deterministic: bool | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, dict]: ...
+
+
+_TEMPLATES = ("get_action", "get_value", "get_action_and_value")
+# Layers whose behaviour depends on train/eval mode.
+_MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
+
+
+class Evaluator:
+    """Base class: thread-safe, consistent queries of a (possibly training) agent.
+
+    Args:
+        agent: the training agent (an ``nn.Module``); ``None`` for agents without weights.
+        device: where queries run; default: the agent's device (CPU without parameters).
+        preprocess_obs: called on raw observations before they become tensors (e.g. frozen
+            observation normalisation from the training run).
+        copy_agent: keep a private copy on ``device``, refreshed when the training weights
+            change. ``False`` queries the training agent in place (see the README: unsafe with
+            dropout or batch norm while another thread trains).
+        is_lstm: the agent is recurrent: queries need ``lstm_state`` and take ``done``.
+        deterministic: default for ``get_action``'s ``deterministic`` (greedy actions).
+        observation_space: when given, observation batches are checked against it.
+        auto_sync: refresh the copy from the training agent automatically (the default).
+            ``False``: only :meth:`load_weights` changes the copy (for processes and actors
+            that receive state dicts).
+        sync_timeout: seconds an in-place query waits for a running optimizer step.
+    """
+
+    obs_dtype: torch.dtype | None = torch.float32
+    lstm_batch_dim: int = 1  # the batch dimension of each recurrent-state tensor
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overridden = [name for name in _TEMPLATES if name in cls.__dict__]
+        if overridden:
+            raise TypeError(
+                f"{cls.__name__} overrides {', '.join(overridden)}: these public templates keep "
+                "queries consistent and thread-safe; override the hooks "
+                f"{', '.join('_' + name for name in overridden)} instead"
+            )
+
+    def __init__(
+        self,
+        agent: nn.Module | None,
+        device: str | torch.device | None = None,
+        preprocess_obs: Callable[[Any], Any] | None = None,
+        copy_agent: bool = True,
+        *,
+        is_lstm: bool = False,
+        deterministic: bool = False,
+        observation_space: spaces.Space | None = None,
+        auto_sync: bool = True,
+        sync_timeout: float = 10.0,
+    ) -> None:
+        if agent is not None and not isinstance(agent, nn.Module):
+            raise bad_argument("agent", "a torch.nn.Module (or None)", agent)
+        if preprocess_obs is not None and not callable(preprocess_obs):
+            raise bad_argument("preprocess_obs", "a callable or None", preprocess_obs)
+        if observation_space is not None and not isinstance(observation_space, spaces.Space):
+            raise bad_argument("observation_space", "a gymnasium.spaces.Space", observation_space)
+        self.training_agent = agent
+        self.device = torch.device(device) if device is not None else _device_of(agent)
+        self.preprocess_obs = preprocess_obs
+        self.copy_agent = copy_agent
+        self.is_lstm = is_lstm
+        self.deterministic = deterministic
+        self.observation_space = observation_space
+        self.sync_timeout = sync_timeout
+        self.weights_version = 0  # optimizer steps behind the weights queries use
+        self._lock = threading.Lock()  # one query at a time on the query agent
+        self._source: WeightSource | None = None  # auto-sync source of the private copy
+        self._live_source: WeightSource | None = None  # copy_agent=False: guards the live agent
+        self._synced_version = -1
+        self._warned_inplace = False
+
+        if agent is None:
+            self.agent = None
+        elif copy_agent:
+            self.agent = self._make_copy(agent)
+            self._copy_tensors = [*self.agent.parameters(), *self.agent.buffers()]
+            if auto_sync:
+                self._source = weight_source(agent)
+                self._refresh_blocking()
+        else:
+            if device is not None and self.device != _device_of(agent):
+                raise bad_argument("device", f"the agent's device {_device_of(agent)} with "
+                                   "copy_agent=False", device)
+            self.agent = agent
+            self._live_source = weight_source(agent)
+            self._mode_dependent = any(isinstance(m, _MODE_DEPENDENT) for m in agent.modules())
+
+    # --- the templates -----------------------------------------------------------------------
+
+    def get_action(self, state: Any, lstm_state: Any = None, done: Any = None,
+                   *, deterministic: bool | None = None) -> tuple[torch.Tensor, dict]:
+        """Actions for a batch of observations: ``(action [B, ...], extras)``."""
+        action, lstm_state, extras = self._query(
+            self._get_action, state, lstm_state, done, deterministic)
+        extras["lstm_state"] = lstm_state
+        extras["weights_version"] = self.weights_version
+        return action, extras
+
+    def get_value(self, state: Any, lstm_state: Any = None, done: Any = None
+                  ) -> tuple[torch.Tensor, dict]:
+        """Value estimates for a batch of observations: ``(value [B, 1], extras)``."""
+        value, lstm_state, extras = self._query(self._get_value, state, lstm_state, done, None)
+        extras["lstm_state"] = lstm_state
+        extras["weights_version"] = self.weights_version
+        return value, extras
+
+    def get_action_and_value(self, state: Any, lstm_state: Any = None, done: Any = None,
+                             *, deterministic: bool | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Actions and values in one pass: ``(action, value [B, 1], extras)``."""
+        action, value, lstm_state, extras = self._query(
+            self._get_action_and_value, state, lstm_state, done, deterministic)
+        extras["lstm_state"] = lstm_state
+        extras["weights_version"] = self.weights_version
+        return action, value, extras
+
+    def _query(self, hook: Callable[[AgentInputs], Any], state: Any, lstm_state: Any,
+               done: Any, deterministic: bool | None) -> Any:
+        # no_grad and the CUDA device are thread-local (pytorch #20528, #82145): set them here,
+        # never inherit them from the calling thread.
+        with self._lock, torch.no_grad():
+            if self.device.type == "cuda":
+                with torch.cuda.device(self.device):
+                    return self._run(hook, state, lstm_state, done, deterministic)
+            return self._run(hook, state, lstm_state, done, deterministic)
+
+    def _run(self, hook: Callable[[AgentInputs], Any], state: Any, lstm_state: Any,
+             done: Any, deterministic: bool | None) -> Any:
+        if self._source is not None:
+            self._refresh()  # 1. weights of one optimizer step
+        obs = self._prepare_state(state)  # 2.
+        batch_size = batch_size_of(obs, "state")
+        lstm_state, done = self._prepare_lstm(lstm_state, done, batch_size)  # 3.
+        inputs = AgentInputs(obs, lstm_state, done, batch_size,
+                             self.deterministic if deterministic is None else deterministic)
+        if self._live_source is None:
+            previous = self._set_eval_mode()  # 4.
+            try:
+                return hook(inputs)  # 5.
+            finally:
+                self._set_train_mode(previous)  # 6.
+        self._warn_inplace_once()
+        with self._live_source.reading(self.sync_timeout):
+            previous = self._set_eval_mode()
+            try:
+                return hook(inputs)
+            finally:
+                self._set_train_mode(previous)
+
+    # --- hooks for adapters ------------------------------------------------------------------
+
+    def _get_action(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState | None, dict]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _get_action")
+
+    def _get_value(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState | None, dict]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _get_value")
+
+    def _get_action_and_value(self, inputs: AgentInputs
+                              ) -> tuple[torch.Tensor, torch.Tensor, LSTMState | None, dict]:
+        """Default: the two hooks above on the same inputs (adapters with one pass override)."""
+        action, next_state, extras = self._get_action(inputs)
+        value, _, value_extras = self._get_value(inputs)
+        return action, value, next_state, {**value_extras, **extras}
+
+    def _prepare_state(self, state: Any) -> TensorTree:
+        """Observations to tensors on ``device`` (after the user's ``preprocess_obs``)."""
+        if self.preprocess_obs is not None:
+            state = self.preprocess_obs(state)
+        obs = as_batch(state, self.device, self.obs_dtype, "state")
+        if self.observation_space is not None:
+            check_against_space(obs, self.observation_space, "state")
+        return obs
+
+    def _prepare_lstm(self, lstm_state: Any, done: Any, batch_size: int
+                      ) -> tuple[LSTMState | None, torch.Tensor | None]:
+        """Validate and place the recurrent state and done flags (``[B]`` float32)."""
+        if not self.is_lstm:
+            if lstm_state is not None:
+                raise bad_argument("lstm_state", "None for a feedforward agent (is_lstm=False)",
+                                   lstm_state)
+            return None, None
+        if lstm_state is None:
+            raise ValueError(
+                "lstm_state: a recurrent agent (is_lstm=True) needs its recurrent state; "
+                f"start from evaluator.initial_lstm_state({batch_size})"
+            )
+        return self._check_lstm(lstm_state, batch_size), self._check_done(done, batch_size)
+
+    def _check_lstm(self, lstm_state: Any, batch_size: int) -> LSTMState:
+        if not isinstance(lstm_state, (tuple, list)):
+            raise bad_argument("lstm_state", "a tuple of tensors such as (h, c)", lstm_state)
+        prepared = []
+        for i, tensor in enumerate(lstm_state):
+            tensor = as_batch(tensor, self.device, None, f"lstm_state[{i}]")
+            dim = self.lstm_batch_dim
+            if tensor.dim() <= dim or tensor.shape[dim] != batch_size:
+                raise ValueError(
+                    f"lstm_state[{i}]: expected batch size {batch_size} in dimension {dim} "
+                    f"([num_layers, B, hidden]), got {describe(tensor)}"
+                )
+            prepared.append(tensor)
+        return tuple(prepared)
+
+    def _check_done(self, done: Any, batch_size: int) -> torch.Tensor:
+        if done is None:
+            return torch.zeros(batch_size, device=self.device)
+        done = as_batch(done, self.device, torch.float32, "done")
+        if tuple(done.shape) != (batch_size,):
+            raise bad_argument("done", f"a flag per env of shape [{batch_size}]", done)
+        return done
+
+    def _set_eval_mode(self) -> Any:
+        """Put the query agent in eval mode; return what :meth:`_set_train_mode` restores."""
+        agent = self.agent
+        if agent is None:
+            return None
+        if self._live_source is None:
+            # The private copy is made in eval mode; only re-enter it if someone changed that.
+            if agent.training:
+                agent.eval()
+            return None
+        modes = [m.training for m in agent.modules()]
+        agent.eval()
+        return modes
+
+    def _set_train_mode(self, previous: Any) -> None:
+        """Restore the modes saved by :meth:`_set_eval_mode`: never force train mode."""
+        if previous is not None:
+            for module, mode in zip(self.agent.modules(), previous):
+                module.training = mode
+
+    # --- weights -----------------------------------------------------------------------------
+
+    def load_weights(self, weights: nn.Module | Mapping[str, torch.Tensor],
+                     version: int | None = None) -> None:
+        """Hand the evaluator new weights explicitly (a module or a state dict).
+
+        Args:
+            weights: a module of the agent's class or its ``state_dict()``.
+            version: reported as ``extras["weights_version"]``; default: previous + 1.
+        """
+        if not self.copy_agent or self.agent is None:
+            raise RuntimeError("load_weights needs copy_agent=True and an agent with weights")
+        if isinstance(weights, nn.Module):
+            weights = weights.state_dict()
+        elif not isinstance(weights, Mapping):
+            raise bad_argument("weights", "an nn.Module or a state dict", weights)
+        with self._lock:
+            try:
+                self.agent.load_state_dict(weights)
+            except RuntimeError as error:
+                raise ValueError(f"weights: do not fit {type(self.agent).__name__}: {error}"
+                                 ) from None
+            if self._source is not None:
+                self._synced_version = self._source.version()
+            self.weights_version = self.weights_version + 1 if version is None else version
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """A consistent snapshot of the training agent's weights (CPU tensors)."""
+        agent = self.training_agent
+        if agent is None:
+            return {}
+        with weight_source(agent).reading(self.sync_timeout):
+            return {k: v.detach().to("cpu", copy=True) for k, v in agent.state_dict().items()}
+
+    def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
+        """The recurrent state at the start of an episode (``None`` for feedforward agents)."""
+        if not self.is_lstm:
+            return None
+        raise NotImplementedError(f"{type(self).__name__} does not implement initial_lstm_state")
+
+    def _refresh(self) -> None:
+        source = self._source
+        if source.version() == self._synced_version:
+            return  # unchanged weights cost one sum of version counters
+        copied = source.try_copy_into(self._copy_tensors)
+        if copied is not None:  # else a step is running: keep the last consistent copy
+            self._synced_version, self.weights_version = copied
+
+    def _refresh_blocking(self) -> None:
+        while self._synced_version < 0:
+            with self._source.reading(self.sync_timeout):
+                pass  # wait for a running step (if any) to end, then try to copy
+            self._refresh()
+
+    def _make_copy(self, agent: nn.Module) -> nn.Module:
+        try:
+            duplicate = copy.deepcopy(agent)
+        except Exception as error:
+            raise TypeError(
+                f"copy_agent=True deep-copies the agent, which failed for "
+                f"{type(agent).__name__}: {error!r}; make it deep-copyable or pass "
+                "copy_agent=False"
+            ) from error
+        duplicate.to(self.device).eval()
+        for parameter in duplicate.parameters():
+            parameter.grad = None
+            parameter.requires_grad_(False)
+        return duplicate
+
+    def _warn_inplace_once(self) -> None:
+        if (self._warned_inplace or not self._mode_dependent
+                or threading.current_thread() is threading.main_thread()):
+            return
+        self._warned_inplace = True
+        warnings.warn(
+            "copy_agent=False: queries from another thread switch the training agent to eval "
+            "mode for their duration; if it has dropout or batch norm, training steps that run "
+            "meanwhile see eval behaviour. Use copy_agent=True for queries from worker threads.",
+            RuntimeWarning, stacklevel=4,
+        )
+
+
+def _device_of(agent: nn.Module | None) -> torch.device:
+    if agent is not None:
+        for tensor in agent.parameters():
+            return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,170 @@
+"""Tear-free weight sync between a training agent and the copies that answer queries.
+
+Usage::
+
+    source = weight_source(agent)        # one per training module, shared by all evaluators
+    version = source.try_copy_into(copy_tensors)   # None while an optimizer step is running
+
+The guarantee: a copy taken through a :class:`WeightSource` never mixes tensors from before and
+after an optimizer step. Every ``torch.optim.Optimizer`` step on the module's parameters is
+bracketed by global step hooks (``register_optimizer_step_pre_hook``): the step waits for copies
+already under way (they take microseconds to milliseconds), and copies do not start while a step
+runs. Readers never block the training loop for longer than one copy.
+
+Preconditions (documented in the README):
+
+* Parameters change only inside ``optimizer.step()`` or inside ``with source.writing():``
+  (``load_state_dict``, Polyak updates, manual ``copy_``). Other in-place writes are still
+  *detected* (tensor version counters) but not made atomic.
+* Parameter objects are not replaced after the source is created (``module.weight = Parameter``);
+  build a new evaluator if they are.
+* If ``optimizer.step()`` raises, that optimizer counts as stepping until its next successful
+  step; readers keep serving the last consistent copy meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+
+class WeightSource:
+    """The parameters and buffers of one training module, with a readers-writer protocol."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.tensors: list[torch.Tensor] = [*module.parameters(), *module.buffers()]
+        self.parameter_ids = frozenset(id(p) for p in module.parameters())
+        self.is_cuda = any(t.is_cuda for t in self.tensors)
+        self.steps = 0  # optimizer steps completed on this module since the source was created
+        self._cond = threading.Condition()
+        self._writers: set[int] = set()  # ids of optimizers (or writing() tokens) inside a step
+        self._readers = 0
+
+    def version(self) -> int:
+        """Sum of the tensors' version counters: grows with every in-place write (cheap)."""
+        return sum(t._version for t in self.tensors)
+
+    # --- readers -----------------------------------------------------------------------------
+
+    def try_copy_into(self, targets: Sequence[torch.Tensor]) -> tuple[int, int] | None:
+        """Copy every tensor into ``targets`` (same order) unless a step is running.
+
+        Returns ``(version, steps)`` of what was copied, or ``None`` (nothing copied) while an
+        optimizer step is in progress: the caller keeps its previous, consistent copy.
+        """
+        with self._cond:
+            if self._writers:
+                return None
+            self._readers += 1
+            copied = self.version(), self.steps
+        try:
+            with torch.no_grad():
+                if self.is_cuda:
+                    # Step kernels are enqueued, not finished, when the post-hook runs.
+                    torch.cuda.synchronize()
+                for target, tensor in zip(targets, self.tensors):
+                    target.copy_(tensor)
+                if self.is_cuda or any(t.is_cuda for t in targets[:1]):
+                    torch.cuda.synchronize()
+        finally:
+            self._end_read()
+        return copied
+
+    @contextlib.contextmanager
+    def reading(self, timeout: float) -> Iterator[None]:
+        """Hold off optimizer steps while the caller reads the live tensors (in-place queries)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._writers, timeout):
+                raise TimeoutError(
+                    f"an optimizer step on the training agent did not finish within {timeout}s; "
+                    "if optimizer.step() raised, the agent stays locked until its next step"
+                )
+            self._readers += 1
+        try:
+            yield
+        finally:
+            self._end_read()
+
+    def _end_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    # --- writers -----------------------------------------------------------------------------
+
+    def begin_write(self, token: int) -> None:
+        with self._cond:
+            # Announce first so that no new copy starts, then let running copies finish.
+            self._writers.add(token)
+            self._cond.wait_for(lambda: not self._readers)
+
+    def end_write(self, token: int) -> None:
+        with self._cond:
+            self._writers.discard(token)
+            self.steps += 1
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Make writes outside ``optimizer.step()`` atomic for readers (e.g. ``load_state_dict``)."""
+        token = id(object())
+        self.begin_write(token)
+        try:
+            yield
+        finally:
+            self.end_write(token)
+
+
+_registry: weakref.WeakKeyDictionary[nn.Module, WeightSource] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+_registry_generation = 0
+# optimizer -> (generation, number of param groups, sources it steps)
+_optimizer_sources: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_hooks_installed = False
+
+
+def weight_source(module: nn.Module) -> WeightSource:
+    """The :class:`WeightSource` of ``module``, created (and step hooks installed) on first use."""
+    global _registry_generation, _hooks_installed
+    with _registry_lock:
+        source = _registry.get(module)
+        if source is None:
+            source = _registry[module] = WeightSource(module)
+            _registry_generation += 1
+            if not _hooks_installed:
+                register_optimizer_step_pre_hook(_before_step)
+                register_optimizer_step_post_hook(_after_step)
+                _hooks_installed = True
+        return source
+
+
+def _sources_stepped_by(optimizer: torch.optim.Optimizer) -> list[WeightSource]:
+    key = (_registry_generation, len(optimizer.param_groups))
+    cached = _optimizer_sources.get(optimizer)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    with _registry_lock:
+        sources = [s for s in _registry.values() if not stepped.isdisjoint(s.parameter_ids)]
+    _optimizer_sources[optimizer] = (key, sources)
+    return sources
+
+
+def _before_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    for source in _sources_stepped_by(optimizer):
+        source.begin_write(id(optimizer))
+
+
+def _after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    for source in _sources_stepped_by(optimizer):
+        source.end_write(id(optimizer))
