@@ -9,8 +9,8 @@ Usage::
 
 from .errors import EvaluationError
 from .evaluator import AgentInputs, AgentQueries, Evaluator
-from .weights import WeightSource, weight_source
+from .weights import WeightSource, snapshot_state_dict, weight_source
 
 __all__ = ["AgentInputs", "AgentQueries", "EvaluationError", "Evaluator", "WeightSource",
-           "weight_source"]
+           "snapshot_state_dict", "weight_source"]
 __version__ = "0.1.0"

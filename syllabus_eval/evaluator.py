@@ -30,7 +30,7 @@ from torch import nn
 
 from .errors import bad_argument, describe
 from .inputs import TensorTree, as_batch, batch_size_of, check_against_space
-from .weights import WeightSource, weight_source
+from .weights import WeightSource, snapshot_state_dict, weight_source
 
 LSTMState = tuple[torch.Tensor, ...]
 
@@ -319,13 +319,28 @@ class Evaluator:
                 self._synced_version = self._source.version()
             self.weights_version = self.weights_version + 1 if version is None else version
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """A consistent snapshot of the training agent's weights (CPU tensors)."""
-        agent = self.training_agent
-        if agent is None:
+    def state_dict(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """A consistent snapshot of the training agent's weights (one optimizer step)."""
+        if self.training_agent is None:
             return {}
-        with weight_source(agent).reading(self.sync_timeout):
-            return {k: v.detach().to("cpu", copy=True) for k, v in agent.state_dict().items()}
+        return snapshot_state_dict(self.training_agent, device, self.sync_timeout)
+
+    def detached(self, device: str | torch.device | None = None) -> Evaluator:
+        """An independent evaluator on its own copy of the weights, never synced automatically.
+
+        Evaluation runs use it: only :meth:`load_weights` changes its weights, so a rollout
+        sees the weights it was started with while training goes on.
+        """
+        clone = copy.copy(self)
+        clone.device = torch.device(device) if device is not None else self.device
+        clone._lock = threading.Lock()
+        clone._source = clone._live_source = None
+        clone.copy_agent = True
+        if self.agent is not None:
+            clone.agent = clone._make_copy(self.agent)
+            clone._copy_tensors = [*clone.agent.parameters(), *clone.agent.buffers()]
+            clone.agent.load_state_dict(self.state_dict(clone.device))
+        return clone
 
     def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
         """The recurrent state at the start of an episode (``None`` for feedforward agents)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -116,7 +116,7 @@ class WeightSource:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Make writes outside ``optimizer.step()`` atomic for readers (e.g. ``load_state_dict``)."""
+        """Make writes outside ``optimizer.step()`` atomic for readers (``load_state_dict``)."""
         token = id(object())
         self.begin_write(token)
         try:
@@ -146,6 +146,22 @@ def weight_source(module: nn.Module) -> WeightSource:
                 register_optimizer_step_post_hook(_after_step)
                 _hooks_installed = True
         return source
+
+
+def snapshot_state_dict(weights: nn.Module | Mapping[str, torch.Tensor],
+                        device: str | torch.device = "cpu",
+                        timeout: float = 10.0) -> dict[str, torch.Tensor]:
+    """A consistent, private copy of ``weights`` (a module or a state dict) on ``device``.
+
+    A module is read with optimizer steps held off, so the snapshot is the weights of exactly
+    one step; later training does not change it.
+    """
+    if isinstance(weights, nn.Module):
+        with weight_source(weights).reading(timeout):
+            return {k: v.detach().to(device, copy=True) for k, v in weights.state_dict().items()}
+    if isinstance(weights, Mapping):
+        return {k: torch.as_tensor(v).detach().to(device, copy=True) for k, v in weights.items()}
+    raise TypeError(f"weights: expected an nn.Module or a state dict, got {type(weights).__name__}")
 
 
 def _sources_stepped_by(optimizer: torch.optim.Optimizer) -> list[WeightSource]:
