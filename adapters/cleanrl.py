@@ -28,8 +28,10 @@ class CleanRLEvaluator(Evaluator):
     Feedforward agents need ``get_value(x)`` and ``get_action_and_value(x, action=None)``;
     recurrent ones (``is_lstm=True``) also ``get_states(x, lstm_state, done)`` and an ``lstm``.
     ``extras`` holds ``log_prob`` and ``entropy`` of sampled actions. Greedy actions
-    (``deterministic=True``) use the actor head: ``actor`` (discrete logits) or ``actor_mean``
-    (continuous), applied to observations, or to ``get_states``' output for recurrent agents.
+    (``deterministic=True``) use the actor head: ``actor_mean`` (continuous), ``actor`` on
+    observations (``ppo.py``) or on ``get_states``' output (recurrent); with a shared
+    ``network`` trunk (``ppo_atari.py``), the action of highest log-probability, all actions
+    scored in one batched ``get_action_and_value`` call.
     """
 
     def __init__(self, agent: nn.Module, device: str | torch.device | None = None,
@@ -84,26 +86,39 @@ class CleanRLEvaluator(Evaluator):
         return (*self.agent.get_action_and_value(inputs.obs), None)
 
     def _greedy_action(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState | None]:
-        """The most likely action: override for agents whose actor head is elsewhere."""
-        head, continuous = self._actor_head()
+        """The most likely action: override for agents built differently."""
+        head, kind = self._actor_head()
+        agent, obs = self.agent, inputs.obs
+        if kind == "mean":
+            return head(obs), None
         if self.is_lstm:
-            features, next_state = self.agent.get_states(inputs.obs, inputs.lstm_state,
-                                                         inputs.done)
-        else:
-            features, next_state = inputs.obs, None
-        out = head(features)
-        return (out if continuous else out.argmax(dim=-1)), next_state
+            hidden, next_state = agent.get_states(obs, inputs.lstm_state, inputs.done)
+            return head(hidden).argmax(dim=-1), next_state
+        if kind == "logits":
+            return head(obs).argmax(dim=-1), None
+        # A shared trunk scales its input inside get_action_and_value (e.g. x / 255): score
+        # every action's log-probability in one batched call instead of guessing the scaling.
+        num_actions, batch = _out_features(head), inputs.batch_size
+        repeated = obs.repeat(num_actions, *([1] * (obs.dim() - 1)))  # [A * B, ...]
+        actions = torch.arange(num_actions, device=obs.device).repeat_interleave(batch)
+        _, log_prob, _, _ = agent.get_action_and_value(repeated, actions)
+        return log_prob.view(num_actions, batch).argmax(dim=0), None
 
-    def _actor_head(self) -> tuple[nn.Module, bool]:
+    def _actor_head(self) -> tuple[nn.Module, str]:
         agent = self.agent
-        if isinstance(getattr(agent, "actor_mean", None), nn.Module):
-            return agent.actor_mean, True
-        if isinstance(getattr(agent, "actor", None), nn.Module) and (
-                self.is_lstm or not hasattr(agent, "network")):
-            return agent.actor, False
+        if isinstance(getattr(agent, "actor_mean", None), nn.Module) and not self.is_lstm:
+            return agent.actor_mean, "mean"
+        actor = getattr(agent, "actor", None)
+        if isinstance(actor, nn.Module) and _out_features(actor):
+            return actor, "trunk" if hasattr(agent, "network") else "logits"
         raise TypeError(
-            f"deterministic=True: {type(agent).__name__} exposes no actor head on observations "
-            "(`actor` giving logits, or `actor_mean`); agents with a shared `network` trunk "
-            "scale inputs inside get_action_and_value: subclass CleanRLEvaluator and override "
-            "_greedy_action"
+            f"deterministic=True: {type(agent).__name__} exposes no actor head (`actor` ending "
+            "in a Linear layer that gives logits, or `actor_mean` for continuous actions); "
+            "subclass CleanRLEvaluator and override _greedy_action"
         )
+
+
+def _out_features(head: nn.Module) -> int:
+    """Output size of the head's last Linear layer (the number of discrete actions); 0: none."""
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else 0

@@ -27,7 +27,7 @@ def as_batch(
         if value.device == device and (dtype is None or value.dtype == dtype):
             return value  # the hot path: already a batch on the right device
         return value.to(device=device, dtype=dtype)
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.ndarray, np.generic)):
         if value.dtype == object:
             raise bad_argument(name, "a numeric array or tensor", value)
         return torch.as_tensor(value, dtype=dtype, device=device)

@@ -1,0 +1,192 @@
+"""Weight sync: refresh only on change, one optimizer step per query, even under concurrency."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from syllabus_eval import WeightSource, snapshot_state_dict, weight_source
+from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.agents import MLPAgent
+from tests.cases import VECTOR
+from tests.models import TearProbe, fake_envs
+
+OBS = np.zeros((2, 4), np.float32)
+
+
+def mlp() -> MLPAgent:
+    torch.manual_seed(0)
+    return MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
+
+
+def train_step(agent: MLPAgent, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad()
+    agent.get_value(torch.randn(8, 4)).pow(2).mean().backward()
+    optimizer.step()
+
+
+@pytest.fixture
+def copies(monkeypatch) -> list:
+    """Counts the copies evaluators make from training agents."""
+    calls = []
+    original = WeightSource.try_copy_into
+
+    def counting(self, targets):
+        copied = original(self, targets)
+        calls.append(copied)
+        return copied
+
+    monkeypatch.setattr(WeightSource, "try_copy_into", counting)
+    return calls
+
+
+class TestRefreshOnlyOnChange:
+    def test_unchanged_weights_are_not_copied_again(self, copies) -> None:
+        evaluator = CleanRLEvaluator(mlp())
+        made = len(copies)
+        for _ in range(50):
+            evaluator.get_value(OBS)
+        assert len(copies) == made
+
+    def test_an_optimizer_step_is_picked_up_once(self, copies) -> None:
+        agent = mlp()
+        optimizer = torch.optim.Adam(agent.parameters(), lr=0.1)
+        evaluator = CleanRLEvaluator(agent)
+        before = evaluator.get_value(OBS)[0]
+        train_step(agent, optimizer)
+        made = len(copies)
+        value, extras = evaluator.get_value(OBS)
+        evaluator.get_value(OBS)
+        assert len(copies) == made + 1
+        with torch.no_grad():
+            assert torch.equal(value, agent.get_value(torch.as_tensor(OBS)))
+        assert not torch.equal(value, before)
+        assert extras["weights_version"] == 1  # optimizer steps behind these weights
+
+    def test_writes_outside_optimizers_are_detected(self) -> None:
+        agent, other = mlp(), MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
+        evaluator = CleanRLEvaluator(agent)
+        evaluator.get_value(OBS)
+        with weight_source(agent).writing():
+            agent.load_state_dict(other.state_dict())
+        with torch.no_grad():
+            assert torch.equal(evaluator.get_value(OBS)[0], other.get_value(torch.as_tensor(OBS)))
+
+
+class TestExplicitWeights:
+    def test_load_weights_reports_the_given_version(self) -> None:
+        evaluator = CleanRLEvaluator(mlp(), auto_sync=False)
+        other = MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
+        for weights in (other, other.state_dict()):
+            evaluator.load_weights(weights, version=7)
+            value, extras = evaluator.get_value(OBS)
+            with torch.no_grad():
+                assert torch.equal(value, other.get_value(torch.as_tensor(OBS)))
+            assert extras["weights_version"] == 7
+        evaluator.load_weights(other)
+        assert evaluator.get_value(OBS)[1]["weights_version"] == 8
+
+    def test_manual_sync_ignores_training(self) -> None:
+        agent = mlp()
+        evaluator = CleanRLEvaluator(agent, auto_sync=False)
+        before = evaluator.get_value(OBS)[0]
+        train_step(agent, torch.optim.SGD(agent.parameters(), lr=0.5))
+        assert torch.equal(evaluator.get_value(OBS)[0], before)
+
+    def test_detached_evaluator_keeps_its_weights(self) -> None:
+        agent = mlp()
+        live = CleanRLEvaluator(agent)
+        frozen = live.detached()
+        before = frozen.get_value(OBS)[0]
+        train_step(agent, torch.optim.SGD(agent.parameters(), lr=0.5))
+        assert torch.equal(frozen.get_value(OBS)[0], before)
+        assert not torch.equal(live.get_value(OBS)[0], before)
+
+    def test_snapshot_is_private(self) -> None:
+        agent = mlp()
+        snap = snapshot_state_dict(agent)
+        train_step(agent, torch.optim.SGD(agent.parameters(), lr=0.5))
+        assert not all(torch.equal(v, agent.state_dict()[k]) for k, v in snap.items())
+
+
+def hammer(probe: TearProbe, query, steps: int, readers: int = 3,
+           check_mode: bool = True) -> tuple[list, list]:
+    """Train ``probe`` for ``steps`` SGD steps while ``readers`` threads call ``query``."""
+    optimizer = torch.optim.SGD(probe.parameters(), lr=1.0, foreach=False)
+    answers: list[list[float]] = [[] for _ in range(readers)]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read(out: list) -> None:
+        try:
+            while not done.is_set():
+                out.append(query())
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=read, args=(a,)) for a in answers]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            probe.loss().backward()
+            # Queries on a copy never flip the training agent's mode (in-place ones do: that
+            # is why copy_agent=False warns).
+            assert probe.training or not check_mode
+            optimizer.step()
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert not errors, errors
+    return answers, [t.is_alive() for t in threads]
+
+
+class TestConsistentWeights:
+    """Every answer comes from the weights of exactly one optimizer step."""
+
+    def test_the_probe_detects_torn_copies(self) -> None:
+        # Control: copying without the protocol does tear, so the tests below can fail.
+        probe, copy = TearProbe(), TearProbe()
+
+        def naive_query() -> float:
+            with torch.no_grad():
+                for target, source in zip(copy.parameters(), probe.parameters()):
+                    target.copy_(source)
+                return float(copy.get_value(torch.zeros(1, 1))[0, 0])
+
+        torn = 0
+        deadline = time.monotonic() + 20
+        while not torn and time.monotonic() < deadline:
+            answers, _ = hammer(probe, naive_query, steps=100)
+            torn = sum(np.isnan(a).sum() for a in answers)
+        assert torn > 0
+
+    @pytest.mark.parametrize("copy_agent", [True, False])
+    def test_queries_during_optimizer_steps_never_mix_weights(self, copy_agent: bool) -> None:
+        probe = TearProbe()
+        evaluator = CleanRLEvaluator(probe, copy_agent=copy_agent)
+        versions = []
+
+        def query() -> float:
+            value, extras = evaluator.get_value(np.zeros((1, 1), np.float32))
+            versions.append(extras["weights_version"])
+            return float(value[0, 0])
+
+        answers, alive = hammer(probe, query, steps=150, check_mode=copy_agent)
+        assert not any(alive)
+        flat = np.concatenate([np.asarray(a) for a in answers])
+        assert len(flat) > 50  # the readers really ran alongside training
+        assert not np.isnan(flat).any()  # no torn weights
+        assert np.array_equal(flat, np.round(flat)) and flat.max() <= 150
+        for thread_answers in answers:  # each reader only ever moves forward in time
+            assert np.all(np.diff(thread_answers) >= 0)
+        assert evaluator.get_value(np.zeros((1, 1), np.float32))[0].item() == 150.0
+        if copy_agent:
+            assert max(versions) <= 150
