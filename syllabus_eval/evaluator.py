@@ -17,6 +17,7 @@ flags (``_prepare_lstm``), (4) puts the agent in eval mode, (5) calls the adapte
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import warnings
@@ -128,6 +129,8 @@ class Evaluator:
         self.sync_timeout = sync_timeout
         self.weights_version = 0  # optimizer steps behind the weights queries use
         self._lock = threading.Lock()  # one query at a time on the query agent
+        self._no_grad = torch.no_grad()
+        self._device_context = _device_context(self.device)
         self._source: WeightSource | None = None  # auto-sync source of the private copy
         self._live_source: WeightSource | None = None  # copy_agent=False: guards the live agent
         self._synced_version = -1
@@ -181,35 +184,31 @@ class Evaluator:
     def _query(self, hook: Callable[[AgentInputs], Any], state: Any, lstm_state: Any,
                done: Any, deterministic: bool | None) -> Any:
         # no_grad and the CUDA device are thread-local (pytorch #20528, #82145): set them here,
-        # never inherit them from the calling thread.
-        with self._lock, torch.no_grad():
-            if self.device.type == "cuda":
-                with torch.cuda.device(self.device):
-                    return self._run(hook, state, lstm_state, done, deterministic)
-            return self._run(hook, state, lstm_state, done, deterministic)
-
-    def _run(self, hook: Callable[[AgentInputs], Any], state: Any, lstm_state: Any,
-             done: Any, deterministic: bool | None) -> Any:
-        if self._source is not None:
-            self._refresh()  # 1. weights of one optimizer step
-        obs = self._prepare_state(state)  # 2.
-        batch_size = batch_size_of(obs, "state")
-        lstm_state, done = self._prepare_lstm(lstm_state, done, batch_size)  # 3.
-        inputs = AgentInputs(obs, lstm_state, done, batch_size,
-                             self.deterministic if deterministic is None else deterministic)
-        if self._live_source is None:
-            previous = self._set_eval_mode()  # 4.
-            try:
-                return hook(inputs)  # 5.
-            finally:
-                self._set_train_mode(previous)  # 6.
-        self._warn_inplace_once()
-        with self._live_source.reading(self.sync_timeout):
-            previous = self._set_eval_mode()
-            try:
-                return hook(inputs)
-            finally:
-                self._set_train_mode(previous)
+        # never inherit them from the calling thread. One context object each is enough: they
+        # are only entered under the lock.
+        with self._lock, self._no_grad, self._device_context:
+            source = self._source
+            if source is not None and source.version() != self._synced_version:
+                self._refresh()  # 1. weights of one optimizer step
+            obs = self._prepare_state(state)  # 2.
+            batch_size = (obs.shape[0] if type(obs) is torch.Tensor and obs.dim()
+                          else batch_size_of(obs, "state"))
+            lstm_state, done = self._prepare_lstm(lstm_state, done, batch_size)  # 3.
+            inputs = AgentInputs(obs, lstm_state, done, batch_size,
+                                 self.deterministic if deterministic is None else deterministic)
+            if self._live_source is None:
+                previous = self._set_eval_mode()  # 4.
+                try:
+                    return hook(inputs)  # 5.
+                finally:
+                    self._set_train_mode(previous)  # 6.
+            self._warn_inplace_once()
+            with self._live_source.reading(self.sync_timeout):
+                previous = self._set_eval_mode()
+                try:
+                    return hook(inputs)
+                finally:
+                    self._set_train_mode(previous)
 
     # --- hooks for adapters ------------------------------------------------------------------
 
@@ -333,7 +332,8 @@ class Evaluator:
         """
         clone = copy.copy(self)
         clone.device = torch.device(device) if device is not None else self.device
-        clone._lock = threading.Lock()
+        clone._lock, clone._no_grad = threading.Lock(), torch.no_grad()
+        clone._device_context = _device_context(clone.device)
         clone._source = clone._live_source = None
         clone.copy_agent = True
         if self.agent is not None:
@@ -349,15 +349,13 @@ class Evaluator:
         raise NotImplementedError(f"{type(self).__name__} does not implement initial_lstm_state")
 
     def _refresh(self) -> None:
-        source = self._source
-        if source.version() == self._synced_version:
-            return  # unchanged weights cost one sum of version counters
-        copied = source.try_copy_into(self._copy_tensors)
+        """Copy the training weights into the private copy (called when they changed)."""
+        copied = self._source.try_copy_into(self._copy_tensors)
         if copied is not None:  # else a step is running: keep the last consistent copy
             self._synced_version, self.weights_version = copied
 
     def _refresh_blocking(self) -> None:
-        while self._synced_version < 0:
+        while self._synced_version < 0:  # unchanged weights later cost one version sum
             with self._source.reading(self.sync_timeout):
                 pass  # wait for a running step (if any) to end, then try to copy
             self._refresh()
@@ -388,6 +386,11 @@ class Evaluator:
             "meanwhile see eval behaviour. Use copy_agent=True for queries from worker threads.",
             RuntimeWarning, stacklevel=4,
         )
+
+
+def _device_context(device: torch.device) -> Any:
+    """Makes ``device`` current for the querying thread (only CUDA has a current device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _device_of(agent: nn.Module | None) -> torch.device:

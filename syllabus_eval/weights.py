@@ -25,6 +25,7 @@ Preconditions (documented in the README):
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +36,8 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
+
+_version_of = operator.attrgetter("_version")
 
 
 class WeightSource:
@@ -51,7 +54,7 @@ class WeightSource:
 
     def version(self) -> int:
         """Sum of the tensors' version counters: grows with every in-place write (cheap)."""
-        return sum(t._version for t in self.tensors)
+        return sum(map(_version_of, self.tensors))
 
     # --- readers -----------------------------------------------------------------------------
 

@@ -193,8 +193,11 @@ class Recording(CleanRLEvaluator):
 
 class TestTemplate:
     def test_steps_run_in_the_documented_order(self) -> None:
-        evaluator = Recording(MLPAgent(fake_envs(VECTOR, spaces.Discrete(2))))
+        agent = MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
+        evaluator = Recording(agent)
         evaluator.calls.clear()
+        with torch.no_grad():
+            next(agent.parameters()).add_(1.0)  # changed weights: the query syncs first
         with torch.enable_grad():
             evaluator.get_value(np.zeros((2, 4), np.float32))
         assert evaluator.calls == ["sync", "prepare_state", "prepare_lstm",
