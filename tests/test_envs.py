@@ -41,12 +41,9 @@ class TestCartPoleTasks:
         env.reset(seed=0, options={"task": "long-pole"})
         steps, info = run_episode(env)
         assert steps == 5 and info == {"task": "long-pole", "success": True}
-        env.reset(seed=0)
-        steps, info = run_episode(env, action=0)  # always pushing left: the pole falls
-        assert steps < 5 or info["success"] is True
         env = gym.make("syllabus_eval.envs:CartPoleTasks-v0")
         env.reset(seed=0)
-        steps, info = run_episode(env, action=0)
+        steps, info = run_episode(env, action=0)  # always pushing left: the pole falls
         assert steps < 200 and info["success"] is False
 
     def test_unknown_task_names_the_valid_ones(self) -> None:
