@@ -21,10 +21,11 @@ import torch
 from gymnasium import spaces
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import per_call_seconds, table  # noqa: E402
+from timing import per_call_seconds  # noqa: E402
 
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
 from syllabus_eval.agents import CNNAgent, MLPAgent  # noqa: E402
+from syllabus_eval.report import format_table  # noqa: E402
 
 try:
     from syllabus.core.evaluator import CleanRLEvaluator as SyllabusEvaluator
@@ -78,7 +79,7 @@ def main() -> None:
     rows += [measure("Atari CNN", cnn, torch.randint(0, 255, (batch, 4, 84, 84)).float(),
                      max(calls // 10, 5), rounds) for batch in (1, 32)]
     print("get_value cost relative to the raw forward under no_grad (lower is better)\n")
-    print(table(rows, ["agent", "batch", "raw us/call", "ours, same weights",
+    print(format_table(rows, ["agent", "batch", "raw us/call", "ours, same weights",
                        "ours, changed weights", "Syllabus-RL"]))
 
 

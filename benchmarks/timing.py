@@ -29,10 +29,3 @@ def per_call_seconds(candidates: dict[str, Callable[[], object]], calls: int = 2
                 total += time.perf_counter() - start
             samples[name].append(total / calls)
     return {name: statistics.median(times) for name, times in samples.items()}
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    """A Markdown table (pasted into the README as it is)."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
