@@ -1,0 +1,7 @@
+"""``python -m syllabus_eval``: the same as the ``syllabus-eval`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,180 @@
+"""The ``syllabus-eval`` command line (also ``python -m syllabus_eval``).
+
+Usage::
+
+    syllabus-eval demo --steps 60000 --seed 0 --backend thread --out runs/demo
+    syllabus-eval evaluate --env CartPole-v1 --agent my_module:Agent --checkpoint agent.pt \\
+        --episodes 20 --num-envs 8 --json metrics.json
+
+``evaluate`` builds the agent as CleanRL does, ``Agent(envs)`` with a vector env of the given
+id, loads the state dict, and evaluates it with :class:`~syllabus_eval.EvalRunner`. Bad input
+exits with status 2 and a message that names the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
+BACKENDS = ("thread", "process", "ray")
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as ``error: ...`` with exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syllabus-eval", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train on CartPole tasks with PLR and background "
+                               "evaluation; write a plot and metrics")
+    demo.add_argument("--steps", type=int, default=60_000, help="training env steps")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--backend", choices=BACKENDS, default="thread",
+                      help="where evaluations run")
+    demo.add_argument("--out", default="runs/demo", help="folder for demo.png, metrics.json")
+    demo.add_argument("--eval-every", type=int, default=10_000, help="steps between evaluations")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved agent on a Gymnasium env")
+    evaluate.add_argument("--env", required=True, help="a Gymnasium env id")
+    evaluate.add_argument("--agent", help="module:Class of a CleanRL-style agent, built as "
+                          "Class(envs)")
+    evaluate.add_argument("--adapter", default="cleanrl",
+                          help=f"one of {', '.join(ADAPTERS)}, or module:Class of an Evaluator")
+    evaluate.add_argument("--checkpoint", help="a state dict saved with torch.save")
+    evaluate.add_argument("--lstm", action="store_true", help="the agent is recurrent")
+    evaluate.add_argument("--episodes", type=int, default=20)
+    evaluate.add_argument("--num-envs", type=int, default=8)
+    evaluate.add_argument("--max-steps", type=int, default=None,
+                          help="truncate episodes after this many steps")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="thread")
+    mode = evaluate.add_mutually_exclusive_group()
+    mode.add_argument("--deterministic", dest="deterministic", action="store_true",
+                      default=True, help="greedy actions (the default)")
+    mode.add_argument("--stochastic", dest="deterministic", action="store_false",
+                      help="sampled actions")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--tasks", help="comma-separated tasks, passed to reset as "
+                          "options={'task': ...}; metrics are reported per task")
+    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    return parser
+
+
+def _load_attribute(spec: str, option: str) -> Any:
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise UsageError(f"{option}: expected module:Class, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(f"{option}: cannot import module {module_name!r}: {error}") from None
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise UsageError(f"{option}: module {module_name!r} has no {name!r}") from None
+
+
+def _check_env(env_id: str) -> None:
+    try:
+        gym.make(env_id).close()
+    except gym.error.Error as error:
+        raise UsageError(f"--env: no Gymnasium environment {env_id!r} ({error})") from None
+
+
+def _build_evaluator(args: argparse.Namespace) -> Any:
+    from . import adapters
+
+    if args.adapter in ADAPTERS:
+        adapter = getattr(adapters, ADAPTERS[args.adapter])
+    else:
+        adapter = _load_attribute(args.adapter, "--adapter")
+    probe = gym.make_vec(args.env, num_envs=1)
+    try:
+        if args.adapter == "dummy":
+            return adapter(probe.single_action_space, seed=args.seed)
+        if args.agent is None:
+            raise UsageError(f"--agent: required with --adapter {args.adapter}")
+        agent_class = _load_attribute(args.agent, "--agent")
+        try:
+            agent = agent_class(probe)  # as CleanRL builds its agents: Agent(envs)
+        except Exception as error:
+            raise UsageError(f"--agent: {args.agent}(envs) failed: {error!r}") from None
+    finally:
+        probe.close()
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise UsageError(f"--checkpoint: no such file {str(path)!r}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            agent.load_state_dict(state)
+        except Exception as error:
+            raise UsageError(f"--checkpoint: {str(path)!r} does not fit "
+                             f"{type(agent).__name__}: {error}") from None
+    kwargs = {"is_lstm": True} if args.lstm else {}
+    return adapter(agent, **kwargs)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .report import format_table
+    from .runner import EvalRunner
+
+    for name in ("episodes", "num_envs"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: expected at least 1, got "
+                             f"{getattr(args, name)}")
+    _check_env(args.env)
+    evaluator = _build_evaluator(args)
+    tasks = args.tasks.split(",") if args.tasks else None
+    env_id = args.env
+    with EvalRunner(lambda: gym.make(env_id), evaluator, num_envs=args.num_envs,
+                    num_episodes=args.episodes, max_steps=args.max_steps, backend=args.backend,
+                    deterministic=args.deterministic, seed=args.seed, tasks=tasks,
+                    progress=sys.stderr.isatty()) as runner:
+        result = runner.evaluate()
+    metrics = dict(result)
+    print(format_table([[k, f"{v:.4g}"] for k, v in metrics.items() if "/task/" not in k],
+                       ["metric", "value"]))
+    if tasks:
+        rows = [[task, f"{metrics[f'eval/task/{task}/reward']:.2f}",
+                 f"{metrics.get(f'eval/task/{task}/success', float('nan')):.0%}",
+                 int(metrics[f"eval/task/{task}/num_episodes"])] for task in tasks]
+        print()
+        print(format_table(rows, ["task", "reward", "success", "episodes"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``syllabus-eval`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import run_demo
+
+            if args.steps < 1:
+                raise UsageError(f"--steps: expected at least 1, got {args.steps}")
+            run_demo(steps=args.steps, seed=args.seed, backend=args.backend, out=args.out,
+                     eval_every=args.eval_every, progress=not args.no_progress)
+            return 0
+        return _evaluate(args)
+    except UsageError as error:
+        parser.exit(2, f"syllabus-eval {args.command}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
