@@ -256,6 +256,10 @@ class _VectorSlots:
         every_seed: list[int | None] = [None] * self.num_envs
         for slot, seed in zip(index, seeds):
             every_seed[slot] = seed
+        if self.observations is None:
+            # A masked reset needs every sub-env reset once before. The masked one below
+            # seeds again, so the sub-envs start as if reset once with their seeds and options.
+            self.envs.reset(seed=every_seed)
         # A fresh dict: the vector env pops "reset_mask" from it.
         self.observations, _ = self.envs.reset(seed=every_seed,
                                                options={**(options or {}), "reset_mask": mask})
