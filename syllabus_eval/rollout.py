@@ -24,7 +24,9 @@ its sub-envs, so a paused one gets its last action again and its results are dro
 ``seed + i`` at the start of its first episode and without a seed afterwards, so its env's own
 random stream carries on from episode to episode, as a single env that is reset with a seed
 once does. With deterministic actions (the default, see :class:`RolloutSettings`) slot ``i``'s
-episodes depend only on ``(seed, i, its quota, its tasks)``.
+episodes depend only on ``(seed, i, its quota, its tasks)``. (A vector env with one generator
+for all its sub-envs, such as Gymnasium's native ones, gets the single seed ``seed + i`` of its
+first slot instead.)
 
 **Tasks.** Episodes are numbered round by round: round ``j`` holds the ``j``-th episode of
 every slot that has one, in slot order, and episode number ``e`` runs ``tasks[e % len(tasks)]``
@@ -38,13 +40,15 @@ indices, so the records of workers that each run a share of the slots, put toget
 records of one run over all of them (for stochastic actions see :class:`RolloutSettings`).
 
 **Autoreset.** Gymnasium 1.x vector envs come in two modes (``envs.metadata["autoreset_mode"]``).
-``NEXT_STEP`` (the default) would reset a finished sub-env during the *next* step, a step whose
-action is ignored and whose reward is 0; the loop instead resets each finished sub-env at once
-through ``reset(options={"reset_mask": ...})``, so that step never happens and nothing of it is
-counted. ``SAME_STEP`` resets a finished sub-env inside the step that ends its episode: that
-step's reward is the episode's last, its observation is the next episode's first, and its info
-is under ``info["final_info"]`` (the step is counted once, unlike Gymnasium PR #1624's
-under-count). ``DISABLED`` vector envs are refused.
+``NEXT_STEP`` (the default) resets a finished sub-env during the *next* step, which ignores
+the action and gives reward 0: that step is counted in no episode, and the recurrent state
+restarts after it, on the new episode's first observation. ``SAME_STEP`` resets a finished
+sub-env inside the step that ends its episode: that step's reward is the episode's last, its
+observation is the next episode's first, and its info is under ``info["final_info"]``; it is
+counted once (Gymnasium PR #1624 under-counts it). Episodes that ``max_steps`` cuts, and with
+tasks every episode, are reset by the loop through ``reset(options={"reset_mask": ...})``; a
+vector env that ignores the mask (Gymnasium's native ``CartPoleVectorEnv`` does) is caught
+rather than miscounted. ``DISABLED`` vector envs are refused.
 
 **Rewards.** An episode's return is the sum of the rewards the envs return. Wrappers applied
 inside the env factory are part of the env, so evaluate on raw rewards by leaving reward
@@ -175,7 +179,8 @@ class _Step(NamedTuple):
     rewards: np.ndarray  # [A] float64
     terminated: np.ndarray  # [A] bool
     truncated: np.ndarray  # [A] bool
-    restarted: np.ndarray  # [A] bool: the env already began its next episode (SAME_STEP)
+    restarted: np.ndarray  # [A] bool: the env ended and already began its next episode
+    reset_step: np.ndarray  # [A] bool: an autoreset step (NEXT_STEP): nothing to count
     final_info: Callable[[int], dict]  # active position -> info of the episode's last step
 
 
@@ -185,6 +190,8 @@ class EnvPool:
     Args:
         envs: the envs, one per slot, with equal observation and action spaces.
     """
+
+    autoresets = False  # a finished env waits for the loop to reset it
 
     def __init__(self, envs: Sequence[gym.Env]) -> None:
         if not envs or not all(isinstance(env, gym.Env) for env in envs):
@@ -219,8 +226,8 @@ class EnvPool:
                 self.envs[slot].step(actions[position])
             _put(self.observations, slot, obs)
             infos.append(info)
-        return _Step(rewards, terminated, truncated, np.zeros(count, dtype=bool),
-                     infos.__getitem__)
+        never = np.zeros(count, dtype=bool)
+        return _Step(rewards, terminated, truncated, never, never, infos.__getitem__)
 
     def close(self) -> None:
         for env in self.envs:
@@ -228,7 +235,15 @@ class EnvPool:
 
 
 class _VectorSlots:
-    """A Gymnasium vector env seen as slots: every sub-env is stepped, paused ones included."""
+    """A Gymnasium vector env seen as slots: every sub-env is stepped, paused ones included.
+
+    Finished sub-envs reset themselves (autoreset). Masked resets (``options["reset_mask"]``)
+    are needed only for tasks and ``max_steps`` cuts; vector envs that ignore the mask (such as
+    Gymnasium's native ``CartPoleVectorEnv``) are caught, when the observations of sub-envs
+    outside the mask change, instead of being miscounted.
+    """
+
+    autoresets = True
 
     def __init__(self, envs: VectorEnv) -> None:
         mode = envs.metadata.get("autoreset_mode")
@@ -248,27 +263,43 @@ class _VectorSlots:
         self.single_action_space = envs.single_action_space
         self.observations: Any = None
         self._actions: np.ndarray | None = None  # [k, ...]: last action of every sub-env
+        self._autoresetting = np.zeros(self.num_envs, dtype=bool)  # [k] next step resets
 
     def reset_slots(self, index: np.ndarray, seeds: list[int | None],
                     options: dict | None) -> None:
-        mask = np.zeros(self.num_envs, dtype=bool)
-        mask[index] = True
         every_seed: list[int | None] = [None] * self.num_envs
         for slot, seed in zip(index, seeds):
             every_seed[slot] = seed
         if self.observations is None:
-            # A masked reset needs every sub-env reset once before. The masked one below
-            # seeds again, so the sub-envs start as if reset once with their seeds and options.
-            self.envs.reset(seed=every_seed)
+            # The first reset is of every sub-env at once (a masked reset needs them reset
+            # once); a masked one below seeds again, so sub-envs start as if reset once with
+            # their seed and options.
+            self.observations, _ = self.envs.reset(seed=_seed_argument(every_seed))
+            if options is None and len(index) == self.num_envs:
+                return
+        mask = np.zeros(self.num_envs, dtype=bool)
+        mask[index] = True
+        before = self.observations
         # A fresh dict: the vector env pops "reset_mask" from it.
-        self.observations, _ = self.envs.reset(seed=every_seed,
+        self.observations, _ = self.envs.reset(seed=_seed_argument(every_seed),
                                                options={**(options or {}), "reset_mask": mask})
+        self._autoresetting[mask] = False
+        if not _rows_equal(before, self.observations, np.flatnonzero(~mask)):
+            raise ValueError(
+                f"envs: expected a vector env that resets only the sub-envs in "
+                f"options['reset_mask'], got a {type(self.envs.unwrapped).__name__} that reset "
+                "others too; with it, use no tasks and max_steps=None (its own time limit), "
+                "or build it with vectorization_mode='sync'"
+            )
 
     def step_slots(self, index: np.ndarray, actions: np.ndarray) -> _Step:
         if self._actions is None:  # sub-envs that never act repeat a valid action
             self._actions = np.repeat(actions[:1], self.num_envs, axis=0)
         self._actions[index] = actions
+        reset_step = self._autoresetting[index]
         self.observations, rewards, terminated, truncated, infos = self.envs.step(self._actions)
+        if not self.same_step:
+            self._autoresetting = terminated | truncated
         terminated, truncated = terminated[index], truncated[index]
         restarted = (terminated | truncated) if self.same_step else np.zeros(len(index), bool)
 
@@ -277,7 +308,7 @@ class _VectorSlots:
                 return _unbatch_info(infos.get("final_info", {}), index[position])
             return _unbatch_info(infos, index[position])
 
-        return _Step(rewards[index], terminated, truncated, restarted, final_info)
+        return _Step(rewards[index], terminated, truncated, restarted, reset_step, final_info)
 
     def close(self) -> None:
         self.envs.close()
@@ -294,6 +325,24 @@ def _refuse_reward_wrappers(envs: VectorEnv) -> None:
                 "the reward wrappers you want counted inside each sub-env"
             )
         layer = layer.env
+
+
+def _seed_argument(seeds: list[int | None]) -> int | list[int | None] | None:
+    """Seeds for ``VectorEnv.reset``: an int ``s`` when they are ``s, s + 1, ...`` (which vector
+    envs with a single generator, such as native ones, also take), else the list."""
+    first = seeds[0]
+    if first is None:
+        return None if all(seed is None for seed in seeds) else seeds
+    return first if seeds == list(range(first, first + len(seeds))) else seeds
+
+
+def _rows_equal(before: Any, after: Any, rows: np.ndarray) -> bool:
+    """Whether rows ``rows`` of two observation batches (arrays, dicts, tuples) are equal."""
+    if isinstance(before, dict):
+        return all(_rows_equal(before[key], after[key], rows) for key in before)
+    if isinstance(before, tuple):
+        return all(_rows_equal(b, a, rows) for b, a in zip(before, after))
+    return np.array_equal(before[rows], after[rows], equal_nan=before.dtype.kind == "f")
 
 
 def _unbatch_info(infos: dict, slot: int) -> dict:
@@ -560,51 +609,51 @@ def run_episodes(
                              f"got {describe(actions)}")
         lstm_state = extras.get("lstm_state") if lstm_state is not None else None
         step = pool.step_slots(active, actions)
-        returns[active] += step.rewards
-        lengths[active] += 1
-        cut = (lengths[active] >= settings.max_steps if settings.max_steps is not None
-               else np.zeros(active.size, dtype=bool))
-        ended = step.terminated | step.truncated | cut  # [A]: the done boundary
+        counted = ~step.reset_step  # [A]: an autoreset step is no step of any episode
+        returns[active] += np.where(counted, step.rewards, 0.0)
+        lengths[active] += counted
+        env_ended = counted & (step.terminated | step.truncated)  # [A]
+        cut = counted & ~env_ended & (lengths[active] >= (settings.max_steps or np.inf))
+        ended = env_ended | cut  # [A]: the done boundary
+        fresh = step.reset_step.copy()  # [A]: observations that begin an episode
+
+        if ended.any():
+            for p in np.flatnonzero(ended):
+                slot = active[p]
+                task_id = task_of(slot, episode[slot])
+                success = step.final_info(p).get(settings.success_key)
+                record = EpisodeRecord(
+                    env_index=int(global_slots[slot]), episode_index=int(episode[slot]),
+                    reward=float(returns[slot]), length=int(lengths[slot]),
+                    terminated=bool(step.terminated[p]),
+                    truncated=bool(step.truncated[p] or cut[p]),
+                    task=None if task_id is None else tasks[task_id],
+                    success=None if success is None else bool(success))
+                records.append(record)
+                if on_episode is not None:
+                    on_episode(record)
+            slots_ended = active[ended]
+            episode[slots_ended] += 1
+            returns[slots_ended] = 0.0
+            lengths[slots_ended] = 0
+            going_on = ended & (episode[active] < quotas[active])  # [A]
+            # Reset by hand what does not restart by itself: cut episodes, our pool's envs,
+            # and every episode that needs its task passed at reset.
+            by_hand = going_on & ~step.restarted & (
+                cut | (not pool.autoresets) | (tasks is not None))
+            if by_hand.any():
+                reset(active[by_hand], episode[active[by_hand]], first=False)
+            # A NEXT_STEP autoreset comes with the next step, which marks it fresh then.
+            fresh |= by_hand | (going_on & step.restarted)
+            keep = ~ended | going_on  # [A]: finished slots pause
+            if not keep.all():
+                active, fresh = active[keep], fresh[keep]
+                if lstm_state is not None:
+                    lstm_state = _keep_rows(evaluator, lstm_state, np.flatnonzero(keep))
+
+        if lstm_state is not None and fresh.any():
+            lstm_state = _restart_rows(evaluator, lstm_state, np.flatnonzero(fresh))
         if done is not None:
-            done = np.zeros(active.size, dtype=np.float32)
-        if not ended.any():
-            continue
+            done = fresh.astype(np.float32)
 
-        positions = np.flatnonzero(ended)
-        for p in positions:
-            slot = active[p]
-            task_id = task_of(slot, episode[slot])
-            success = step.final_info(p).get(settings.success_key)
-            record = EpisodeRecord(
-                env_index=int(global_slots[slot]), episode_index=int(episode[slot]),
-                reward=float(returns[slot]), length=int(lengths[slot]),
-                terminated=bool(step.terminated[p]),
-                truncated=bool(step.truncated[p] or (cut[p] and not step.terminated[p])),
-                task=None if task_id is None else tasks[task_id],
-                success=None if success is None else bool(success))
-            records.append(record)
-            if on_episode is not None:
-                on_episode(record)
-        slots_ended = active[positions]
-        episode[slots_ended] += 1
-        returns[slots_ended] = 0.0
-        lengths[slots_ended] = 0
-
-        going_on = ended & (episode[active] < quotas[active])  # [A]
-        needs_reset = going_on & ~step.restarted
-        if needs_reset.any():
-            reset(active[needs_reset], episode[active[needs_reset]], first=False)
-        if lstm_state is not None and going_on.any():
-            lstm_state = _restart_rows(evaluator, lstm_state, np.flatnonzero(going_on))
-        if done is not None:
-            done[going_on] = 1.0
-        keep = ~ended | going_on  # [A]: finished slots pause
-        if not keep.all():
-            active = active[keep]
-            if lstm_state is not None:
-                lstm_state = _keep_rows(evaluator, lstm_state, np.flatnonzero(keep))
-            if done is not None:
-                done = done[keep]
-
-    records.sort(key=lambda r: (r.env_index, r.episode_index))
-    return records
+    return sorted(records, key=lambda r: (r.env_index, r.episode_index))

@@ -115,6 +115,37 @@ class TestAutoresetModes:
         records, _ = run("sync-same", make, settings, num_envs=4)
         assert as_tuples(records) == ground_truth(make, settings, 4)
 
+    def test_a_native_vector_env_autoresets_by_itself(self):
+        """Gymnasium's CartPoleVectorEnv: NEXT_STEP, one generator, no reset_mask support."""
+        settings = RolloutSettings(num_episodes=10, max_steps=None, seed=0)
+        envs = gym.make_vec("CartPole-v1", num_envs=4)
+        records = run_episodes(DUMMY, envs, settings)
+        envs.close()
+        # The same env, seeded alike and stepped by hand, skipping its autoreset steps.
+        hand = gym.make_vec("CartPole-v1", num_envs=4)
+        hand.reset(seed=0)
+        quotas = [episode_quota(10, 4, i) for i in range(4)]
+        count, length, autoreset, expected = [0] * 4, [0] * 4, [False] * 4, []
+        while count != quotas:
+            _, _, terminated, truncated, _ = hand.step(np.zeros(4, dtype=np.int64))
+            for i in range(4):
+                if autoreset[i] or count[i] == quotas[i]:
+                    continue
+                length[i] += 1
+                if terminated[i] or truncated[i]:
+                    expected.append((i, count[i], length[i]))
+                    count[i], length[i] = count[i] + 1, 0
+            autoreset = terminated | truncated
+        hand.close()
+        assert [(r.env_index, r.episode_index, r.length) for r in records] == sorted(expected)
+        assert all(r.reward == r.length for r in records)
+
+    def test_a_vector_env_that_ignores_reset_masks_is_caught(self):
+        envs = gym.make_vec("CartPole-v1", num_envs=4)
+        with pytest.raises(ValueError, match="resets only the sub-envs in options"):
+            run_episodes(DUMMY, envs, RolloutSettings(num_episodes=12, max_steps=9))
+        envs.close()
+
     def test_disabled_autoreset_is_refused(self):
         envs = SyncVectorEnv([LengthEnv] * 2, autoreset_mode=AutoresetMode.DISABLED)
         with pytest.raises(ValueError, match="envs: expected a vector env with NEXT_STEP"):
