@@ -179,8 +179,8 @@ class _Step(NamedTuple):
     rewards: np.ndarray  # [A] float64
     terminated: np.ndarray  # [A] bool
     truncated: np.ndarray  # [A] bool
-    restarted: np.ndarray  # [A] bool: the env ended and already began its next episode
-    reset_step: np.ndarray  # [A] bool: an autoreset step (NEXT_STEP): nothing to count
+    restarted: np.ndarray | None  # [A] bool: ended and already began the next (SAME_STEP)
+    reset_step: np.ndarray | None  # [A] bool: an autoreset step (NEXT_STEP), nothing to count
     final_info: Callable[[int], dict]  # active position -> info of the episode's last step
 
 
@@ -208,12 +208,13 @@ class EnvPool:
         # [k, ...]: the latest observation of every slot
         self.observations = create_empty_array(self.single_observation_space, self.num_envs,
                                                fn=np.zeros)
+        self._put = _row_writer(self.observations)
 
     def reset_slots(self, index: np.ndarray, seeds: list[int | None],
                     options: dict | None) -> None:
-        for slot, seed in zip(index, seeds):
+        for slot, seed in zip(index.tolist(), seeds):
             obs, _ = self.envs[slot].reset(seed=seed, options=options)
-            _put(self.observations, slot, obs)
+            self._put(slot, obs)
 
     def step_slots(self, index: np.ndarray, actions: np.ndarray) -> _Step:
         count = len(index)
@@ -221,13 +222,13 @@ class EnvPool:
         terminated = np.empty(count, dtype=bool)
         truncated = np.empty(count, dtype=bool)
         infos = []
-        for position, slot in enumerate(index):
+        envs, put = self.envs, self._put
+        for position, slot in enumerate(index.tolist()):
             obs, rewards[position], terminated[position], truncated[position], info = \
-                self.envs[slot].step(actions[position])
-            _put(self.observations, slot, obs)
+                envs[slot].step(actions[position])
+            put(slot, obs)
             infos.append(info)
-        never = np.zeros(count, dtype=bool)
-        return _Step(rewards, terminated, truncated, never, never, infos.__getitem__)
+        return _Step(rewards, terminated, truncated, None, None, infos.__getitem__)
 
     def close(self) -> None:
         for env in self.envs:
@@ -295,20 +296,26 @@ class _VectorSlots:
     def step_slots(self, index: np.ndarray, actions: np.ndarray) -> _Step:
         if self._actions is None:  # sub-envs that never act repeat a valid action
             self._actions = np.repeat(actions[:1], self.num_envs, axis=0)
-        self._actions[index] = actions
-        reset_step = self._autoresetting[index]
+        every = len(index) == self.num_envs  # then index is 0 .. k - 1: no gathering
+        if every:
+            self._actions = actions
+        else:
+            self._actions[index] = actions
+        reset_step = self._autoresetting if every else self._autoresetting[index]
         self.observations, rewards, terminated, truncated, infos = self.envs.step(self._actions)
         if not self.same_step:
             self._autoresetting = terminated | truncated
-        terminated, truncated = terminated[index], truncated[index]
-        restarted = (terminated | truncated) if self.same_step else np.zeros(len(index), bool)
+        if not every:
+            rewards, terminated, truncated = rewards[index], terminated[index], truncated[index]
+        restarted = (terminated | truncated) if self.same_step else None
 
         def final_info(position: int) -> dict:
-            if restarted[position]:  # SAME_STEP: the ended episode's info moved aside
+            if restarted is not None and restarted[position]:  # SAME_STEP: moved aside
                 return _unbatch_info(infos.get("final_info", {}), index[position])
             return _unbatch_info(infos, index[position])
 
-        return _Step(rewards[index], terminated, truncated, restarted, reset_step, final_info)
+        return _Step(rewards, terminated, truncated, restarted,
+                     reset_step if reset_step.any() else None, final_info)
 
     def close(self) -> None:
         self.envs.close()
@@ -358,16 +365,15 @@ def _unbatch_info(infos: dict, slot: int) -> dict:
     return info
 
 
-def _put(batch: Any, row: int, value: Any) -> None:
-    """Write one env's observation into row ``row`` of a batch (arrays, dicts, tuples)."""
+def _row_writer(batch: Any) -> Callable[[int, Any], None]:
+    """``put(row, obs)``: writes one env's observation into a batch (arrays, dicts, tuples)."""
     if isinstance(batch, dict):
-        for key, sub in batch.items():
-            _put(sub, row, value[key])
-    elif isinstance(batch, tuple):
-        for sub, item in zip(batch, value):
-            _put(sub, row, item)
-    else:
-        batch[row] = value
+        writers = {key: _row_writer(sub) for key, sub in batch.items()}
+        return lambda row, value: [put(row, value[key]) for key, put in writers.items()]
+    if isinstance(batch, tuple):
+        writers = [_row_writer(sub) for sub in batch]
+        return lambda row, value: [put(row, item) for put, item in zip(writers, value)]
+    return batch.__setitem__  # the hot path: one array
 
 
 def _take(batch: Any, rows: np.ndarray) -> Any:
@@ -503,6 +509,8 @@ def _initial_state(evaluator: Any, batch_size: int) -> tuple[Any, np.ndarray | N
 
 def _to_numpy(action: Any) -> np.ndarray:
     if isinstance(action, torch.Tensor):
+        if action.device.type == "cpu" and not action.requires_grad:
+            return action.numpy()  # the hot path: no copy
         return action.detach().cpu().numpy()
     return np.asarray(action)
 
@@ -570,31 +578,37 @@ def run_episodes(
         raise ValueError("tasks: a SAME_STEP vector env resets finished sub-envs before the "
                          "next task is known; use NEXT_STEP autoreset or an env factory")
     n = settings.num_episodes
-    quotas = np.array([episode_quota(n, num_slots, int(s)) for s in global_slots])
+    slot_ids = global_slots.tolist()  # [k] global index of each local slot
+    quotas = [episode_quota(n, num_slots, i) for i in slot_ids]  # [k]
+    episode = [0] * k  # [k] the running episode of each slot
+    # Reset by hand what does not restart by itself: our pool's envs, and every episode that
+    # needs its task passed at reset (and, below, episodes that max_steps cuts).
+    reset_by_hand = not pool.autoresets or tasks is not None
 
-    def task_of(slot: int, episode: int) -> int | None:  # an index into tasks
+    def task_of(slot: int) -> int | None:  # an index into tasks, for the slot's episode
         if tasks is None:
             return None
-        return _episode_number(n, num_slots, int(global_slots[slot]), episode) % len(tasks)
+        return _episode_number(n, num_slots, slot_ids[slot], episode[slot]) % len(tasks)
 
-    def reset(index: np.ndarray, episodes: np.ndarray, first: bool) -> None:
+    def reset(index: np.ndarray, first: bool = False) -> None:
         # One reset call per task: a vector env passes one options dict to all it resets.
-        task_ids = [task_of(s, e) for s, e in zip(index, episodes)]
+        task_ids = [task_of(slot) for slot in index]
         for task_id in dict.fromkeys(task_ids):
             group = index[[t == task_id for t in task_ids]]
-            seeds = [settings.seed + int(global_slots[s]) if first and settings.seed is not None
-                     else None for s in group]
+            seeds = [settings.seed + slot_ids[slot] if first and settings.seed is not None
+                     else None for slot in group]
             pool.reset_slots(group, seeds, None if task_id is None
                              else {"task": tasks[task_id]})
 
-    episode = np.zeros(k, dtype=np.int64)  # [k] the running episode of each slot
-    returns = np.zeros(k)  # [k] float64
-    lengths = np.zeros(k, dtype=np.int64)  # [k]
     # Sub-envs of a vector env are all stepped, so all need a first reset; a pool's idle ones
     # are never touched.
-    active = np.flatnonzero(quotas > 0)  # [A] slots still counting episodes
-    reset(active if isinstance(pool, EnvPool) else np.arange(k), episode, first=True)
-    lstm_state, done = _initial_state(evaluator, len(active))
+    active = np.flatnonzero(quotas)  # [A] slots still counting episodes
+    reset(active if isinstance(pool, EnvPool) else np.arange(k), first=True)
+    # Per active slot, sliced like the recurrent state when slots pause.
+    returns = np.zeros(active.size)  # [A] float64
+    lengths = np.zeros(active.size, dtype=np.int64)  # [A]
+    lstm_state, done = _initial_state(evaluator, active.size)
+    max_steps = settings.max_steps or np.iinfo(np.int64).max
     records: list[EpisodeRecord] = []
 
     while active.size:
@@ -609,22 +623,30 @@ def run_episodes(
                              f"got {describe(actions)}")
         lstm_state = extras.get("lstm_state") if lstm_state is not None else None
         step = pool.step_slots(active, actions)
-        counted = ~step.reset_step  # [A]: an autoreset step is no step of any episode
-        returns[active] += np.where(counted, step.rewards, 0.0)
-        lengths[active] += counted
-        env_ended = counted & (step.terminated | step.truncated)  # [A]
-        cut = counted & ~env_ended & (lengths[active] >= (settings.max_steps or np.inf))
-        ended = env_ended | cut  # [A]: the done boundary
-        fresh = step.reset_step.copy()  # [A]: observations that begin an episode
+        fresh = step.reset_step  # [A] observations that begin an episode, or None
+        if fresh is None:
+            returns += step.rewards
+            lengths += 1
+            ended = step.terminated | step.truncated  # [A]
+        else:  # an autoreset step is no step of any episode
+            counted = ~fresh
+            returns += step.rewards * counted
+            lengths += counted
+            ended = counted & (step.terminated | step.truncated)
+        cut = lengths >= max_steps  # [A]
+        if cut.any():
+            cut &= ~ended  # the env's own ending comes first
+            ended = ended | cut  # [A]: the done boundary
 
         if ended.any():
-            for p in np.flatnonzero(ended):
+            restarted, by_hand, paused = [], [], []  # active positions
+            for p in np.flatnonzero(ended).tolist():
                 slot = active[p]
-                task_id = task_of(slot, episode[slot])
+                task_id = task_of(slot)
                 success = step.final_info(p).get(settings.success_key)
                 record = EpisodeRecord(
-                    env_index=int(global_slots[slot]), episode_index=int(episode[slot]),
-                    reward=float(returns[slot]), length=int(lengths[slot]),
+                    env_index=slot_ids[slot], episode_index=episode[slot],
+                    reward=float(returns[p]), length=int(lengths[p]),
                     terminated=bool(step.terminated[p]),
                     truncated=bool(step.truncated[p] or cut[p]),
                     task=None if task_id is None else tasks[task_id],
@@ -632,28 +654,32 @@ def run_episodes(
                 records.append(record)
                 if on_episode is not None:
                     on_episode(record)
-            slots_ended = active[ended]
-            episode[slots_ended] += 1
-            returns[slots_ended] = 0.0
-            lengths[slots_ended] = 0
-            going_on = ended & (episode[active] < quotas[active])  # [A]
-            # Reset by hand what does not restart by itself: cut episodes, our pool's envs,
-            # and every episode that needs its task passed at reset.
-            by_hand = going_on & ~step.restarted & (
-                cut | (not pool.autoresets) | (tasks is not None))
-            if by_hand.any():
-                reset(active[by_hand], episode[active[by_hand]], first=False)
-            # A NEXT_STEP autoreset comes with the next step, which marks it fresh then.
-            fresh |= by_hand | (going_on & step.restarted)
-            keep = ~ended | going_on  # [A]: finished slots pause
-            if not keep.all():
-                active, fresh = active[keep], fresh[keep]
-                if lstm_state is not None:
+                episode[slot] += 1
+                returns[p], lengths[p] = 0.0, 0
+                if episode[slot] == quotas[slot]:
+                    paused.append(p)
+                elif step.restarted is not None and step.restarted[p]:
+                    restarted.append(p)
+                elif reset_by_hand or cut[p]:
+                    by_hand.append(p)
+                # else a NEXT_STEP autoreset comes with the next step, which marks it fresh
+            if by_hand:
+                reset(active[by_hand])
+            if done is not None and (restarted or by_hand):
+                fresh = np.zeros(active.size, dtype=bool) if fresh is None else fresh.copy()
+                fresh[restarted + by_hand] = True
+            if paused:
+                keep = np.ones(active.size, dtype=bool)  # [A]
+                keep[paused] = False
+                active, returns, lengths = active[keep], returns[keep], lengths[keep]
+                if done is not None:
+                    fresh = None if fresh is None else fresh[keep]
                     lstm_state = _keep_rows(evaluator, lstm_state, np.flatnonzero(keep))
 
-        if lstm_state is not None and fresh.any():
-            lstm_state = _restart_rows(evaluator, lstm_state, np.flatnonzero(fresh))
-        if done is not None:
-            done = fresh.astype(np.float32)
+        if done is not None:  # a recurrent agent: new episodes start from the initial state
+            done = (np.zeros(active.size, dtype=np.float32) if fresh is None
+                    else fresh.astype(np.float32))
+            if fresh is not None and fresh.any():
+                lstm_state = _restart_rows(evaluator, lstm_state, np.flatnonzero(fresh))
 
     return sorted(records, key=lambda r: (r.env_index, r.episode_index))
