@@ -7,8 +7,11 @@ Usage::
 
 1. Env steps per second of ``EvalRunner.evaluate`` on CartPole, CleanRL's MLP agent acting
    greedily over 8 envs, as a ratio against a hand-written Gymnasium vector loop with the same
-   policy (target: at least 0.9x), and against TorchRL's ``Evaluator`` (when installed).
-   Rounds alternate between the contenders; each figure is the median over rounds.
+   policy over the same envs, CleanRL's ``SyncVectorEnv`` of ``gym.make`` envs (target: at
+   least 0.9x); the same pair on Gymnasium's native ``CartPoleVectorEnv`` (what
+   ``gym.make_vec`` builds, handed to the runner as a vector env); and against TorchRL's
+   ``Evaluator`` (when installed). Rounds alternate between the contenders; each figure is
+   the median over rounds.
 2. A CleanRL-style PPO training loop on CartPole that evaluates every other iteration: its
    wall-clock time with the evaluations in the background (``trigger_eval``) as a ratio
    against the same evaluations run inline (``evaluate``), and each against no evaluation.
@@ -57,9 +60,18 @@ def runner_rate(runner: EvalRunner) -> float:
     return sum(r.length for r in result.episodes) / (time.perf_counter() - start)
 
 
-def plain_loop_rate(agent: MLPAgent, steps: int) -> float:
+def sync_cartpoles() -> gym.vector.VectorEnv:
+    return gym.vector.SyncVectorEnv([make_cartpole] * NUM_ENVS)  # CleanRL's ppo.py
+
+
+def native_cartpoles() -> gym.vector.VectorEnv:
+    return gym.make_vec("CartPole-v1", num_envs=NUM_ENVS)  # CartPoleVectorEnv
+
+
+def plain_loop_rate(agent: MLPAgent, steps: int,
+                    make_vector_env: Callable[[], gym.vector.VectorEnv]) -> float:
     """A hand-written NEXT_STEP loop: autoreset steps are done but not counted as env steps."""
-    envs = gym.make_vec("CartPole-v1", num_envs=NUM_ENVS)
+    envs = make_vector_env()
     obs, _ = envs.reset(seed=0)
     autoreset = np.zeros(NUM_ENVS, dtype=bool)
     counted = 0
@@ -110,12 +122,19 @@ def torchrl_contender(agent: MLPAgent, episodes: int) -> Callable[[], float] | N
 
 def throughput(rounds: int, episodes: int) -> None:
     agent = new_agent()
-    runner = EvalRunner(make_cartpole, CleanRLEvaluator(agent, deterministic=True),
-                        num_envs=NUM_ENVS, num_episodes=episodes, max_steps=MAX_STEPS)
+    evaluator = CleanRLEvaluator(agent, deterministic=True)
+    runner = EvalRunner(make_cartpole, evaluator, num_envs=NUM_ENVS, num_episodes=episodes,
+                        max_steps=MAX_STEPS)
+    # The native env keeps its own 500-step limit: it cannot reset single sub-envs.
+    native = EvalRunner(native_cartpoles, evaluator, num_envs=NUM_ENVS, num_episodes=episodes,
+                        max_steps=None)
     steps = sum(r.length for r in runner.evaluate().episodes)  # warm-up, and the work size
+    native.evaluate()
     contenders: dict[str, Callable[[], float]] = {
         "EvalRunner": lambda: runner_rate(runner),
-        "plain loop": lambda: plain_loop_rate(agent, steps),
+        "plain loop": lambda: plain_loop_rate(agent, steps, sync_cartpoles),
+        "EvalRunner native": lambda: runner_rate(native),
+        "plain loop native": lambda: plain_loop_rate(agent, steps, native_cartpoles),
     }
     torchrl = torchrl_contender(agent, episodes)
     if torchrl is not None:
@@ -126,15 +145,18 @@ def throughput(rounds: int, episodes: int) -> None:
         for name, measure in contenders.items():
             rates[name].append(measure())
     runner.shutdown()
+    native.shutdown()
     if torchrl is not None:
         torchrl.shutdown()
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"Throughput: CartPole, greedy MLP agent, {NUM_ENVS} envs, {episodes} episodes "
           f"(~{steps} env steps) per evaluation, median of {rounds} rounds")
-    print(f"  EvalRunner.evaluate / plain Gymnasium vector loop: "
+    print(f"  EvalRunner.evaluate / plain loop, SyncVectorEnv of gym.make envs: "
           f"{median['EvalRunner'] / median['plain loop']:.2f}x (target >= 0.9x)")
+    print(f"  the same on the native CartPoleVectorEnv:                  "
+          f"{median['EvalRunner native'] / median['plain loop native']:.2f}x")
     if "TorchRL" in median:
-        print(f"  EvalRunner.evaluate / TorchRL Evaluator:           "
+        print(f"  EvalRunner.evaluate / TorchRL Evaluator (SerialEnv):       "
               f"{median['EvalRunner'] / median['TorchRL']:.1f}x")
 
 
@@ -208,17 +230,25 @@ def ppo_training(iterations: int, runner: EvalRunner | None, background: bool,
     return loop, time.perf_counter() - start
 
 
-def training_cost(iterations: int, episodes: int) -> None:
+def training_cost(rounds: int, iterations: int, episodes: int) -> None:
     # The runner evaluates whatever weights it is handed; its evaluator is built on any agent
     # of the same shape.
     runner = EvalRunner(make_cartpole, CleanRLEvaluator(new_agent()), num_envs=NUM_ENVS,
                         num_episodes=episodes, max_steps=MAX_STEPS, busy_policy="queue")
-    alone, _ = ppo_training(iterations, None, background=False)
-    inline, _ = ppo_training(iterations, runner, background=False)
-    background, drained = ppo_training(iterations, runner, background=True)
+    ppo_training(1, runner, background=False)  # warm-up
+    times: dict[str, list[float]] = {"alone": [], "inline": [], "background": [],
+                                     "drained": []}
+    for _ in range(rounds):
+        times["alone"].append(ppo_training(iterations, None, background=False)[0])
+        times["inline"].append(ppo_training(iterations, runner, background=False)[0])
+        loop, drained = ppo_training(iterations, runner, background=True)
+        times["background"].append(loop)
+        times["drained"].append(drained)
     runner.shutdown()
+    alone, inline, background, drained = (statistics.median(times[name]) for name in times)
     print(f"Training cost: CleanRL PPO on CartPole, {iterations} iterations, an evaluation "
-          f"({episodes} episodes, {NUM_ENVS} envs) every other iteration")
+          f"({episodes} episodes, {NUM_ENVS} envs) every other iteration, median of {rounds} "
+          "rounds")
     print(f"  training loop with background evaluations / with inline evaluations: "
           f"{background / inline:.2f}x")
     print(f"  slowdown over no evaluation: background {background / alone:.2f}x, "
@@ -231,7 +261,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
     quick = parser.parse_args().quick
     throughput(rounds=1 if quick else 7, episodes=40 if quick else 400)
-    training_cost(iterations=2 if quick else 20, episodes=8 if quick else 16)
+    training_cost(rounds=1 if quick else 3, iterations=2 if quick else 20,
+                  episodes=8 if quick else 200)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ Usage (through the runner, which picks the backend by name)::
 
     runner = EvalRunner(make_env, evaluator, backend="thread")
 
-A backend is a private strategy with two methods: ``run(weights, version, stop, on_episode)``
-runs the episodes of one evaluation and returns their records, and ``close()`` frees what it
-holds. The runner calls both from its own thread, one evaluation at a time, and does the rest
-(queueing, metrics, ``on_result``, errors). ``"thread"`` runs the episode loop right there;
-further backends live in modules of their own, registered in :data:`BACKENDS` and imported only
-when chosen (an optional dependency such as Ray is then needed only by those who use it).
+A backend is a private strategy with two methods: ``run(weights, version, stop, on_episode,
+background)`` runs the episodes of one evaluation and returns their records, and ``close()``
+frees what it holds. The runner calls both from its own thread, one evaluation at a time, and
+does the rest (queueing, metrics, ``on_result``, errors). ``"thread"`` runs the episode loop
+right there; further backends live in modules of their own, registered in :data:`BACKENDS` and
+imported only when chosen (an optional dependency such as Ray is then needed only by those who
+use it).
 """
 
 from __future__ import annotations
@@ -74,8 +75,13 @@ class _Backend:
         self.set_task = set_task
 
     def run(self, weights: Mapping[str, torch.Tensor] | None, version: int | None,
-            stop: threading.Event,
-            on_episode: Callable[[EpisodeRecord], None] | None) -> list[EpisodeRecord]:
+            stop: threading.Event, on_episode: Callable[[EpisodeRecord], None] | None,
+            background: bool) -> list[EpisodeRecord]:
+        """The records of one evaluation on ``weights`` (``None``: the current ones).
+
+        ``background``: training goes on meanwhile (``trigger_eval``), rather than waiting
+        for the result (``evaluate``).
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -111,15 +117,17 @@ class _ThreadBackend(_Backend):
         return envs
 
     def run(self, weights: Mapping[str, torch.Tensor] | None, version: int | None,
-            stop: threading.Event,
-            on_episode: Callable[[EpisodeRecord], None] | None) -> list[EpisodeRecord]:
+            stop: threading.Event, on_episode: Callable[[EpisodeRecord], None] | None,
+            background: bool) -> list[EpisodeRecord]:
         if weights is not None:
             self.evaluator.load_weights(weights, version)
         if self._envs is None:
             self._envs = self._build_envs()
         try:
+            # In the background, training runs in another thread of this process: let it
+            # have the GIL back each step. A blocking evaluation runs at full speed.
             return run_episodes(self.evaluator, self._envs, self.settings, stop=stop,
-                                on_episode=on_episode)
+                                on_episode=on_episode, yield_gil=background)
         except BaseException:
             self.close()  # an env may have broken mid-episode: build fresh ones next time
             raise

@@ -60,6 +60,7 @@ refused; apply the wrappers you want counted to each sub-env instead.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -545,6 +546,7 @@ def run_episodes(
     num_slots: int | None = None,
     stop: threading.Event | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
+    yield_gil: bool = False,
 ) -> list[EpisodeRecord]:
     """Run the counted episodes of ``envs``' slots and return their records.
 
@@ -560,6 +562,11 @@ def run_episodes(
         stop: when set, the loop stops before its next step and raises
             :class:`~syllabus_eval.EvaluationCancelled`.
         on_episode: called with each record as its episode ends (progress bars).
+        yield_gil: sleep for a moment (``time.sleep(0)``) each step, for loops that run in a
+            background thread beside training. Without it, each time the training thread
+            releases the GIL for a torch call it may wait up to ``sys.getswitchinterval()``
+            (5 ms) to get it back from this loop, which slowed the benchmark's PPO loop about
+            4x; the pause lets it take the GIL back at once, for a slower evaluation.
 
     Returns:
         The records of every counted episode, ordered by ``(env_index, episode_index)``.
@@ -614,6 +621,8 @@ def run_episodes(
     while active.size:
         if stop is not None and stop.is_set():
             raise EvaluationCancelled("the evaluation was stopped before its episodes ended")
+        if yield_gil:
+            time.sleep(0)
         obs = pool.observations if active.size == k else _take(pool.observations, active)
         action, extras = evaluator.get_action(obs, lstm_state, done,
                                               deterministic=settings.deterministic)

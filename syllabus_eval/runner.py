@@ -331,7 +331,7 @@ class EvalRunner:
         try:
             start = time.perf_counter()
             records = self._backend.run(job.weights, job.step, self._stop,
-                                        bar and (lambda _: bar.update()))
+                                        bar and (lambda _: bar.update()), not job.blocking)
             result = summarize(records, step=job.step, elapsed=time.perf_counter() - start,
                                metrics_fn=self.metrics_fn)
         except BaseException as error:
