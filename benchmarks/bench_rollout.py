@@ -236,24 +236,25 @@ def training_cost(rounds: int, iterations: int, episodes: int) -> None:
     runner = EvalRunner(make_cartpole, CleanRLEvaluator(new_agent()), num_envs=NUM_ENVS,
                         num_episodes=episodes, max_steps=MAX_STEPS, busy_policy="queue")
     ppo_training(1, runner, background=False)  # warm-up
-    times: dict[str, list[float]] = {"alone": [], "inline": [], "background": [],
-                                     "drained": []}
-    for _ in range(rounds):
-        times["alone"].append(ppo_training(iterations, None, background=False)[0])
-        times["inline"].append(ppo_training(iterations, runner, background=False)[0])
-        loop, drained = ppo_training(iterations, runner, background=True)
-        times["background"].append(loop)
-        times["drained"].append(drained)
+    ratios: dict[str, list[float]] = {"background / inline": [], "background / alone": [],
+                                      "inline / alone": [], "until the last result": []}
+    for _ in range(rounds):  # the three back to back, so that each round's ratios compare
+        alone, _ = ppo_training(iterations, None, background=False)
+        inline, _ = ppo_training(iterations, runner, background=False)
+        background, drained = ppo_training(iterations, runner, background=True)
+        for name, ratio in zip(ratios, (background / inline, background / alone,
+                                        inline / alone, drained / alone)):
+            ratios[name].append(ratio)
     runner.shutdown()
-    alone, inline, background, drained = (statistics.median(times[name]) for name in times)
+    median = {name: statistics.median(values) for name, values in ratios.items()}
     print(f"Training cost: CleanRL PPO on CartPole, {iterations} iterations, an evaluation "
           f"({episodes} episodes, {NUM_ENVS} envs) every other iteration, median of {rounds} "
           "rounds")
     print(f"  training loop with background evaluations / with inline evaluations: "
-          f"{background / inline:.2f}x")
-    print(f"  slowdown over no evaluation: background {background / alone:.2f}x, "
-          f"inline {inline / alone:.2f}x (background, until the last result: "
-          f"{drained / alone:.2f}x)")
+          f"{median['background / inline']:.2f}x")
+    print(f"  slowdown over no evaluation: background {median['background / alone']:.2f}x, "
+          f"inline {median['inline / alone']:.2f}x (background, until the last result: "
+          f"{median['until the last result']:.2f}x)")
 
 
 def main() -> None:
@@ -261,7 +262,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
     quick = parser.parse_args().quick
     throughput(rounds=1 if quick else 7, episodes=40 if quick else 400)
-    training_cost(rounds=1 if quick else 3, iterations=2 if quick else 20,
+    training_cost(rounds=1 if quick else 5, iterations=2 if quick else 12,
                   episodes=8 if quick else 200)
 
 

@@ -19,6 +19,11 @@ Every evaluation, blocking or not, runs on the runner's own thread, one at a tim
 order. The weights are snapshotted when the evaluation is triggered (never later) and put on
 the evaluation device; training goes on meanwhile. Results are :class:`EvalResult`: the flat
 metrics dict, with the per-episode records on ``.episodes`` and the trigger step on ``.step``.
+
+With the ``"thread"`` backend the evaluation shares the GIL with training: a background
+evaluation pauses a moment each env step so that the training thread gets the GIL back at once
+(see :func:`run_episodes`' ``yield_gil``), and runs slower for it; blocking ones run at full
+speed. Envs that are heavy in Python still take their share of the interpreter.
 """
 
 from __future__ import annotations
