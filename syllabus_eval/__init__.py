@@ -2,15 +2,30 @@
 
 Usage::
 
+    from syllabus_eval import EvalRunner
     from syllabus_eval.adapters import CleanRLEvaluator
     evaluator = CleanRLEvaluator(agent)
     value, extras = evaluator.get_value(obs)
+    metrics = EvalRunner(make_env, evaluator).evaluate(agent, step=step)
 """
 
-from .errors import EvaluationError
+from .errors import EvaluationCancelled, EvaluationError
 from .evaluator import AgentInputs, AgentQueries, Evaluator
+from .results import EvalResult, summarize
+from .rollout import (
+    EnvPool,
+    EpisodeRecord,
+    RolloutSettings,
+    check_fit,
+    episode_quota,
+    make_envs,
+    run_episodes,
+)
+from .runner import EvalRunner
 from .weights import WeightSource, snapshot_state_dict, weight_source
 
-__all__ = ["AgentInputs", "AgentQueries", "EvaluationError", "Evaluator", "WeightSource",
-           "snapshot_state_dict", "weight_source"]
+__all__ = ["AgentInputs", "AgentQueries", "EnvPool", "EpisodeRecord", "EvalResult",
+           "EvalRunner", "EvaluationCancelled", "EvaluationError", "Evaluator",
+           "RolloutSettings", "WeightSource", "check_fit", "episode_quota", "make_envs",
+           "run_episodes", "snapshot_state_dict", "summarize", "weight_source"]
 __version__ = "0.1.0"

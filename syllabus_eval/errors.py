@@ -7,6 +7,10 @@ class EvaluationError(RuntimeError):
     """An evaluation failed (in the background or in a worker); the cause is chained."""
 
 
+class EvaluationCancelled(EvaluationError):
+    """An evaluation was stopped before its episodes ended (``EvalRunner.shutdown``)."""
+
+
 def describe(value: object) -> str:
     """A short description of ``value`` for error messages: type, shape and dtype where known."""
     shape = getattr(value, "shape", None)

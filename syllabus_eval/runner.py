@@ -1,0 +1,380 @@
+"""Periodic evaluation of a training agent, blocking or in the background.
+
+Usage::
+
+    from syllabus_eval import EvalRunner
+    from syllabus_eval.adapters import CleanRLEvaluator
+
+    with EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent), num_envs=8,
+                    num_episodes=20, on_result=wandb.log) as runner:
+        for step in range(total_steps):
+            ...                                           # train
+            if step % 10_000 == 0:
+                runner.trigger_eval(agent, step=step)     # snapshot now, evaluate meanwhile
+            if (result := runner.poll()) is not None:     # None while it runs
+                print(result["eval/reward"])
+        metrics = runner.evaluate(agent, step=step)       # blocking
+
+Every evaluation, blocking or not, runs on the runner's own thread, one at a time, in trigger
+order. The weights are snapshotted when the evaluation is triggered (never later) and put on
+the evaluation device; training goes on meanwhile. Results are :class:`EvalResult`: the flat
+metrics dict, with the per-episode records on ``.episodes`` and the trigger step on ``.step``.
+
+With the ``"thread"`` backend the evaluation shares the GIL with training: a background
+evaluation pauses a moment each env step so that the training thread gets the GIL back at once
+(see :func:`run_episodes`' ``yield_gil``), and runs slower for it; blocking ones run at full
+speed. Envs that are heavy in Python still take their share of the interpreter.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backends import backend_class
+from .errors import EvaluationCancelled, EvaluationError, bad_argument
+from .results import EvalResult, MetricsFn, summarize
+from .rollout import RolloutSettings
+from .weights import snapshot_state_dict
+
+logger = logging.getLogger(__name__)
+
+BUSY_POLICIES = ("error", "queue", "skip")
+
+
+@dataclass
+class _Job:
+    """One triggered evaluation."""
+
+    weights: dict[str, torch.Tensor] | None  # snapshot taken at trigger time
+    step: int | None
+    blocking: bool
+    future: Future = field(default_factory=Future)
+
+
+class EvalRunner:
+    """Evaluates an agent periodically over vectorized envs, with exact episode counts.
+
+    Args:
+        make_env: returns one ``gymnasium.Env`` (``num_envs`` copies are made) or a whole
+            ``VectorEnv`` of ``num_envs`` sub-envs. Reward wrappers inside it count: leave
+            reward shaping out to evaluate raw returns.
+        evaluator: the agent's :class:`~syllabus_eval.Evaluator` (any object with its
+            ``get_action``). Evaluations run on ``evaluator.detached(device)``, a private copy.
+        num_envs: env slots; slot ``i`` runs ``(num_episodes + i) // num_envs`` episodes.
+        num_episodes: episodes per evaluation.
+        max_steps: steps after which an episode is truncated; ``None``: the env's own limit.
+        backend: where episodes run: ``"thread"`` (the runner's daemon thread).
+        busy_policy: what :meth:`trigger_eval` does while an evaluation is pending:
+            ``"error"`` raises ``RuntimeError``, ``"queue"`` runs it afterwards, ``"skip"``
+            drops it and returns ``False``.
+        on_result: called with each :class:`EvalResult`, on the runner's thread, before
+            :meth:`wait` returns it. An exception it raises is logged, kept on
+            ``result.on_result_error`` and does not stop the runner. The evaluation counts as
+            pending until it returns.
+        metrics_fn: ``metrics_fn(episodes) -> {name: number}``, extra metrics under ``eval/``.
+        deterministic: greedy actions (default), sampled (``False``) or the evaluator's default
+            (``None``); see :class:`RolloutSettings`.
+        seed: slot ``i`` starts each evaluation reset with ``seed + i`` (default 0: every
+            evaluation sees the same start states); ``None``: unseeded.
+        tasks: tasks assigned to episodes round robin, passed as the reset option ``"task"``.
+        set_task: ``set_task(env, task)``, called before each reset instead of the option.
+        success_key: the info key giving an episode's success at its last step.
+        vectorization_mode: ``"sync"`` (our env pool, in the runner's thread) or ``"async"``
+            (a Gymnasium ``AsyncVectorEnv``).
+        device: the evaluation device (default: the evaluator's).
+        progress: show a tqdm progress bar during blocking :meth:`evaluate` calls.
+
+    Raises:
+        ValueError: for bad arguments, and envs whose spaces do not fit the agent.
+    """
+
+    def __init__(
+        self,
+        make_env: Callable[[], gym.Env | gym.vector.VectorEnv],
+        evaluator: Any,
+        num_envs: int = 8,
+        num_episodes: int = 20,
+        max_steps: int | None = 1000,
+        backend: str = "thread",
+        busy_policy: str = "error",
+        on_result: Callable[[EvalResult], Any] | None = None,
+        metrics_fn: MetricsFn | None = None,
+        *,
+        deterministic: bool | None = True,
+        seed: int | None = 0,
+        tasks: list[Any] | None = None,
+        set_task: Callable[[gym.Env, Any], None] | None = None,
+        success_key: str = "success",
+        vectorization_mode: str = "sync",
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> None:
+        if not callable(getattr(evaluator, "get_action", None)):
+            raise bad_argument("evaluator", "an Evaluator (an object with get_action)",
+                               evaluator)
+        if busy_policy not in BUSY_POLICIES:
+            raise ValueError(f"busy_policy: expected one of {', '.join(map(repr, BUSY_POLICIES))}"
+                             f", got {busy_policy!r}")
+        for name, value in (("on_result", on_result), ("metrics_fn", metrics_fn)):
+            if value is not None and not callable(value):
+                raise bad_argument(name, "a callable or None", value)
+        settings = RolloutSettings(num_episodes, max_steps, deterministic, seed, tasks,
+                                   success_key)
+        self.busy_policy = busy_policy
+        self.on_result = on_result
+        self.metrics_fn = metrics_fn
+        self.progress = progress
+        self.settings = settings
+        self._backend = backend_class(backend)(
+            make_env, evaluator, num_envs, settings, vectorization_mode=vectorization_mode,
+            set_task=set_task, device=device)
+        self._evaluator = evaluator
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._unclaimed: deque[_Job] = deque()  # background results not yet polled
+        self._busy = 0  # evaluations queued or running
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # --- triggering --------------------------------------------------------------------------
+
+    def evaluate(self, weights: nn.Module | Mapping[str, torch.Tensor] | None = None,
+                 step: int | None = None) -> EvalResult:
+        """Evaluate now and return the result (blocking).
+
+        Runs on the runner's thread like every evaluation. While a background evaluation is
+        pending it raises ``RuntimeError``, unless ``busy_policy="queue"``: then it runs
+        after the pending ones. A failed evaluation raises :class:`EvaluationError`.
+
+        Args:
+            weights: the agent's weights (a module or a state dict); ``None``: the training
+                agent the evaluator was built on, as it is now.
+            step: the training step, carried by the result (``eval/step``).
+        """
+        job = self._submit(weights, step, blocking=True)
+        wait_futures([job.future])
+        return self._outcome(job)
+
+    def trigger_eval(self, weights: nn.Module | Mapping[str, torch.Tensor] | None = None,
+                     step: int | None = None) -> bool:
+        """Start an evaluation in the background; the weights are snapshotted now.
+
+        Returns:
+            ``True`` if it was started or queued, ``False`` if skipped (``busy_policy="skip"``).
+
+        Raises:
+            RuntimeError: an evaluation is pending and ``busy_policy="error"``.
+        """
+        return self._submit(weights, step, blocking=False) is not None
+
+    @property
+    def pending(self) -> bool:
+        """Whether an evaluation is queued or running."""
+        with self._lock:
+            return self._busy > 0
+
+    def poll(self) -> EvalResult | None:
+        """The oldest background result not yet returned; ``None`` while it runs (or if none).
+
+        Raises:
+            EvaluationError: that evaluation failed; the original exception is its cause.
+        """
+        with self._lock:
+            if not self._unclaimed or not self._unclaimed[0].future.done():
+                return None
+            job = self._unclaimed.popleft()
+        return self._outcome(job)
+
+    def wait(self, timeout: float | None = None) -> EvalResult | None:
+        """Block until the oldest background evaluation not yet returned is done; return it.
+
+        Args:
+            timeout: seconds to wait at most; ``None``: no limit.
+
+        Returns:
+            Its result, or ``None`` if no background evaluation is left to return.
+
+        Raises:
+            TimeoutError: it is still running after ``timeout`` seconds (it goes on).
+            EvaluationError: it failed; the original exception (and traceback) is its cause.
+        """
+        with self._lock:
+            if not self._unclaimed:
+                return None
+            job = self._unclaimed[0]
+        if not wait_futures([job.future], timeout).done:
+            raise TimeoutError(f"the evaluation triggered at step {job.step} is still running "
+                               f"after {timeout}s")
+        with self._lock:
+            if self._unclaimed and self._unclaimed[0] is job:
+                self._unclaimed.popleft()
+        return self._outcome(job)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Stop: the running evaluation ends at its next env step, queued ones are cancelled.
+
+        Their :meth:`wait` raises :class:`EvaluationError` caused by
+        :class:`EvaluationCancelled`. Safe to call twice.
+
+        Returns:
+            ``True`` once the runner's thread has ended and the envs are closed; ``False`` if
+            the thread was still inside an env step or agent query after ``timeout`` seconds
+            (it ends, and closes the envs, when that call returns).
+        """
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._stop.set()
+        self._jobs.put(None)  # wakes the idle thread; jobs queued before it are cancelled
+        if thread is None:
+            self._backend.close()
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning("EvalRunner.shutdown: the evaluation thread is still inside a call "
+                           "after %ss; it will end when that call returns", timeout)
+            return False
+        return True
+
+    def __enter__(self) -> EvalRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # --- the runner's thread -----------------------------------------------------------------
+
+    def _submit(self, weights: Any, step: int | None, blocking: bool) -> _Job | None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("EvalRunner: shut down; create a new runner to evaluate")
+            if self._busy and self.busy_policy != "queue":
+                if self.busy_policy == "skip" and not blocking:
+                    return None
+                raise RuntimeError(
+                    f"EvalRunner: an evaluation is still pending (busy_policy="
+                    f"{self.busy_policy!r}); wait() for it, or use busy_policy='queue'")
+            self._busy += 1  # reserved before the snapshot, which may wait for a step
+        try:
+            job = _Job(self._snapshot(weights), step, blocking)
+        except BaseException:
+            with self._lock:
+                self._busy -= 1
+            raise
+        with self._lock:
+            if not blocking:
+                self._unclaimed.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, daemon=True,
+                                                name="syllabus-eval-runner")
+                self._thread.start()
+        self._jobs.put(job)
+        return job
+
+    def _snapshot(self, weights: Any) -> dict[str, torch.Tensor] | None:
+        """Weights as they are now, on the evaluation device (``None``: nothing to load)."""
+        device = self._backend.weights_device
+        if weights is None:
+            source = getattr(self._evaluator, "training_agent", None)
+            return None if source is None else snapshot_state_dict(source, device)
+        if not isinstance(weights, (nn.Module, Mapping)):
+            raise bad_argument("weights", "an nn.Module, a state dict or None", weights)
+        agent = getattr(self._evaluator, "agent", None)
+        if not isinstance(agent, nn.Module):
+            raise bad_argument("weights", f"None: {type(self._evaluator).__name__} has no "
+                               "weights to load", weights)
+        snapshot = snapshot_state_dict(weights, device)
+        expected = {k: tuple(v.shape) for k, v in agent.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in snapshot.items()}
+        if got != expected:
+            raise ValueError(f"weights: expected the keys and shapes of "
+                             f"{type(agent).__name__}'s state dict, got weights that differ: "
+                             f"{_differences(expected, got)}")
+        return snapshot
+
+    def _work(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                if self._stop.is_set():
+                    self._finish(job, error=EvaluationCancelled(
+                        "the runner was shut down before this evaluation started"))
+                else:
+                    self._run(job)
+            while (job := self._get_nowait()) is not None:  # triggered during shutdown
+                self._finish(job, error=EvaluationCancelled("the runner was shut down"))
+        finally:
+            self._backend.close()
+
+    def _get_nowait(self) -> _Job | None:
+        try:
+            return self._jobs.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _run(self, job: _Job) -> None:
+        bar = None
+        if job.blocking and self.progress:
+            bar = tqdm(total=self.settings.num_episodes, desc="evaluation", unit="episode",
+                       leave=False)
+        try:
+            start = time.perf_counter()
+            records = self._backend.run(job.weights, job.step, self._stop,
+                                        bar and (lambda _: bar.update()), not job.blocking)
+            result = summarize(records, step=job.step, elapsed=time.perf_counter() - start,
+                               metrics_fn=self.metrics_fn)
+        except BaseException as error:
+            self._finish(job, error=error)
+            return
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception as error:
+                result.on_result_error = error
+                logger.exception("on_result raised for the evaluation at step %s; the runner "
+                                 "goes on (the error is on result.on_result_error)", job.step)
+        self._finish(job, result=result)
+
+    def _finish(self, job: _Job, result: EvalResult | None = None,
+                error: BaseException | None = None) -> None:
+        with self._lock:
+            self._busy -= 1  # before the future: whoever wait()s may trigger at once
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+    def _outcome(self, job: _Job) -> EvalResult:
+        error = job.future.exception()
+        if error is not None:
+            raise EvaluationError(f"the evaluation triggered at step {job.step} failed: "
+                                  f"{error!r}") from error
+        return job.future.result()
+
+
+def _differences(expected: dict[str, tuple], got: dict[str, tuple]) -> str:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    parts = [f"missing {missing}"] * bool(missing) + [f"unexpected {unexpected}"] * bool(
+        unexpected) + [f"{k}: {expected[k]} vs {got[k]}" for k in shapes]
+    return "; ".join(parts)

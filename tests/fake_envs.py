@@ -1,0 +1,211 @@
+"""Small envs with known episodes, evaluators that expose what the loop feeds them, and the
+single-env ground truth the vectorized loop must reproduce."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from syllabus_eval import Evaluator, RolloutSettings, episode_quota
+from syllabus_eval.evaluator import AgentInputs
+
+
+class LengthEnv(gym.Env):
+    """Envs seeded with an odd seed have long episodes (40-60 steps), the others short ones
+    (1-2 steps), the length drawn at each reset from the env's RNG: SB3 #402's case, where
+    some envs end their episodes far sooner than others.
+
+    Each step gives reward 1, the last one a bonus equal to the length, so a return is twice
+    the length. The last info says ``success`` for long episodes. Observations: ``[t, task]``.
+    """
+
+    observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.task = 0
+        self.steps_taken = 0  # over the env's life: shows whether a paused env is stepped
+        self.length = self.t = 0
+        self.long = False
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if options and "task" in options:
+            self.task = options["task"]
+        if seed is not None:
+            self.long = seed % 2 == 1
+        self.length = int(self.np_random.integers(40, 61) if self.long
+                          else self.np_random.integers(1, 3))
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        self.steps_taken += 1
+        self.t += 1
+        terminated = self.t >= self.length
+        reward = 1.0 + (self.length if terminated else 0.0)
+        info = {"success": self.length > 10} if terminated else {}
+        return self._obs(), reward, terminated, False, info
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.t, self.task], dtype=np.float32)
+
+
+class TaskEnv(gym.Env):
+    """Task ``t`` (an int): episodes of ``t + 1`` steps with reward ``t`` each; success when
+    ``t`` is even. The task comes from the reset option ``"task"`` or from ``set_task``."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.task = 0
+        self.resets: list[tuple[int | None, dict | None]] = []  # (seed, options) per reset
+        self.t = 0
+
+    def set_task(self, task: int) -> None:
+        self.task = task
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.resets.append((seed, options))
+        if options and "task" in options:
+            self.task = options["task"]
+        self.t = 0
+        return np.array([self.task], dtype=np.float32), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        terminated = self.t >= self.task + 1
+        info = {"success": self.task % 2 == 0} if terminated else {}
+        return np.array([self.task], dtype=np.float32), float(self.task), terminated, False, info
+
+
+class ActionRewardEnv(gym.Env):
+    """Five steps; reward 1 for action 1, 0 for action 0: returns show which weights acted."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(4, dtype=np.float32), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        return np.zeros(4, dtype=np.float32), float(action), self.t >= 5, False, {}
+
+
+class GatedEnv(gym.Wrapper):
+    """Each step first waits for ``gate`` (so a test decides when an evaluation may end) and
+    sets ``stepping``; with ``crash`` set, steps raise instead."""
+
+    def __init__(self, env: gym.Env, gate: threading.Event, stepping: threading.Event,
+                 crash: threading.Event | None = None) -> None:
+        super().__init__(env)
+        self.gate, self.stepping, self.crash = gate, stepping, crash
+
+    def step(self, action: Any):
+        self.stepping.set()
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        if self.crash is not None and self.crash.is_set():
+            raise RuntimeError("the env exploded")
+        return self.env.step(action)
+
+
+class EndlessEnv(gym.Env):
+    """Never ends; each step takes a millisecond and sets ``stepping``."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, stepping: threading.Event) -> None:
+        self.stepping = stepping
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        return np.zeros(4, dtype=np.float32), {}
+
+    def step(self, action: Any):
+        self.stepping.set()
+        time.sleep(0.001)
+        return np.zeros(4, dtype=np.float32), 0.0, False, False, {}
+
+
+class CountingEvaluator(Evaluator):
+    """A recurrent stand-in whose state counts the steps of the episode; it acts the count.
+
+    With an env that rewards ``action == t`` (:class:`CountEnv`), every episode returns its
+    length only if the state is reset at each of its env's episode boundaries. It records any
+    step where ``done`` disagrees with the count (``done`` must be 1 exactly at count 0).
+    """
+
+    obs_dtype = None
+
+    def __init__(self) -> None:
+        super().__init__(None, copy_agent=False, is_lstm=True)
+        self.done_mismatches = 0
+
+    def initial_lstm_state(self, batch_size: int) -> tuple[torch.Tensor]:
+        return (torch.zeros(1, batch_size, 1),)  # [num_layers, B, hidden]
+
+    def _get_action(self, inputs: AgentInputs):
+        count = inputs.lstm_state[0][0, :, 0]  # [B]
+        self.done_mismatches += int(((count == 0).float() != inputs.done).sum())
+        return count.long(), (inputs.lstm_state[0] + 1,), {}
+
+
+class CountEnv(gym.Env):
+    """Reward 1 when the action equals the step's index in the episode; lengths 1 to 12."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(64)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, int(self.np_random.integers(1, 13))
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action: Any):
+        reward = float(int(action) == self.t)
+        self.t += 1
+        return np.zeros(1, dtype=np.float32), reward, self.t >= self.length, False, {}
+
+
+def ground_truth(make_env: Any, settings: RolloutSettings, num_slots: int,
+                 policy: Any = lambda obs: 0) -> list[tuple]:
+    """``(env_index, episode_index, reward, length, terminated, truncated, success)`` of each
+    episode, running each slot's episodes one env at a time, as the module docs define them:
+    seeded once with ``seed + i``, its quota of episodes, ``max_steps`` as truncation."""
+    episodes = []
+    for slot in range(num_slots):
+        env = make_env()
+        obs, _ = env.reset(seed=settings.seed + slot)
+        for episode in range(episode_quota(settings.num_episodes, num_slots, slot)):
+            if episode:
+                obs, _ = env.reset()
+            total, length, info = 0.0, 0, {}
+            terminated = truncated = False
+            while not (terminated or truncated):
+                obs, reward, terminated, truncated, info = env.step(policy(obs))
+                total += reward
+                length += 1
+                if settings.max_steps is not None and length >= settings.max_steps:
+                    truncated = truncated or not terminated
+            episodes.append((slot, episode, total, length, terminated, truncated,
+                             info.get(settings.success_key)))
+        env.close()
+    return episodes
+
+
+def as_tuples(records: list) -> list[tuple]:
+    return [(r.env_index, r.episode_index, r.reward, r.length, r.terminated, r.truncated,
+             r.success) for r in records]
