@@ -29,10 +29,10 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 import torch
-from syllabus_eval.adapters import CleanRLEvaluator
 from torch import nn
 
 from syllabus_eval import EvalRunner
+from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.agents import MLPAgent
 
 NUM_ENVS = 8

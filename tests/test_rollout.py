@@ -6,16 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from fake_envs import (
-    CountEnv,
-    CountingEvaluator,
-    LengthEnv,
-    TaskEnv,
-    as_tuples,
-    ground_truth,
-)
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
-from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 
 from syllabus_eval import (
     EnvPool,
@@ -25,7 +16,16 @@ from syllabus_eval import (
     make_envs,
     run_episodes,
 )
+from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.agents import LSTMAgent, MLPAgent
+from tests.fake_envs import (
+    CountEnv,
+    CountingEvaluator,
+    LengthEnv,
+    TaskEnv,
+    as_tuples,
+    ground_truth,
+)
 
 DUMMY = DummyEvaluator(gym.spaces.Discrete(2), deterministic=True)  # always action 0
 

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import gymnasium as gym
 import pytest
 import torch
-from fake_envs import ActionRewardEnv, EndlessEnv, GatedEnv, LengthEnv, TaskEnv
-from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 
 from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError
+from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.agents import MLPAgent
+from tests.fake_envs import ActionRewardEnv, EndlessEnv, GatedEnv, LengthEnv, TaskEnv
 
 CARTPOLE = lambda: gym.make("CartPole-v1")  # noqa: E731
 SPACES = SimpleNamespace(single_observation_space=ActionRewardEnv.observation_space,
