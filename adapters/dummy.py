@@ -48,6 +48,11 @@ class DummyEvaluator(Evaluator):
         self.action_space.seed(seed)
         self._dtype = torch.float32 if isinstance(action_space, spaces.Box) else torch.int64
 
+    def detached(self, device: str | torch.device | None = None) -> DummyEvaluator:
+        clone = super().detached(device)
+        clone.action_space = copy.deepcopy(self.action_space)  # its own random generator
+        return clone
+
     def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
         return (torch.zeros(1, batch_size, 1, device=self.device),) if self.is_lstm else None
 

@@ -344,3 +344,12 @@ class TestGreedyActions:
     def test_agent_without_actor_head_fails_at_construction(self) -> None:
         with pytest.raises(TypeError, match="deterministic=True: NormAgent exposes no actor"):
             CleanRLEvaluator(NormAgent(), deterministic=True)
+
+
+class TestDetached:
+    def test_dummy_copies_draw_from_their_own_generator(self) -> None:
+        original = DummyEvaluator(spaces.Discrete(1000), seed=3)
+        clone = original.detached()
+        obs = np.zeros((50, 4))
+        from_clone = clone.get_action(obs)[0]
+        assert torch.equal(from_clone, original.get_action(obs)[0])  # same seed state, apart
