@@ -175,10 +175,10 @@ class CurriculumClient:
             self._send(experience)
 
     def _send(self, item: int | Experience) -> Connection:
-        if self._conn is None or self._pid != os.getpid():
-            self._conn = Client(self._address, authkey=self._authkey)
-            self._pid = os.getpid()
         try:
+            if self._conn is None or self._pid != os.getpid():
+                self._conn = Client(self._address, authkey=self._authkey)
+                self._pid = os.getpid()
             self._conn.send(item)
         except OSError as error:
             raise RuntimeError(f"the CurriculumServer is gone (closed?): {error!r}") from None
