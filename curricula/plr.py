@@ -16,20 +16,26 @@ Usage::
 
 How experience flows: each environment's :class:`~syllabus_eval.curricula.CurriculumWrapper`
 calls :meth:`PrioritizedLevelReplay.observe` with ``reset``/``step``/``close`` records, which
-wait in a bounded queue. The worker thread takes up to ``batch_size`` records at a time, asks
-the evaluator for the value (and, for the policy strategies, the action distribution) of their
-observations in one batched query (for a recurrent agent: one query per step depth, each env's
-recurrent state carried over from its previous observation and reset at each episode start),
-then walks each env's records in order, cutting its stream into segments: an episode, or
-``num_steps`` steps of a longer one. Every finished segment is scored and updates its task's
-score. ``observe`` blocks while the queue is full (back-pressure: stepping slows to the scoring
-rate; no experience is dropped).
+wait in a bounded queue. The worker thread takes up to ``batch_size`` records at a time
+(waiting up to ``batch_wait`` seconds for a batch to fill), asks the evaluator for the value
+(and, for the policy strategies, the action distribution) of their observations in one
+batched query (for a recurrent agent: one query per step depth, each env's recurrent state
+carried over from its previous observation and reset at each episode start), then walks each
+env's records in order, cutting its stream into segments: an episode, or ``num_steps`` steps
+of a longer one. Every finished segment is scored and updates its task's score. ``observe``
+blocks while the queue is full (back-pressure: stepping slows to the scoring rate; no
+experience is dropped).
+
+On few cores, the worker's queries and the training loop's intra-op threads compete for the
+same cores: for small agents, ``torch.set_num_threads(1)`` keeps PLR's cost to training low
+(see ``benchmarks/bench_plr.py``).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +165,9 @@ class PrioritizedLevelReplay(Curriculum):
         num_steps: the longest segment; longer episodes are scored every ``num_steps`` steps,
             bootstrapping from the value of the observation they stop at.
         batch_size: the most records the worker takes for one batched query.
+        batch_wait: seconds the worker waits, after a first record, for more to fill its
+            batch: a query per few records would cost the training loop more time (the
+            worker's Python code holds the GIL) than a query per batch.
         queue_size: the most records waiting; :meth:`observe` blocks while it is full.
         seed: seeds the sampler.
 
@@ -187,6 +196,7 @@ class PrioritizedLevelReplay(Curriculum):
         score_alpha: float = 1.0,
         num_steps: int = 256,
         batch_size: int = 256,
+        batch_wait: float = 0.02,
         queue_size: int = 4096,
         seed: int | None = None,
     ) -> None:
@@ -215,6 +225,7 @@ class PrioritizedLevelReplay(Curriculum):
         self.score_alpha = check_number("score_alpha", score_alpha, 0.0, 1.0, low_open=True)
         self.num_steps = check_count("num_steps", num_steps)
         self.batch_size = check_count("batch_size", batch_size)
+        self.batch_wait = check_number("batch_wait", batch_wait, 0.0)
         self._policy_score = _POLICY_SCORES.get(strategy)
         self._lstm_dim = getattr(evaluator, "lstm_batch_dim", 1)
 
@@ -402,6 +413,10 @@ class PrioritizedLevelReplay(Curriculum):
         if first is _STOP:
             return [], True
         batch = [first]
+        if self._queue.qsize() < self.batch_size - 1:
+            # One sleep rather than a wake-up per record: each wake-up takes the GIL from the
+            # training thread.
+            time.sleep(self.batch_wait)
         while len(batch) < self.batch_size:
             try:
                 item = self._queue.get_nowait()

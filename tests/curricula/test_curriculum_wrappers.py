@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -113,32 +115,28 @@ class TestStream:
 AUTORESET = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP]
 
 
-class TestSyncVectorEnv:
+class TestVectorEnvs:
+    """Every transition reaches PLR once: envs in this process (sync) or in worker processes
+    (async, through a CurriculumServer), with either autoreset mode."""
+
     @pytest.mark.parametrize("mode", AUTORESET)
-    def test_plr_scores_every_transition_once(self, chain_env, transition_counter, mode,
-                                              no_leaked_threads):
+    @pytest.mark.parametrize("vector_env", [SyncVectorEnv, AsyncVectorEnv])
+    def test_plr_scores_every_transition_once(self, chain_env, transition_counter, vector_env,
+                                              mode, no_leaked_threads):
         counter = transition_counter(4, mode)
-        with PrioritizedLevelReplay(TASKS, DummyEvaluator(gym.spaces.Discrete(2)),
-                                    seed=0) as plr:
-            play(SyncVectorEnv([lambda: CurriculumWrapper(chain_env(), plr)] * 4,
-                               autoreset_mode=mode), counter)
+        with ExitStack() as stack:
+            plr = stack.enter_context(PrioritizedLevelReplay(
+                TASKS, DummyEvaluator(gym.spaces.Discrete(2)), seed=0))
+            source = plr
+            if vector_env is AsyncVectorEnv:
+                source = stack.enter_context(CurriculumServer(plr)).client
+            play(vector_env([lambda: CurriculumWrapper(chain_env(), source)] * 4,
+                            autoreset_mode=mode), counter)
         assert counter.total > 400
         assert plr.scored_steps() == dict(counter.counts)
 
 
-class TestAsyncVectorEnv:
-    @pytest.mark.parametrize("mode", AUTORESET)
-    def test_plr_scores_every_transition_once(self, chain_env, transition_counter, mode,
-                                              no_leaked_threads):
-        counter = transition_counter(4, mode)
-        with PrioritizedLevelReplay(TASKS, DummyEvaluator(gym.spaces.Discrete(2)),
-                                    seed=0) as plr, CurriculumServer(plr) as server:
-            client = server.client
-            play(AsyncVectorEnv([lambda: CurriculumWrapper(chain_env(), client)] * 4,
-                                autoreset_mode=mode), counter)
-        assert counter.total > 400
-        assert plr.scored_steps() == dict(counter.counts)
-
+class TestServer:
     def test_spawned_workers(self, no_leaked_threads):
         curriculum = DomainRandomization(TASKS, seed=0)
         with CurriculumServer(curriculum) as server:
@@ -151,8 +149,6 @@ class TestAsyncVectorEnv:
             envs.close()
         assert tasks <= set(TASKS) and len(tasks) > 1
 
-
-class TestServer:
     def test_serves_this_process_too(self, no_leaked_threads):
         with CurriculumServer(DomainRandomization(TASKS, seed=0)) as server:
             assert set(server.client.sample(20)) == set(TASKS)
