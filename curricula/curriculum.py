@@ -36,7 +36,8 @@ class Experience(NamedTuple):
 
     ``kind`` is ``"reset"`` (an episode of ``task`` starts at ``obs``), ``"step"`` (the env
     stepped to ``obs``, with ``reward``, ``terminated``, ``truncated``) or ``"close"`` (the
-    env is gone). ``env_id`` tells the streams of different environments apart.
+    env is gone). ``env_id`` tells the streams of different environments apart. A stream that
+    only knows ``done`` passes it as ``terminated`` (PLR then never bootstraps at time limits).
     """
 
     kind: str

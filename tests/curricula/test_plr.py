@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -39,7 +40,7 @@ class LinearAgent(nn.Module):
 
 
 class LogitModel(nn.Module):
-    """A model with moolib's contract whose policy logits are [s0, s1, 0]."""
+    """A model with moolib's contract: baseline s[0], policy logits [*s, 0]."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -92,43 +93,51 @@ class TestGAE:
 
 
 class TestValueScores:
-    def test_value_l1_of_a_terminated_episode(self):
-        scores, steps = scores_after(episode(0, "a", VALUES, REWARDS))
+    """V(s) = s[0] through each adapter, so the scores are the ones worked out above."""
+
+    @pytest.fixture(params=["cleanrl", "moolib"])
+    def score(self, request):
+        evaluator = (CleanRLEvaluator(LinearAgent()) if request.param == "cleanrl"
+                     else MoolibEvaluator(LogitModel()))
+        return partial(scores_after, evaluator=evaluator)
+
+    def test_value_l1_of_a_terminated_episode(self, score):
+        scores, steps = score(episode(0, "a", VALUES, REWARDS))
         assert scores == pytest.approx({"a": (1.40625 + 0.875 + 1.5) / 3})
         assert steps == {"a": 3}
 
-    def test_positive_value_loss_ignores_negative_advantages(self):
-        scores, _ = scores_after(episode(0, "a", VALUES, REWARDS), "positive_value_loss")
+    def test_positive_value_loss_ignores_negative_advantages(self, score):
+        scores, _ = score(episode(0, "a", VALUES, REWARDS), "positive_value_loss")
         assert scores == pytest.approx({"a": (1.40625 + 1.5) / 3})
 
-    def test_truncation_bootstraps_from_the_last_observation(self):
-        scores, _ = scores_after(episode(0, "a", VALUES, REWARDS, end="truncated"))
+    def test_truncation_bootstraps_from_the_last_observation(self, score):
+        scores, _ = score(episode(0, "a", VALUES, REWARDS, end="truncated"))
         assert scores == pytest.approx({"a": (1.953 + 0.34 + 4.2) / 3})
 
-    def test_close_scores_the_open_episode_as_truncated(self):
-        scores, steps = scores_after(episode(0, "a", VALUES, REWARDS, end="open"))
+    def test_close_scores_the_open_episode_as_truncated(self, score):
+        scores, steps = score(episode(0, "a", VALUES, REWARDS, end="open"))
         assert scores == pytest.approx({"a": (1.953 + 0.34 + 4.2) / 3})
         assert steps == {"a": 3}
 
-    def test_a_reset_mid_episode_scores_it_as_truncated(self):
+    def test_a_reset_mid_episode_scores_it_as_truncated(self, score):
         records = episode(0, "a", VALUES, REWARDS, end="open") + episode(0, "b", VALUES, [])
-        scores, steps = scores_after(records)
+        scores, steps = score(records)
         assert scores == pytest.approx({"a": (1.953 + 0.34 + 4.2) / 3})
         assert steps == {"a": 3}  # "b" played no step: nothing to score
 
-    def test_long_episodes_are_scored_in_segments(self):
+    def test_long_episodes_are_scored_in_segments(self, score):
         # num_steps=2: (s0, s1, s2) bootstrapped from V(s2) = 0.5 gives A = (1.1025, -1.55),
         # then (s2, s3) terminated gives A = (1.5); score_alpha=0.5 averages the two.
         first, second = (1.1025 + 1.55) / 2, 1.5
-        scores, steps = scores_after(episode(0, "a", VALUES, REWARDS), num_steps=2,
+        scores, steps = score(episode(0, "a", VALUES, REWARDS), num_steps=2,
                                      score_alpha=0.5)
         assert scores == pytest.approx({"a": 0.5 * first + 0.5 * second})
         assert steps == {"a": 3}
 
-    def test_interleaved_envs_keep_their_own_streams(self):
+    def test_interleaved_envs_keep_their_own_streams(self, score):
         a, b = episode(0, "a", VALUES, REWARDS), episode(1, "b", VALUES, REWARDS, "truncated")
         interleaved = [record for pair in zip(a, b) for record in pair]
-        scores, _ = scores_after(interleaved)
+        scores, _ = score(interleaved)
         assert scores == pytest.approx({"a": (1.40625 + 0.875 + 1.5) / 3,
                                         "b": (1.953 + 0.34 + 4.2) / 3})
 
@@ -297,6 +306,29 @@ class TestReplayDecision:
         with self.plr([0, 2], replay_prob=0.3, replay_schedule="fixed") as plr:
             counts = Counter(plr.sample(4000))
         assert abs(counts[1] + counts[3] - 2800) < 150  # 1 - p of the draws are new tasks
+
+
+class TestConcurrentSampling:
+    def test_threads_sample_while_scores_change(self):
+        with PrioritizedLevelReplay(50, DummyEvaluator(gym.spaces.Discrete(2)), seed=0) as plr:
+            drawn, errors = [], []
+
+            def sample():
+                try:
+                    for _ in range(200):
+                        drawn.extend(plr.sample(2))
+                except BaseException as error:
+                    errors.append(error)
+
+            threads = [threading.Thread(target=sample) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for i in range(2000):  # scores change under the samplers' feet
+                plr.update_score(i % 50, float(i % 7))
+            for thread in threads:
+                thread.join()
+            assert not errors and len(drawn) == 4 * 200 * 2
+            assert plr.distribution().sum() == pytest.approx(1.0)
 
 
 class TestWorkerUnderTraining:
