@@ -10,10 +10,11 @@ Usage::
         [lambda: CurriculumWrapper(gym.make("MyEnv-v0"), plr) for _ in range(8)])
 
     # Envs in worker processes (AsyncVectorEnv): serve the curriculum from this process and
-    # give each wrapper the server's client.
+    # give each wrapper the server's client (the factories carry the client, not the server).
     with CurriculumServer(plr) as server:
+        client = server.client
         envs = gym.vector.AsyncVectorEnv(
-            [lambda: CurriculumWrapper(gym.make("MyEnv-v0"), server.client) for _ in range(8)])
+            [lambda: CurriculumWrapper(gym.make("MyEnv-v0"), client) for _ in range(8)])
         ...
         envs.close()                     # first the envs, so that their last records arrive
 
