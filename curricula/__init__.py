@@ -1,1 +1,26 @@
-"""Curricula that query the training agent (imported as ``syllabus_eval.curricula``)."""
+"""Curricula that query the training agent (imported as ``syllabus_eval.curricula``).
+
+Usage::
+
+    from syllabus_eval.adapters import CleanRLEvaluator
+    from syllabus_eval.curricula import CurriculumWrapper, PrioritizedLevelReplay
+
+    with PrioritizedLevelReplay(200, CleanRLEvaluator(agent)) as plr:
+        envs = gym.vector.SyncVectorEnv(
+            [lambda: CurriculumWrapper(make_env(), plr) for _ in range(8)])
+        ...   # each reset plays a task drawn by PLR; a worker thread scores what is played
+
+Curricula take any object with the Evaluator's query methods
+(:class:`~syllabus_eval.AgentQueries`), never a specific adapter.
+"""
+
+from .curriculum import Curriculum, Experience, TaskSource
+from .domain_randomization import DomainRandomization
+from .learning_progress import LearningProgressCurriculum
+from .plr import PrioritizedLevelReplay, gae
+from .task_space import DiscreteTaskSpace
+from .wrappers import CurriculumClient, CurriculumServer, CurriculumWrapper
+
+__all__ = ["Curriculum", "CurriculumClient", "CurriculumServer", "CurriculumWrapper",
+           "DiscreteTaskSpace", "DomainRandomization", "Experience",
+           "LearningProgressCurriculum", "PrioritizedLevelReplay", "TaskSource", "gae"]

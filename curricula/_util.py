@@ -1,0 +1,87 @@
+"""Internal helpers shared by the curricula: argument checks and a failure-reporting thread."""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable
+from numbers import Real
+
+from ..errors import EvaluationError, bad_argument
+
+POLL_S = 0.05  # how often a blocked wait re-checks whether it should go on
+
+
+def check_number(name: str, value: object, low: float, high: float = math.inf, *,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float between ``low`` and ``high`` (each included unless open)."""
+    bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise bad_argument(name, f"a finite number in {bounds}", value)
+    if (value < low or value > high or (low_open and value == low)
+            or (high_open and value == high)):
+        raise bad_argument(name, f"a number in {bounds}", value)
+    return float(value)
+
+
+def check_count(name: str, value: object, low: int = 1) -> int:
+    """``value`` as an int of at least ``low``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise bad_argument(name, f"an integer >= {low}", value)
+    return value
+
+
+class BackgroundThread:
+    """A daemon thread running ``target()``; an exception it raises is kept for the caller.
+
+    Callers see the failure through :meth:`check`, which raises :class:`EvaluationError`
+    chained to the original exception (its traceback intact), every time it is called.
+    :meth:`join` raises it too, unless :meth:`check` already reported it.
+    """
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        self.name = name
+        self.error: BaseException | None = None
+        self._target = target
+        self._reported = False
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            self._target()
+        except BaseException as error:  # kept for the caller: never swallowed
+            self.error = error
+
+    def feed(self, channel: queue.Queue, item: object) -> bool:
+        """Put ``item`` on a bounded queue this thread drains; ``False`` if it ended first.
+
+        A blocked put re-checks every few milliseconds, so a thread that dies while the queue
+        is full cannot leave the caller waiting forever.
+        """
+        while self.alive:
+            try:
+                channel.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def check(self) -> None:
+        """Raise the thread's failure, if it failed."""
+        if self.error is not None:
+            self._reported = True
+            raise EvaluationError(f"{self.name} failed: {self.error!r}") from self.error
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end; raise its failure if nobody was told of it yet."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"{self.name} did not stop within {timeout} s")
+        if not self._reported:
+            self.check()
