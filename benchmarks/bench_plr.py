@@ -31,7 +31,10 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
+
 from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.agents import LSTMAgent, MLPAgent
 from syllabus_eval.curricula import (
     Curriculum,
     CurriculumWrapper,
@@ -39,9 +42,6 @@ from syllabus_eval.curricula import (
     Experience,
     PrioritizedLevelReplay,
 )
-from torch import nn
-
-from syllabus_eval.agents import LSTMAgent, MLPAgent
 
 POLE_LENGTHS = [0.25, 0.35, 0.5, 0.7, 1.0, 1.4]  # CartPole's half-length is 0.5
 NUM_ENVS, NUM_STEPS, EPOCHS, MINIBATCHES = 4, 128, 4, 4  # CleanRL ppo.py's CartPole defaults

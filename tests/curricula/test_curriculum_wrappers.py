@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+from syllabus_eval import EvaluationError
 from syllabus_eval.adapters import DummyEvaluator
 from syllabus_eval.curricula import (
     Curriculum,
@@ -16,8 +18,6 @@ from syllabus_eval.curricula import (
     DomainRandomization,
     PrioritizedLevelReplay,
 )
-
-from syllabus_eval import EvaluationError
 
 TASKS = [2, 3, 5]
 

@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+
 from syllabus_eval.curricula import Curriculum, DomainRandomization, Experience
 
 

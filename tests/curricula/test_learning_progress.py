@@ -6,9 +6,9 @@ import threading
 
 import numpy as np
 import pytest
-from syllabus_eval.curricula import LearningProgressCurriculum
 
 from syllabus_eval import EvaluationError
+from syllabus_eval.curricula import LearningProgressCurriculum
 
 RISING, FALLING, FLAT = [0.0, 0.4, 0.8], [0.8, 0.4, 0.0], [0.5, 0.5, 0.5]
 

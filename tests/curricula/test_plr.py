@@ -10,13 +10,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator, MoolibEvaluator
-from syllabus_eval.curricula import CurriculumWrapper, Experience, PrioritizedLevelReplay, gae
 from torch import nn
 from torch.distributions import Categorical
 
 from syllabus_eval import EvaluationError
+from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator, MoolibEvaluator
 from syllabus_eval.agents import LSTMAgent, MLPAgent
+from syllabus_eval.curricula import CurriculumWrapper, Experience, PrioritizedLevelReplay, gae
 
 GAMMA, LAMBDA = 0.9, 0.5
 

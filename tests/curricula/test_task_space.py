@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from syllabus_eval.curricula import DiscreteTaskSpace
 from syllabus_eval.curricula.task_space import as_task_space
 
