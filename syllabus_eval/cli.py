@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train on CartPole tasks with PLR and background "
                                "evaluation; write a plot and metrics")
-    demo.add_argument("--steps", type=int, default=60_000, help="training env steps")
+    demo.add_argument("--steps", type=int, default=80_000, help="training env steps")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--backend", choices=BACKENDS, default="thread",
                       help="where evaluations run")

@@ -5,7 +5,7 @@ Usage::
     env = gym.make("syllabus_eval.envs:CartPoleTasks-v0")      # registers on import
     obs, info = env.reset(options={"task": "short-pole"})
     ...
-    info["task"], info["success"]   # success: the episode ran to its time limit (200 steps)
+    info["task"], info["success"]   # success: the episode ran to its time limit (500 steps)
 
 Tasks change CartPole's physics (pole length and mass, push force), which changes how hard
 balancing is; the task stays until a reset names another one.
@@ -41,7 +41,7 @@ class CartPoleTasks(CartPoleEnv):
     ``info`` carries ``task`` at every step and ``success`` on the last step of an episode.
     """
 
-    def __init__(self, task: str = "standard", time_limit: int = 200, **kwargs: Any) -> None:
+    def __init__(self, task: str = "standard", time_limit: int = 500, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.time_limit = time_limit
         self._elapsed = 0

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """A Markdown table, aligned for the terminal and pasteable into a README."""
@@ -20,6 +22,12 @@ def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
     return "\n".join(lines)
+
+
+def _trailing_mean(values: Sequence[float], window: int) -> list[float]:
+    sums = np.cumsum([0.0, *values])
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1)
+            for i in range(len(values))]
 
 
 def plot_training(evaluations: Sequence[Mapping[str, float]],
@@ -48,12 +56,18 @@ def plot_training(evaluations: Sequence[Mapping[str, float]],
     top.set_ylabel("evaluation return")
     top.legend(fontsize="small", ncol=3)
     top.grid(alpha=0.3)
+    # PLR's distribution jumps at every update (the latest score sets the ranks): a trailing
+    # moving average shows the share of episodes each task got.
+    window = max(1, len(priorities) // 15)
+    x = [step for step, _ in priorities]
+    for task in tasks:
+        bottom.plot(x, _trailing_mean([p[task] for _, p in priorities], window), "-",
+                    label=task)
     if priorities:
-        x = [step for step, _ in priorities]
-        bottom.stackplot(x, *[[p[task] for _, p in priorities] for task in tasks], labels=tasks)
         bottom.set_ylim(0, 1)
-        bottom.legend(fontsize="small", loc="upper left", ncol=3)
-    bottom.set_ylabel("curriculum sampling probability")
+        bottom.legend(fontsize="small", loc="upper right", ncol=3)
+        bottom.grid(alpha=0.3)
+    bottom.set_ylabel(f"sampling probability\n(mean of the last {window} updates)")
     bottom.set_xlabel("training env steps")
     fig.tight_layout()
     path = Path(path)

@@ -44,7 +44,7 @@ class TestCartPoleTasks:
         env = gym.make("syllabus_eval.envs:CartPoleTasks-v0")
         env.reset(seed=0)
         steps, info = run_episode(env, action=0)  # always pushing left: the pole falls
-        assert steps < 200 and info["success"] is False
+        assert steps < 500 and info["success"] is False
 
     def test_unknown_task_names_the_valid_ones(self) -> None:
         env = gym.make("syllabus_eval.envs:CartPoleTasks-v0")

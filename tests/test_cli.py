@@ -1,0 +1,137 @@
+"""The command line, end to end: the demo and evaluate in subprocesses, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import matplotlib.image
+import pytest
+import torch
+
+from syllabus_eval import EvalRunner
+from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.agents import CNNAgent, MLPAgent
+from syllabus_eval.cli import main
+from tests.models import fake_envs
+
+ROOT = Path(__file__).parents[1]
+
+
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "syllabus_eval", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(3)
+    envs = gym.make_vec("CartPole-v1", num_envs=1)
+    path = tmp_path_factory.mktemp("agent") / "agent.pt"
+    torch.save(MLPAgent(envs).state_dict(), path)
+    return path
+
+
+class TestDemo:
+    def test_trains_evaluates_and_writes_what_it_claims(self, tmp_path: Path) -> None:
+        run = cli("demo", "--steps", "2048", "--eval-every", "1024", "--seed", "1",
+                  "--out", str(tmp_path), "--no-progress")
+        assert run.returncode == 0, run.stderr
+        assert "PLR probability" in run.stdout and "evaluation return" in run.stdout
+        metrics = json.loads((tmp_path / "metrics.json").read_text())
+        steps = [e["eval/step"] for e in metrics["evaluations"]]
+        assert steps[0] == 0 and steps[-1] == 2048 and steps == sorted(steps)
+        final = metrics["final"]
+        assert final == metrics["evaluations"][-1]
+        assert final["eval/num_episodes"] == 50  # 10 per task, 5 tasks
+        tasks = {key.split("/")[2] for key in final if key.startswith("eval/task/")}
+        assert tasks == {"standard", "long-pole", "short-pole", "heavy-pole", "weak-push"}
+        for record in metrics["priorities"]:
+            assert sum(record["probabilities"].values()) == pytest.approx(1.0)
+        image = matplotlib.image.imread(tmp_path / "demo.png")
+        assert image.shape[0] > 300 and image.shape[1] > 300
+
+
+class TestEvaluate:
+    def test_evaluates_a_saved_agent_like_the_library_does(self, checkpoint: Path,
+                                                           tmp_path: Path) -> None:
+        out = tmp_path / "metrics.json"
+        run = cli("evaluate", "--env", "CartPole-v1", "--agent",
+                  "syllabus_eval.agents:MLPAgent", "--checkpoint", str(checkpoint),
+                  "--episodes", "6", "--num-envs", "3", "--seed", "5", "--json", str(out))
+        assert run.returncode == 0, run.stderr
+        assert "eval/reward" in run.stdout
+        metrics = json.loads(out.read_text())
+        agent = MLPAgent(gym.make_vec("CartPole-v1", num_envs=1))
+        agent.load_state_dict(torch.load(checkpoint, weights_only=True))
+        with EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent), num_envs=3,
+                        num_episodes=6, max_steps=None, seed=5) as runner:
+            expected = runner.evaluate()
+        assert metrics["eval/num_episodes"] == 6
+        assert metrics["eval/reward"] == expected["eval/reward"]
+        assert metrics["eval/episode_length"] == expected["eval/episode_length"]
+
+    def test_reports_per_task(self, checkpoint: Path) -> None:
+        code = main(["evaluate", "--env", "syllabus_eval.envs:CartPoleTasks-v0", "--adapter",
+                     "dummy", "--episodes", "4", "--num-envs", "2", "--tasks",
+                     "short-pole,long-pole"])
+        assert code == 0
+
+
+def bad(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as caught:
+        main(list(args))
+    assert caught.value.code == 2
+    return capsys.readouterr().err
+
+
+EVALUATE = ["evaluate", "--env", "CartPole-v1"]
+
+
+class TestBadInvocations:
+    def test_missing_checkpoint_file(self, capsys) -> None:
+        err = bad(capsys, *EVALUATE, "--agent", "syllabus_eval.agents:MLPAgent",
+                  "--checkpoint", "no/such/agent.pt")
+        assert "--checkpoint: no such file 'no/such/agent.pt'" in err
+
+    @pytest.mark.parametrize("spec,message", [
+        ("no_such_module:Agent", "--agent: cannot import module 'no_such_module'"),
+        ("syllabus_eval.agents:NoAgent", "--agent: module 'syllabus_eval.agents' has no "
+                                         "'NoAgent'"),
+        ("MLPAgent", "--agent: expected module:Class, got 'MLPAgent'"),
+        ("syllabus_eval.envs:CartPoleTasks", "--agent: syllabus_eval.envs:CartPoleTasks(envs) "
+                                             "failed"),
+    ])
+    def test_class_that_does_not_load(self, capsys, spec: str, message: str) -> None:
+        assert message in bad(capsys, *EVALUATE, "--agent", spec)
+
+    def test_unknown_env_id(self, capsys) -> None:
+        err = bad(capsys, "evaluate", "--env", "NoSuchEnv-v9", "--agent",
+                  "syllabus_eval.agents:MLPAgent")
+        assert "--env: no Gymnasium environment 'NoSuchEnv-v9'" in err
+
+    def test_checkpoint_that_does_not_fit(self, capsys, tmp_path: Path) -> None:
+        path = tmp_path / "cnn.pt"
+        frames = gym.spaces.Box(0, 255, (4, 84, 84))
+        torch.save(CNNAgent(fake_envs(frames, gym.spaces.Discrete(2))).state_dict(), path)
+        err = bad(capsys, *EVALUATE, "--agent", "syllabus_eval.agents:MLPAgent",
+                  "--checkpoint", str(path))
+        assert "--checkpoint:" in err and "does not fit MLPAgent" in err
+
+    def test_agent_is_required_for_agent_adapters(self, capsys) -> None:
+        assert "--agent: required with --adapter cleanrl" in bad(capsys, *EVALUATE)
+
+    def test_counts_must_be_positive(self, capsys) -> None:
+        assert "--episodes: expected at least 1, got 0" in bad(
+            capsys, *EVALUATE, "--adapter", "dummy", "--episodes", "0")
+
+    def test_unknown_adapter_module(self, capsys) -> None:
+        assert "--adapter: cannot import module 'nowhere'" in bad(
+            capsys, *EVALUATE, "--adapter", "nowhere:Evaluator")
+
+    def test_exit_status_reaches_the_shell(self) -> None:
+        run = cli("evaluate", "--env", "NoSuchEnv-v9", "--adapter", "dummy")
+        assert run.returncode == 2 and "no Gymnasium environment" in run.stderr
