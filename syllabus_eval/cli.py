@@ -18,6 +18,7 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +138,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_env(args.env)
     evaluator = _build_evaluator(args)
     tasks = args.tasks.split(",") if args.tasks else None
-    env_id = args.env
-    with EvalRunner(lambda: gym.make(env_id), evaluator, num_envs=args.num_envs,
+    # Picklable factories: process and Ray workers build their env and evaluator from them.
+    workers = {} if args.backend == "thread" else {"evaluator_fn": partial(_build_evaluator,
+                                                                          args)}
+    with EvalRunner(partial(gym.make, args.env), evaluator, num_envs=args.num_envs,
                     num_episodes=args.episodes, max_steps=args.max_steps, backend=args.backend,
                     deterministic=args.deterministic, seed=args.seed, tasks=tasks,
-                    progress=sys.stderr.isatty()) as runner:
+                    progress=sys.stderr.isatty(), **workers) as runner:
         result = runner.evaluate()
     metrics = dict(result)
     print(format_table([[k, f"{v:.4g}"] for k, v in metrics.items() if "/task/" not in k],

@@ -23,7 +23,14 @@ metrics dict, with the per-episode records on ``.episodes`` and the trigger step
 With the ``"thread"`` backend the evaluation shares the GIL with training: a background
 evaluation pauses a moment each env step so that the training thread gets the GIL back at once
 (see :func:`run_episodes`' ``yield_gil``), and runs slower for it; blocking ones run at full
-speed. Envs that are heavy in Python still take their share of the interpreter.
+speed. Envs that are heavy in Python still take their share of the interpreter. The
+``"process"`` and ``"ray"`` backends run the episodes in worker processes or Ray actors instead
+(:mod:`syllabus_eval.backends_parallel`): no GIL is shared, envs and evaluators are built there
+from factories, one evaluation's env slots can be split over several workers, and workers that
+die are restarted::
+
+    runner = EvalRunner(make_env, evaluator, num_envs=8, backend="process",
+                        evaluator_fn=make_evaluator, num_workers=2, timeout=600)
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .backends import backend_class
+from .backends import create_backend
 from .errors import EvaluationCancelled, EvaluationError, bad_argument
 from .results import EvalResult, MetricsFn, summarize
 from .rollout import RolloutSettings
@@ -73,11 +80,16 @@ class EvalRunner:
             ``VectorEnv`` of ``num_envs`` sub-envs. Reward wrappers inside it count: leave
             reward shaping out to evaluate raw returns.
         evaluator: the agent's :class:`~syllabus_eval.Evaluator` (any object with its
-            ``get_action``). Evaluations run on ``evaluator.detached(device)``, a private copy.
+            ``get_action``). Evaluations run on ``evaluator.detached(device)``, a private copy;
+            with the process and Ray backends, on the ``evaluator_fn`` evaluators of the
+            workers, and this one only gives the weights (when :meth:`evaluate` gets none).
         num_envs: env slots; slot ``i`` runs ``(num_episodes + i) // num_envs`` episodes.
         num_episodes: episodes per evaluation.
         max_steps: steps after which an episode is truncated; ``None``: the env's own limit.
-        backend: where episodes run: ``"thread"`` (the runner's daemon thread).
+        backend: where episodes run: ``"thread"`` (the runner's daemon thread),
+            ``"process"`` (spawned worker processes) or ``"ray"`` (Ray actors; needs
+            ``pip install 'syllabus-eval[ray]'``). The options below marked *process, ray*
+            are refused by backends that do not take them.
         busy_policy: what :meth:`trigger_eval` does while an evaluation is pending:
             ``"error"`` raises ``RuntimeError``, ``"queue"`` runs it afterwards, ``"skip"``
             drops it and returns ``False``.
@@ -95,11 +107,38 @@ class EvalRunner:
         success_key: the info key giving an episode's success at its last step.
         vectorization_mode: ``"sync"`` (our env pool, in the runner's thread) or ``"async"``
             (a Gymnasium ``AsyncVectorEnv``).
-        device: the evaluation device (default: the evaluator's).
+        device: the evaluation device (default: the evaluator's; in workers: that of the
+            evaluator ``evaluator_fn`` builds).
         progress: show a tqdm progress bar during blocking :meth:`evaluate` calls.
+        env_fn: *process, ray.* The env factory the workers call (default: ``make_env``); it
+            must pickle (a module-level function or class, or ``functools.partial`` of one;
+            Ray also takes closures). A ``VectorEnv`` factory fits ``num_workers=1`` only.
+        evaluator_fn: *process, ray (required).* Builds the evaluator in each worker, on an
+            agent of the training agent's architecture; each evaluation loads the snapshot of
+            the weights into it. Must pickle, like ``env_fn``.
+        init_fn: *process, ray.* Called first in each worker, before the env and evaluator are
+            built (simulators that must start first, env variables, devices).
+        num_workers: *process, ray.* Workers that split the env slots of each evaluation
+            (contiguous blocks, at most ``num_envs``); the merged records equal those of one
+            worker, and with greedy actions the metrics equal the thread backend's. Default 1.
+        max_restarts: *process, ray.* Workers that die during an evaluation are restarted
+            and their share run again, at most this many times per evaluation (default 2);
+            then the evaluation fails with :class:`EvaluationError`.
+        timeout: *process, ray.* Seconds an evaluation's episodes may take (re-runs after
+            restarts included; workers that start before it are not counted); a slower one
+            fails with ``TimeoutError`` as its cause, and its workers are killed and restarted
+            for the next one. Default ``None``: no limit.
+        address: *ray.* The Ray cluster to connect to when Ray is not initialized yet
+            (default: start Ray locally). A runner shuts down only the Ray it started.
+        num_cpus: *ray.* CPUs each actor reserves (default 1).
+        num_gpus: *ray.* GPUs each actor reserves (default 0).
+        ray_kwargs: *ray.* Further ``ray.init`` arguments, when the runner starts Ray.
 
     Raises:
-        ValueError: for bad arguments, and envs whose spaces do not fit the agent.
+        ValueError: for bad arguments, and envs whose spaces do not fit the agent (for
+            process and Ray workers: exceptions raised while they start, with the worker's
+            traceback as their cause).
+        ImportError: ``backend="ray"`` without Ray installed.
     """
 
     def __init__(
@@ -122,6 +161,16 @@ class EvalRunner:
         vectorization_mode: str = "sync",
         device: str | torch.device | None = None,
         progress: bool = False,
+        env_fn: Callable[[], gym.Env | gym.vector.VectorEnv] | None = None,
+        evaluator_fn: Callable[[], Any] | None = None,
+        init_fn: Callable[[], Any] | None = None,
+        num_workers: int | None = None,
+        max_restarts: int | None = None,
+        timeout: float | None = None,
+        address: str | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        ray_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if not callable(getattr(evaluator, "get_action", None)):
             raise bad_argument("evaluator", "an Evaluator (an object with get_action)",
@@ -139,9 +188,15 @@ class EvalRunner:
         self.metrics_fn = metrics_fn
         self.progress = progress
         self.settings = settings
-        self._backend = backend_class(backend)(
-            make_env, evaluator, num_envs, settings, vectorization_mode=vectorization_mode,
-            set_task=set_task, device=device)
+        # Only the worker options that were given: each backend refuses those it does not take.
+        options = {name: value for name, value in (
+            ("env_fn", env_fn), ("evaluator_fn", evaluator_fn), ("init_fn", init_fn),
+            ("num_workers", num_workers), ("max_restarts", max_restarts), ("timeout", timeout),
+            ("address", address), ("num_cpus", num_cpus), ("num_gpus", num_gpus),
+            ("ray_kwargs", ray_kwargs)) if value is not None}
+        self._backend = create_backend(
+            backend, make_env, evaluator, num_envs, settings,
+            vectorization_mode=vectorization_mode, set_task=set_task, device=device, **options)
         self._evaluator = evaluator
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -231,12 +286,13 @@ class EvalRunner:
         """Stop: the running evaluation ends at its next env step, queued ones are cancelled.
 
         Their :meth:`wait` raises :class:`EvaluationError` caused by
-        :class:`EvaluationCancelled`. Safe to call twice.
+        :class:`EvaluationCancelled`. Process and Ray workers busy with the running evaluation
+        are killed, idle ones closed (each within seconds). Safe to call twice.
 
         Returns:
-            ``True`` once the runner's thread has ended and the envs are closed; ``False`` if
-            the thread was still inside an env step or agent query after ``timeout`` seconds
-            (it ends, and closes the envs, when that call returns).
+            ``True`` once the runner's thread has ended and the envs are closed (the workers
+            gone); ``False`` if the thread was still inside an env step or agent query after
+            ``timeout`` seconds (it ends, and closes the envs, when that call returns).
         """
         with self._lock:
             self._closed = True

@@ -285,7 +285,7 @@ class TestBadArguments:
         ({"num_episodes": 0}, "num_episodes: expected an int >= 1, got int 0"),
         ({"num_envs": 0}, "num_envs: expected an int >= 1"),
         ({"max_steps": -1}, "max_steps: expected an int >= 1"),
-        ({"backend": "gpu"}, "backend: expected one of 'thread', got 'gpu'"),
+        ({"backend": "gpu"}, "backend: expected one of 'thread', 'process', 'ray', got 'gpu'"),
         ({"busy_policy": "wait"}, "busy_policy: expected one of 'error', 'queue', 'skip'"),
         ({"on_result": "print"}, "on_result: expected a callable or None"),
         ({"metrics_fn": 3}, "metrics_fn: expected a callable or None"),

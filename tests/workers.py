@@ -1,0 +1,80 @@
+"""Factories for process and Ray workers (module level, so workers import them by name), and a
+test env that tests in this process steer through files while it runs in a worker."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.agents import MLPAgent
+from tests.fake_envs import LengthEnv
+from tests.models import fake_envs
+
+INIT_VARIABLE = "SYLLABUS_EVAL_TEST_INIT"
+
+
+def cartpole() -> gym.Env:
+    return gym.make("CartPole-v1")
+
+
+def cartpole_agent(seed: int) -> MLPAgent:
+    env = cartpole()
+    torch.manual_seed(seed)
+    return MLPAgent(fake_envs(env.observation_space, env.action_space))
+
+
+def cartpole_evaluator(seed: int = 12345) -> CleanRLEvaluator:
+    """By default a worker's evaluator: seeded apart from the tests' agents, so that only the
+    weights sent with each evaluation can make a worker act like them."""
+    return CleanRLEvaluator(cartpole_agent(seed))
+
+
+def length_agent() -> MLPAgent:
+    return MLPAgent(fake_envs(LengthEnv.observation_space, LengthEnv.action_space))
+
+
+def length_evaluator() -> CleanRLEvaluator:
+    return CleanRLEvaluator(length_agent())
+
+
+class RemoteControlledEnv(gym.Wrapper):
+    """A :class:`LengthEnv` whose steps obey files in ``folder``, so that a test can steer it in
+    another process. Each step first writes ``stepping-<pid>``; then, while ``hold`` exists, it
+    waits (60 s at most); with ``crash`` it raises ``RuntimeError``. Without these files it is
+    a plain :class:`LengthEnv`."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__(LengthEnv())
+        self.folder = Path(folder)
+
+    def step(self, action: Any):
+        (self.folder / f"stepping-{os.getpid()}").touch()
+        deadline = time.monotonic() + 60
+        while (self.folder / "hold").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if (self.folder / "crash").exists():
+            raise RuntimeError(f"the env exploded at step {self.env.t + 1}")
+        return self.env.step(action)
+
+
+def remote_controlled_env(folder: str) -> RemoteControlledEnv:
+    return RemoteControlledEnv(folder)
+
+
+def mark_init(folder: str) -> None:
+    """An ``init_fn``: leaves ``init-<pid>`` in ``folder`` and sets :data:`INIT_VARIABLE`."""
+    (Path(folder) / f"init-{os.getpid()}").touch()
+    os.environ[INIT_VARIABLE] = folder
+
+
+def evaluator_after_init() -> CleanRLEvaluator:
+    """An ``evaluator_fn`` that refuses to build unless :func:`mark_init` ran first here."""
+    if INIT_VARIABLE not in os.environ:
+        raise RuntimeError(f"init_fn has not run in process {os.getpid()}")
+    return length_evaluator()
