@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_rollout.py            # about a minute
+    python benchmarks/bench_rollout.py            # about three minutes on 2 CPU cores
     python benchmarks/bench_rollout.py --quick    # a smoke run
 
 1. Env steps per second of ``EvalRunner.evaluate`` on CartPole, CleanRL's MLP agent acting
@@ -12,9 +12,10 @@ Usage::
    ``gym.make_vec`` builds, handed to the runner as a vector env); and against TorchRL's
    ``Evaluator`` (when installed). Rounds alternate between the contenders; each figure is
    the median over rounds.
-2. A CleanRL-style PPO training loop on CartPole that evaluates every other iteration: its
-   wall-clock time with the evaluations in the background (``trigger_eval``) as a ratio
-   against the same evaluations run inline (``evaluate``), and each against no evaluation.
+2. A CleanRL-style PPO training loop (``PPOTrainer``) on CartPole that evaluates every other
+   iteration: its wall-clock time with the evaluations in the background (``trigger_eval``)
+   as a ratio against the same evaluations run inline (``evaluate``), and each against no
+   evaluation.
 
 Only ratios are printed: absolute figures on a shared machine say little.
 """
@@ -170,7 +171,8 @@ def throughput(rounds: int, episodes: int) -> None:
 
 def ppo_training(iterations: int, runner: EvalRunner | None, background: bool,
                  eval_every: int = 2) -> tuple[float, float]:
-    """CleanRL ``ppo.py`` on CartPole (4 envs x 128 steps, 4 epochs of 4 minibatches).
+    """:class:`~syllabus_eval.ppo.PPOTrainer` (CleanRL ``ppo.py``) on CartPole: 4 envs x 128
+    steps, 4 epochs of 4 minibatches.
 
     Returns the training loop's seconds and the seconds until every evaluation is done.
     """
