@@ -4,10 +4,11 @@ Usage::
 
     python benchmarks/bench_plr.py                 # about a minute on 2 CPU cores
     python benchmarks/bench_plr.py --rounds 5 --iterations 20
+    python benchmarks/bench_plr.py --quick         # a smoke run
 
-A CleanRL-style PPO loop (``ppo.py``: MLPAgent on CartPole, 4 envs, 128 steps per rollout,
-4 epochs of 4 minibatches of real Adam steps) runs in three set-ups, interleaved round by
-round so that drift hits them alike:
+A CleanRL-style PPO loop (:class:`~syllabus_eval.ppo.PPOTrainer`: MLPAgent on CartPole, 4 envs,
+128 steps per rollout, 4 epochs of 4 minibatches of real Adam steps) runs in three set-ups,
+interleaved round by round so that drift hits them alike:
 
 - ``plain``: the envs as they are (the baseline);
 - ``domain randomization``: each env wrapped, drawing a pole length at every reset;
@@ -25,26 +26,33 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 
-from syllabus_eval.adapters import CleanRLEvaluator
-from syllabus_eval.agents import LSTMAgent, MLPAgent
-from syllabus_eval.curricula import (
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import interleaved, median_ratio, ppo_seconds  # noqa: E402
+
+from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
+from syllabus_eval.agents import LSTMAgent, MLPAgent  # noqa: E402
+from syllabus_eval.curricula import (  # noqa: E402
     Curriculum,
     CurriculumWrapper,
     DomainRandomization,
     Experience,
     PrioritizedLevelReplay,
 )
+from syllabus_eval.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from syllabus_eval.report import format_table  # noqa: E402
 
 POLE_LENGTHS = [0.25, 0.35, 0.5, 0.7, 1.0, 1.4]  # CartPole's half-length is 0.5
-NUM_ENVS, NUM_STEPS, EPOCHS, MINIBATCHES = 4, 128, 4, 4  # CleanRL ppo.py's CartPole defaults
+NUM_ENVS = 4
+CONFIG = PPOConfig()  # CleanRL ppo.py's CartPole defaults: 128 steps, 4 epochs of 4 minibatches
 
 
 def set_pole(env: gym.Env, task: float) -> None:
@@ -60,60 +68,11 @@ def make_envs(curriculum: Curriculum | None) -> gym.vector.SyncVectorEnv:
         * NUM_ENVS)
 
 
-def ppo_update(agent: nn.Module, optimizer: torch.optim.Optimizer, obs, actions, log_probs,
-               advantages, returns) -> None:
-    """CleanRL ppo.py's update: clipped surrogate, value loss, entropy bonus."""
-    batch = len(obs)
-    for _ in range(EPOCHS):
-        order = torch.randperm(batch)
-        for index in order.split(batch // MINIBATCHES):
-            _, new_log_prob, entropy, value = agent.get_action_and_value(obs[index],
-                                                                         actions[index])
-            ratio = (new_log_prob - log_probs[index]).exp()
-            adv = advantages[index]
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)).mean()
-            value_loss = 0.5 * (value.view(-1) - returns[index]).pow(2).mean()
-            loss = policy_loss - 0.01 * entropy.mean() + 0.5 * value_loss
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
-            optimizer.step()
-
-
-def train(agent: nn.Module, envs: gym.vector.VectorEnv, iterations: int, seed: int) -> float:
+def train(agent: MLPAgent, envs: gym.vector.VectorEnv, iterations: int, seed: int) -> float:
     """Env steps per second of ``iterations`` PPO iterations (rollout + update)."""
-    optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5)
-    obs_buf = torch.zeros((NUM_STEPS, NUM_ENVS, 4))  # [T, B, obs]
-    act_buf = torch.zeros((NUM_STEPS, NUM_ENVS), dtype=torch.long)  # [T, B]
-    logp_buf, rew_buf, done_buf, val_buf = (torch.zeros((NUM_STEPS, NUM_ENVS)) for _ in range(4))
-    obs, _ = envs.reset(seed=seed)
-    next_obs, next_done = torch.Tensor(obs), torch.zeros(NUM_ENVS)
-    start = time.perf_counter()
-    for _ in range(iterations):
-        for t in range(NUM_STEPS):
-            obs_buf[t], done_buf[t] = next_obs, next_done
-            with torch.no_grad():
-                action, log_prob, _, value = agent.get_action_and_value(next_obs)
-            act_buf[t], logp_buf[t], val_buf[t] = action, log_prob, value.view(-1)
-            obs, reward, terminated, truncated, _ = envs.step(action.numpy())
-            rew_buf[t] = torch.as_tensor(reward, dtype=torch.float32)
-            next_obs = torch.Tensor(obs)
-            next_done = torch.as_tensor(np.logical_or(terminated, truncated), dtype=torch.float32)
-        with torch.no_grad():  # GAE, gamma 0.99, lambda 0.95
-            next_value = agent.get_value(next_obs).view(-1)
-            advantages, last = torch.zeros_like(rew_buf), 0.0
-            for t in reversed(range(NUM_STEPS)):
-                not_done = 1.0 - (next_done if t == NUM_STEPS - 1 else done_buf[t + 1])
-                following = next_value if t == NUM_STEPS - 1 else val_buf[t + 1]
-                delta = rew_buf[t] + 0.99 * following * not_done - val_buf[t]
-                last = delta + 0.99 * 0.95 * not_done * last
-                advantages[t] = last
-        ppo_update(agent, optimizer, obs_buf.view(-1, 4), act_buf.view(-1), logp_buf.view(-1),
-                   advantages.view(-1), (advantages + val_buf).view(-1))
-    elapsed = time.perf_counter() - start
+    seconds = ppo_seconds(PPOTrainer(envs, agent, CONFIG, seed=seed), iterations)
     envs.close()
-    return iterations * NUM_STEPS * NUM_ENVS / elapsed
+    return iterations * CONFIG.num_steps * NUM_ENVS / seconds
 
 
 def record_episodes(steps: int) -> list[Experience]:
@@ -152,23 +111,29 @@ def compare(rounds: int, iterations: int, probe: gym.vector.VectorEnv
             ) -> dict[str, tuple[float, float]]:
     """Per set-up (and the steps PLR scored during its runs): the median env steps/s and the
     median of its per-round ratios to the plain loop, which cancels drift between rounds."""
-    rates: dict[str, list[float]] = {"plain": [], "domain randomization": [], "PLR": [],
-                                     "PLR scored": []}
-    for round_ in range(rounds):
-        for name in ("plain", "domain randomization", "PLR"):
-            agent = MLPAgent(probe)
-            if name == "PLR":
-                with PrioritizedLevelReplay(POLE_LENGTHS, CleanRLEvaluator(agent),
-                                            seed=round_) as plr:
-                    start = time.perf_counter()
-                    rates[name].append(train(agent, make_envs(plr), iterations, round_))
-                elapsed = time.perf_counter() - start  # with scoring the last records
-                rates["PLR scored"].append(sum(plr.scored_steps().values()) / elapsed)
-            else:
-                curriculum = DomainRandomization(POLE_LENGTHS) if name != "plain" else None
-                rates[name].append(train(agent, make_envs(curriculum), iterations, round_))
-    return {name: (statistics.median(values),
-                   statistics.median(v / p for v, p in zip(values, rates["plain"])))
+
+    def plain(round_: int) -> float:
+        return train(MLPAgent(probe), make_envs(None), iterations, round_)
+
+    def domain_randomization(round_: int) -> float:
+        return train(MLPAgent(probe), make_envs(DomainRandomization(POLE_LENGTHS)), iterations,
+                     round_)
+
+    def with_plr(round_: int) -> tuple[float, float]:
+        """Training steps/s, and steps scored per second until PLR has scored them all."""
+        agent = MLPAgent(probe)
+        with PrioritizedLevelReplay(POLE_LENGTHS, CleanRLEvaluator(agent), seed=round_) as plr:
+            start = time.perf_counter()
+            rate = train(agent, make_envs(plr), iterations, round_)
+        elapsed = time.perf_counter() - start  # with scoring the last records
+        return rate, sum(plr.scored_steps().values()) / elapsed
+
+    runs = interleaved({"plain": plain, "domain randomization": domain_randomization,
+                        "PLR": with_plr}, rounds)
+    rates = {"plain": runs["plain"], "domain randomization": runs["domain randomization"],
+             "PLR": [rate for rate, _ in runs["PLR"]],
+             "PLR scored": [scored for _, scored in runs["PLR"]]}
+    return {name: (statistics.median(values), median_ratio(values, rates["plain"]))
             for name, values in rates.items()}
 
 
@@ -176,35 +141,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=8, help="PPO iterations per run")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: one round of one iteration, fewer records to score")
     args = parser.parse_args()
+    rounds, iterations = (1, 1) if args.quick else (args.rounds, args.iterations)
     torch.manual_seed(0)
     probe = make_envs(None)
     default_threads = torch.get_num_threads()
     results = {}
     for threads in (default_threads, 1):
         torch.set_num_threads(threads)
-        results[threads] = compare(args.rounds, args.iterations, probe)
-    records = record_episodes(40_000)
+        results[threads] = compare(rounds, iterations, probe)
+    records = record_episodes(4_000 if args.quick else 40_000)
     capacity = {
         "MLPAgent": scoring_capacity(lambda: CleanRLEvaluator(MLPAgent(probe)), records),
         "LSTMAgent": scoring_capacity(lambda: CleanRLEvaluator(LSTMAgent(probe), is_lstm=True),
-                                      records[:8000]),
+                                      records[:len(records) // 5]),
     }
     probe.close()
 
-    print(f"PPO on CartPole ({NUM_ENVS} envs x {NUM_STEPS} steps, {EPOCHS}x{MINIBATCHES} Adam "
-          f"steps per iteration), {args.rounds} interleaved rounds: median env steps/s, "
-          "median ratio to the plain loop of the same round")
-    for threads, rates in results.items():
-        print(f"\ntorch threads: {threads}{'':<24}{'env steps/s':>12}{'vs plain':>10}")
-        for name, (rate, ratio) in rates.items():
-            label = "PLR worker, steps scored" if name == "PLR scored" else f"training, {name}"
-            print(f"{label:<40}{rate:>12,.0f}{ratio:>10.2f}")
+    print(f"PPO on CartPole ({NUM_ENVS} envs x {CONFIG.num_steps} steps, "
+          f"{CONFIG.update_epochs}x{CONFIG.num_minibatches} Adam steps per iteration), "
+          f"{rounds} interleaved rounds: median env steps/s, median ratio to the plain loop of "
+          "the same round\n")
+    rows = [[threads, "PLR worker, steps scored" if name == "PLR scored" else f"training, {name}",
+             f"{rate:,.0f}", f"{ratio:.2f}"]
+            for threads, rates in results.items() for name, (rate, ratio) in rates.items()]
+    print(format_table(rows, ["torch threads", "set-up", "env steps/s", "vs plain"]))
     plain = results[1]["plain"][0]
-    print(f"\nPLR worker capacity (records queued up front, torch threads: 1)\n"
-          f"{'':<40}{'steps/s':>12}{'vs plain':>10}")
-    for agent, rate in capacity.items():
-        print(f"{agent:<40}{rate:>12,.0f}{rate / plain:>10.2f}")
+    print("\nPLR worker capacity (records queued up front, torch threads: 1)\n")
+    print(format_table([[agent, f"{rate:,.0f}", f"{rate / plain:.2f}"]
+                        for agent, rate in capacity.items()],
+                       ["agent", "steps/s", "vs plain"]))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_rollout.py            # about a minute
+    python benchmarks/bench_rollout.py            # about three minutes on 2 CPU cores
     python benchmarks/bench_rollout.py --quick    # a smoke run
 
 1. Env steps per second of ``EvalRunner.evaluate`` on CartPole, CleanRL's MLP agent acting
@@ -12,9 +12,10 @@ Usage::
    ``gym.make_vec`` builds, handed to the runner as a vector env); and against TorchRL's
    ``Evaluator`` (when installed). Rounds alternate between the contenders; each figure is
    the median over rounds.
-2. A CleanRL-style PPO training loop on CartPole that evaluates every other iteration: its
-   wall-clock time with the evaluations in the background (``trigger_eval``) as a ratio
-   against the same evaluations run inline (``evaluate``), and each against no evaluation.
+2. A CleanRL-style PPO training loop (``PPOTrainer``) on CartPole that evaluates every other
+   iteration: its wall-clock time with the evaluations in the background (``trigger_eval``)
+   as a ratio against the same evaluations run inline (``evaluate``), and each against no
+   evaluation.
 
 Only ratios are printed: absolute figures on a shared machine say little.
 """
@@ -23,17 +24,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from syllabus_eval import EvalRunner
-from syllabus_eval.adapters import CleanRLEvaluator
-from syllabus_eval.agents import MLPAgent
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import interleaved, median_ratio, ppo_seconds  # noqa: E402
+
+from syllabus_eval import EvalRunner  # noqa: E402
+from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
+from syllabus_eval.agents import MLPAgent  # noqa: E402
+from syllabus_eval.ppo import IterationStats, PPOTrainer  # noqa: E402
+from syllabus_eval.report import format_table  # noqa: E402
 
 NUM_ENVS = 8
 MAX_STEPS = 500
@@ -130,34 +138,32 @@ def throughput(rounds: int, episodes: int) -> None:
                         max_steps=None)
     steps = sum(r.length for r in runner.evaluate().episodes)  # warm-up, and the work size
     native.evaluate()
-    contenders: dict[str, Callable[[], float]] = {
-        "EvalRunner": lambda: runner_rate(runner),
-        "plain loop": lambda: plain_loop_rate(agent, steps, sync_cartpoles),
-        "EvalRunner native": lambda: runner_rate(native),
-        "plain loop native": lambda: plain_loop_rate(agent, steps, native_cartpoles),
+    contenders: dict[str, Callable[[int], float]] = {
+        "EvalRunner": lambda _: runner_rate(runner),
+        "plain loop": lambda _: plain_loop_rate(agent, steps, sync_cartpoles),
+        "EvalRunner native": lambda _: runner_rate(native),
+        "plain loop native": lambda _: plain_loop_rate(agent, steps, native_cartpoles),
     }
     torchrl = torchrl_contender(agent, episodes)
     if torchrl is not None:
         torchrl()  # warm-up: the first call builds its collector
-        contenders["TorchRL"] = torchrl
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, measure in contenders.items():
-            rates[name].append(measure())
+        contenders["TorchRL"] = lambda _: torchrl()
+    rates = interleaved(contenders, rounds)
     runner.shutdown()
     native.shutdown()
     if torchrl is not None:
         torchrl.shutdown()
     median = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"Throughput: CartPole, greedy MLP agent, {NUM_ENVS} envs, {episodes} episodes "
-          f"(~{steps} env steps) per evaluation, median of {rounds} rounds")
-    print(f"  EvalRunner.evaluate / plain loop, SyncVectorEnv of gym.make envs: "
-          f"{median['EvalRunner'] / median['plain loop']:.2f}x (target >= 0.9x)")
-    print(f"  the same on the native CartPoleVectorEnv:                  "
-          f"{median['EvalRunner native'] / median['plain loop native']:.2f}x")
+    rows = [["EvalRunner.evaluate / plain loop, SyncVectorEnv of gym.make envs",
+             f"{median['EvalRunner'] / median['plain loop']:.2f}x", ">= 0.9x"],
+            ["the same on the native CartPoleVectorEnv",
+             f"{median['EvalRunner native'] / median['plain loop native']:.2f}x", ""]]
     if "TorchRL" in median:
-        print(f"  EvalRunner.evaluate / TorchRL Evaluator (SerialEnv):       "
-              f"{median['EvalRunner'] / median['TorchRL']:.1f}x")
+        rows.append(["EvalRunner.evaluate / TorchRL Evaluator (SerialEnv)",
+                     f"{median['EvalRunner'] / median['TorchRL']:.1f}x", ""])
+    print(f"Throughput: CartPole, greedy MLP agent, {NUM_ENVS} envs, {episodes} episodes "
+          f"(~{steps} env steps) per evaluation, median of {rounds} rounds\n")
+    print(format_table(rows, ["env steps per second", "ratio", "target"]) + "\n")
 
 
 # --- 2. cost to training -------------------------------------------------------------------
@@ -165,69 +171,30 @@ def throughput(rounds: int, episodes: int) -> None:
 
 def ppo_training(iterations: int, runner: EvalRunner | None, background: bool,
                  eval_every: int = 2) -> tuple[float, float]:
-    """CleanRL ``ppo.py`` on CartPole (4 envs x 128 steps, 4 epochs of 4 minibatches).
+    """:class:`~syllabus_eval.ppo.PPOTrainer` (CleanRL ``ppo.py``) on CartPole: 4 envs x 128
+    steps, 4 epochs of 4 minibatches.
 
     Returns the training loop's seconds and the seconds until every evaluation is done.
     """
-    num_envs, num_steps, epochs, minibatches = 4, 128, 4, 4
-    gamma, lam, clip, batch = 0.99, 0.95, 0.2, 4 * 128
-    envs = gym.make_vec("CartPole-v1", num_envs=num_envs)
-    agent = new_agent(1)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5)
-    obs = torch.zeros((num_steps, num_envs, 4))
-    actions = torch.zeros((num_steps, num_envs), dtype=torch.long)
-    logprobs, rewards, dones, values = (torch.zeros((num_steps, num_envs)) for _ in range(4))
-    next_obs = torch.Tensor(envs.reset(seed=1)[0])
-    next_done = torch.zeros(num_envs)
+    envs = gym.make_vec("CartPole-v1", num_envs=4)
+    trainer = PPOTrainer(envs, new_agent(1), seed=1)
+
+    def evaluate(stats: IterationStats) -> None:
+        if runner is None or (stats.iteration - 1) % eval_every:
+            return
+        if background:
+            runner.trigger_eval(trainer.agent, step=stats.global_step)
+        else:
+            runner.evaluate(trainer.agent, step=stats.global_step)
+
+    loop = ppo_seconds(trainer, iterations, after_update=evaluate)
     start = time.perf_counter()
-    for iteration in range(iterations):
-        for t in range(num_steps):
-            obs[t], dones[t] = next_obs, next_done
-            with torch.no_grad():
-                action, logprob, _, value = agent.get_action_and_value(next_obs)
-            actions[t], logprobs[t], values[t] = action, logprob, value.flatten()
-            next_obs, reward, terminated, truncated, _ = envs.step(action.numpy())
-            rewards[t] = torch.as_tensor(reward)
-            next_obs = torch.Tensor(next_obs)
-            next_done = torch.Tensor(terminated | truncated)
-        with torch.no_grad():
-            next_value = agent.get_value(next_obs).flatten()
-            advantages = torch.zeros_like(rewards)
-            last = 0
-            for t in reversed(range(num_steps)):
-                following = next_value if t == num_steps - 1 else values[t + 1]
-                live = 1.0 - (next_done if t == num_steps - 1 else dones[t + 1])
-                delta = rewards[t] + gamma * following * live - values[t]
-                advantages[t] = last = delta + gamma * lam * live * last
-            returns = advantages + values
-        flat = (obs.reshape(batch, 4), actions.reshape(batch), logprobs.reshape(batch),
-                advantages.reshape(batch), returns.reshape(batch))
-        for _ in range(epochs):
-            for index in torch.randperm(batch).chunk(minibatches):
-                b_obs, b_actions, b_logprobs, b_adv, b_returns = (x[index] for x in flat)
-                _, logprob, entropy, value = agent.get_action_and_value(b_obs, b_actions)
-                ratio = (logprob - b_logprobs).exp()
-                b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
-                policy_loss = torch.max(-b_adv * ratio,
-                                        -b_adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-                loss = (policy_loss + 0.5 * ((value.flatten() - b_returns) ** 2).mean()
-                        - 0.01 * entropy.mean())
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
-                optimizer.step()
-        if runner is not None and iteration % eval_every == 0:
-            step = (iteration + 1) * batch
-            if background:
-                runner.trigger_eval(agent, step=step)
-            else:
-                runner.evaluate(agent, step=step)
-    loop = time.perf_counter() - start
     if runner is not None:
         while runner.wait() is not None:  # the evaluations still queued
             pass
+    drained = loop + time.perf_counter() - start
     envs.close()
-    return loop, time.perf_counter() - start
+    return loop, drained
 
 
 def training_cost(rounds: int, iterations: int, episodes: int) -> None:
@@ -236,25 +203,25 @@ def training_cost(rounds: int, iterations: int, episodes: int) -> None:
     runner = EvalRunner(make_cartpole, CleanRLEvaluator(new_agent()), num_envs=NUM_ENVS,
                         num_episodes=episodes, max_steps=MAX_STEPS, busy_policy="queue")
     ppo_training(1, runner, background=False)  # warm-up
-    ratios: dict[str, list[float]] = {"background / inline": [], "background / alone": [],
-                                      "inline / alone": [], "until the last result": []}
-    for _ in range(rounds):  # the three back to back, so that each round's ratios compare
-        alone, _ = ppo_training(iterations, None, background=False)
-        inline, _ = ppo_training(iterations, runner, background=False)
-        background, drained = ppo_training(iterations, runner, background=True)
-        for name, ratio in zip(ratios, (background / inline, background / alone,
-                                        inline / alone, drained / alone)):
-            ratios[name].append(ratio)
+    # The three back to back in each round, so that each round's ratios compare.
+    runs = interleaved({"alone": lambda _: ppo_training(iterations, None, background=False),
+                        "inline": lambda _: ppo_training(iterations, runner, background=False),
+                        "background": lambda _: ppo_training(iterations, runner,
+                                                             background=True)}, rounds)
     runner.shutdown()
-    median = {name: statistics.median(values) for name, values in ratios.items()}
+    loop = {name: [seconds for seconds, _ in values] for name, values in runs.items()}
+    drained = [seconds for _, seconds in runs["background"]]
+    rows = [["training loop, background / inline evaluations",
+             median_ratio(loop["background"], loop["inline"])],
+            ["slowdown, background evaluations", median_ratio(loop["background"], loop["alone"])],
+            ["slowdown, inline evaluations", median_ratio(loop["inline"], loop["alone"])],
+            ["slowdown, background evaluations, until the last result",
+             median_ratio(drained, loop["alone"])]]
     print(f"Training cost: CleanRL PPO on CartPole, {iterations} iterations, an evaluation "
           f"({episodes} episodes, {NUM_ENVS} envs) every other iteration, median of {rounds} "
-          "rounds")
-    print(f"  training loop with background evaluations / with inline evaluations: "
-          f"{median['background / inline']:.2f}x")
-    print(f"  slowdown over no evaluation: background {median['background / alone']:.2f}x, "
-          f"inline {median['inline / alone']:.2f}x (background, until the last result: "
-          f"{median['until the last result']:.2f}x)")
+          "rounds; slowdown: over no evaluation\n")
+    print(format_table([[name, f"{ratio:.2f}x"] for name, ratio in rows],
+                       ["wall-clock time", "ratio"]))
 
 
 def main() -> None:

@@ -1,10 +1,45 @@
-"""Side-by-side timing: candidates interleaved in one process, so machine noise hits all alike."""
+"""Side-by-side timing: candidates interleaved in one process, so machine noise hits all alike.
+
+Usage::
+
+    samples = interleaved({"ours": run_ours, "theirs": run_theirs}, rounds=5)  # f(round)
+    print(median_ratio(samples["ours"], samples["theirs"]))
+    per_call_seconds({"raw": raw, "ours": ours})          # median seconds per call
+    ppo_seconds(PPOTrainer(envs, agent, seed=0), iterations=8)
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+from syllabus_eval.ppo import IterationStats, PPOTrainer
+
+Sample = TypeVar("Sample")
+
+
+def interleaved(candidates: Mapping[str, Callable[[int], Sample]], rounds: int
+                ) -> dict[str, list[Sample]]:
+    """What each candidate measures, round by round: ``{name: [round 0, round 1, ...]}``.
+
+    Within a round the candidates run in turn, so that drift on a shared machine (other jobs,
+    CPU frequency) hits them alike. Each is called with the round's index, e.g. as a seed.
+    """
+    samples: dict[str, list[Sample]] = {name: [] for name in candidates}
+    for round_ in range(rounds):
+        for name, measure in candidates.items():
+            samples[name].append(measure(round_))
+    return samples
+
+
+def median_ratio(values: Sequence[float], baselines: Sequence[float]) -> float:
+    """The median over rounds of ``value / baseline`` of the same round.
+
+    A ratio within a round cancels drift between rounds, which a ratio of medians keeps.
+    """
+    return statistics.median(value / baseline for value, baseline in zip(values, baselines))
 
 
 def per_call_seconds(candidates: dict[str, Callable[[], object]], calls: int = 200,
@@ -14,12 +49,12 @@ def per_call_seconds(candidates: dict[str, Callable[[], object]], calls: int = 2
 
     ``before_each`` runs untimed before every call (e.g. changing the training weights).
     """
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
     for fn in candidates.values():  # warm-up
         for _ in range(max(3, calls // 10)):
             fn()
-    for _ in range(rounds):
-        for name, fn in candidates.items():
+
+    def mean_seconds(fn: Callable[[], object]) -> Callable[[int], float]:
+        def measure(_round: int) -> float:
             total = 0.0
             for _ in range(calls):
                 if before_each is not None:
@@ -27,5 +62,24 @@ def per_call_seconds(candidates: dict[str, Callable[[], object]], calls: int = 2
                 start = time.perf_counter()
                 fn()
                 total += time.perf_counter() - start
-            samples[name].append(total / calls)
+            return total / calls
+        return measure
+
+    samples = interleaved({name: mean_seconds(fn) for name, fn in candidates.items()}, rounds)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def ppo_seconds(trainer: PPOTrainer, iterations: int,
+                after_update: Callable[[IterationStats], object] | None = None) -> float:
+    """Wall-clock seconds of ``iterations`` PPO iterations (rollout and update) of ``trainer``.
+
+    ``after_update`` runs, timed, after every update: what the training loop does besides
+    training (e.g. start an evaluation).
+    """
+    config = trainer.config
+    steps = iterations * config.num_steps * trainer.envs.num_envs
+    start = time.perf_counter()
+    for stats in trainer.iterate(total_steps=steps):
+        if after_update is not None:
+            after_update(stats)
+    return time.perf_counter() - start

@@ -14,10 +14,11 @@ Curricula take any object with the Evaluator's query methods
 (:class:`~syllabus_eval.AgentQueries`), never a specific adapter.
 """
 
+from ..advantages import gae  # the core's GAE, which PLR scores its segments with
 from .curriculum import Curriculum, Experience, TaskSource
 from .domain_randomization import DomainRandomization
 from .learning_progress import LearningProgressCurriculum
-from .plr import PrioritizedLevelReplay, gae
+from .plr import PrioritizedLevelReplay
 from .task_space import DiscreteTaskSpace
 from .wrappers import CurriculumClient, CurriculumServer, CurriculumWrapper
 

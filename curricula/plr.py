@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..advantages import gae
 from ..errors import bad_argument, describe
 from ..evaluator import AgentQueries
 from ._util import BackgroundThread, check_count, check_number
@@ -50,30 +51,6 @@ from .curriculum import EXPERIENCE_KINDS, Curriculum, Experience
 from .task_space import DiscreteTaskSpace
 
 _STOP = object()  # queued by close(): the worker scores everything before it, then stops
-
-
-def gae(rewards: Sequence[float], values: Sequence[float], next_value: float, gamma: float,
-        gae_lambda: float) -> np.ndarray:
-    """Generalized advantage estimates of one segment of one episode: ``[T]``.
-
-    Args:
-        rewards: ``r_0 .. r_{T-1}``, ``[T]``.
-        values: ``V(s_0) .. V(s_{T-1})``, ``[T]``.
-        next_value: ``V(s_T)`` to bootstrap from; 0 when the episode terminated at ``s_T``.
-        gamma: discount factor.
-        gae_lambda: GAE's lambda.
-    """
-    rewards = np.asarray(rewards, dtype=np.float64)  # [T]
-    values = np.asarray(values, dtype=np.float64)  # [T]
-    # delta_t = r_t + gamma V(s_{t+1}) - V(s_t); A_t = sum_k (gamma lambda)^k delta_{t+k}
-    # (Schulman et al., 2016, Eq. 16), accumulated backwards: A_t = delta_t + gamma lambda A_{t+1}.
-    deltas = rewards + gamma * np.append(values[1:], next_value) - values  # [T]
-    advantages = np.empty_like(deltas)
-    running = 0.0
-    for t in range(len(deltas) - 1, -1, -1):
-        running = deltas[t] + gamma * gae_lambda * running
-        advantages[t] = running
-    return advantages
 
 
 # Value-based scores of a segment from its advantages [T] (PLR, Table 1).
@@ -519,7 +496,7 @@ class PrioritizedLevelReplay(Curriculum):
         if self._policy_score is None:
             bootstrap = 0.0 if terminated else segment.values[-1]
             advantages = gae(segment.rewards, segment.values[:-1], bootstrap, self.gamma,
-                             self.gae_lambda)
+                             self.gae_lambda)  # [T]
             score = _VALUE_SCORES[self.strategy](advantages)
         else:
             score = float(np.mean(segment.terms[:-1]))  # s_0 .. s_{T-1}: where actions were taken

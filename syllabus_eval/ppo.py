@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .advantages import gae
+
 
 @dataclass
 class PPOConfig:
@@ -51,25 +53,6 @@ class IterationStats:
     episode_returns: list[float] = field(default_factory=list)
     episode_tasks: list[object] = field(default_factory=list)
     losses: dict[str, float] = field(default_factory=dict)
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor,
-        next_value: torch.Tensor, next_done: torch.Tensor, gamma: float, lam: float
-        ) -> torch.Tensor:
-    """Generalised advantage estimates (Schulman et al. 2016, eq. 16), all ``[T, B]``.
-
-    ``dones[t]`` says that the observation at ``t`` started a new episode, so no value is
-    bootstrapped across it (CleanRL's convention).
-    """
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros_like(next_value)
-    for t in reversed(range(rewards.shape[0])):
-        not_done = 1.0 - (next_done if t == rewards.shape[0] - 1 else dones[t + 1])
-        following = next_value if t == rewards.shape[0] - 1 else values[t + 1]
-        delta = rewards[t] + gamma * following * not_done - values[t]
-        last = delta + gamma * lam * not_done * last
-        advantages[t] = last
-    return advantages
 
 
 class PPOTrainer:
@@ -142,9 +125,9 @@ class PPOTrainer:
                     stats.episode_tasks += list(np.asarray(infos["task"], dtype=object)[finished])
         with torch.no_grad():
             next_value = agent.get_value(self._obs).flatten()
-        advantages = gae(rewards, values, dones, next_value, self._done, config.gamma,
-                         config.gae_lambda)
-        return obs, actions, log_probs, values, advantages
+        advantages = gae(rewards.numpy(), values.numpy(), next_value.numpy(), config.gamma,
+                         config.gae_lambda, dones=dones.numpy(), next_done=self._done.numpy())
+        return obs, actions, log_probs, values, torch.from_numpy(advantages).float()
 
     def _update(self, obs: torch.Tensor, actions: torch.Tensor, log_probs: torch.Tensor,
                 values: torch.Tensor, advantages: torch.Tensor) -> dict[str, float]:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
+from syllabus_eval.advantages import gae
 from syllabus_eval.agents import MLPAgent
-from syllabus_eval.ppo import PPOConfig, PPOTrainer, gae
+from syllabus_eval.ppo import PPOConfig, PPOTrainer
 
 
 class TestGAE:
     def test_matches_a_hand_computation(self) -> None:
         # One env, T = 3, gamma = 0.5, lambda = 0.5; the episode ends after step 1
         # (dones[2] = 1: the observation at t = 2 starts a new episode).
+        # The trainer's rollout buffers are float32 tensors.
         rewards = torch.tensor([[1.0], [2.0], [3.0]])
         values = torch.tensor([[0.5], [1.0], [2.0]])
         dones = torch.tensor([[0.0], [0.0], [1.0]])
@@ -21,9 +24,9 @@ class TestGAE:
         d2 = 3.0 + 0.5 * 4.0 - 2.0  # 3.0, bootstraps from next_value
         d1 = 2.0 - 1.0  # 1.0, no bootstrap across the episode boundary
         d0 = 1.0 + 0.5 * 1.0 - 0.5  # 1.0
-        expected = torch.tensor([[d0 + 0.25 * d1], [d1], [d2]])
-        assert torch.allclose(gae(rewards, values, dones, next_value, next_done, 0.5, 0.5),
-                              expected)
+        expected = [[d0 + 0.25 * d1], [d1], [d2]]
+        np.testing.assert_allclose(gae(rewards, values, next_value, 0.5, 0.5, dones=dones,
+                                       next_done=next_done), expected)
 
 
 class TestTrainer:
