@@ -74,6 +74,19 @@ class TestEvaluate:
         assert metrics["eval/reward"] == expected["eval/reward"]
         assert metrics["eval/episode_length"] == expected["eval/episode_length"]
 
+    def test_a_process_backend_gives_the_same_numbers(self, checkpoint: Path,
+                                                      tmp_path: Path) -> None:
+        outputs = {}
+        for backend in ("thread", "process"):
+            outputs[backend] = tmp_path / f"{backend}.json"
+            assert main(["evaluate", "--env", "CartPole-v1", "--agent",
+                         "syllabus_eval.agents:MLPAgent", "--checkpoint", str(checkpoint),
+                         "--episodes", "4", "--num-envs", "2", "--backend", backend,
+                         "--json", str(outputs[backend])]) == 0
+        thread, process = (json.loads(outputs[b].read_text()) for b in ("thread", "process"))
+        for key in ("eval/reward", "eval/episode_length", "eval/num_episodes"):
+            assert thread[key] == process[key]
+
     def test_reports_per_task(self, checkpoint: Path) -> None:
         code = main(["evaluate", "--env", "syllabus_eval.envs:CartPoleTasks-v0", "--adapter",
                      "dummy", "--episodes", "4", "--num-envs", "2", "--tasks",
