@@ -289,6 +289,10 @@ class _PooledBackend(_Backend):
     def _disconnect(self) -> None:
         """Undo :meth:`_open` (called by :meth:`close`)."""
 
+    def _slow_start_hint(self) -> str:
+        """What may keep workers from starting, for the error message."""
+        return ""
+
     # --- the evaluation --------------------------------------------------------------------
 
     def run(self, weights: Mapping[str, torch.Tensor] | None, version: int | None,
@@ -382,7 +386,8 @@ class _PooledBackend(_Backend):
             while starting:
                 for worker, kind, _, data in self._events(
                         starting.values(), stop, deadline,
-                        f"the workers did not start within {START_TIMEOUT:.0f}s"):
+                        f"the workers did not start within {START_TIMEOUT:.0f}s"
+                        f"{self._slow_start_hint()}"):
                     if kind == "ready":
                         starting.pop(worker.index, None)
                     elif kind == "failed":

@@ -205,6 +205,12 @@ class _RayBackend(_PooledBackend):
         for worker in workers:
             worker.kill()
 
+    def _slow_start_hint(self) -> str:
+        options = self._actor_options
+        return (f"; each of the {len(self.shares)} actors waits for num_cpus="
+                f"{options['num_cpus']} and num_gpus={options['num_gpus']} to be free in the "
+                f"cluster (ray.available_resources(): {self._ray.available_resources()})")
+
     def _disconnect(self) -> None:
         if self._started_ray:
             self._started_ray = False
