@@ -72,6 +72,7 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.1  # how often waits for workers look at the stop flag and the clock
 CANCEL_GRACE = 5.0  # seconds cancelled workers get to stop at an env step before being killed
 CLOSE_GRACE = 2.0  # seconds idle workers get to close their envs at shutdown
+NICENESS = 15  # of worker processes, as Ray's (its worker_niceness)
 # Seconds workers may take to start (spawn, imports, init_fn, envs; Ray: also waiting for free
 # CPUs and GPUs): never forever, but generous, since the evaluation timeout is about episodes.
 START_TIMEOUT = 300.0
@@ -472,7 +473,11 @@ def _process_main(conn: connection.Connection, cancelled: Any, spec: bytes,
     """A worker process: build the share, then run jobs until told to close (or orphaned)."""
     # Ctrl-C reaches the whole process group; the runner's process decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Like Ray's 1-CPU actors: one intra-op thread, so that workers and training do not
+    # Like Ray's workers: a lower priority (nice 15), so that on a busy machine training keeps
+    # the CPU and the evaluation takes what is left...
+    if hasattr(os, "nice"):
+        os.nice(max(0, NICENESS - os.nice(0)))
+    # ... and like its 1-CPU actors, one intra-op thread, so that workers and training do not
     # oversubscribe the cores. init_fn may set another number.
     torch.set_num_threads(1)
     episodes, report = _set_up(spec, slots)
@@ -571,8 +576,9 @@ class _ProcessWorker:
 class _ProcessBackend(_PooledBackend):
     """Runs the episodes in ``num_workers`` spawned processes (module docs).
 
-    Each worker runs torch with one thread (``init_fn`` may change that); the factories must
-    pickle, so they are module-level functions or classes (or ``functools.partial`` of them).
+    Each worker runs at nice 15 (Ray's workers too), so that training keeps the CPU it needs,
+    and torch with one thread (``init_fn`` may change that). The factories must pickle, so they
+    are module-level functions or classes (or ``functools.partial`` of them).
     """
 
     name = "process"
