@@ -4,6 +4,7 @@ local Ray (started once for the module)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -16,8 +17,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 
-from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError
+from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError, cli
 from syllabus_eval.backends_parallel import RemoteTraceback
 from tests.fake_envs import LengthEnv
 from tests.workers import (
@@ -85,7 +87,7 @@ def without_fps(result: EvalResult) -> dict:
 def reference(make_env, evaluator, **kwargs) -> EvalResult:
     """What the thread backend gives."""
     with EvalRunner(make_env, evaluator, **kwargs) as runner:
-        return runner.evaluate(step=kwargs.get("step"))
+        return runner.evaluate()
 
 
 def background(runner: EvalRunner, step: int | None = None, weights=None) -> EvalResult:
@@ -101,6 +103,8 @@ class TestSameNumbersAsTheThreadBackend:
         other = cartpole_agent(seed=2)
         with EvalRunner(cartpole, evaluator, **kwargs) as runner:
             expected = runner.evaluate(step=1), runner.evaluate(other, step=2)
+            # What workers would give on the weights of their own evaluator_fn
+            unsent = runner.evaluate(cartpole_evaluator().agent)
         with EvalRunner(cartpole, evaluator, backend=backend, evaluator_fn=cartpole_evaluator,
                         progress=True, **kwargs) as runner:
             # weights=None: the training agent's, snapshotted and sent like any others
@@ -108,17 +112,15 @@ class TestSameNumbersAsTheThreadBackend:
         for want, have in zip(expected, got):
             assert have.episodes == want.episodes
             assert without_fps(have) == without_fps(want)
-        assert expected[0].episodes != expected[1].episodes  # the weights made a difference
+        # The weights made a difference: only those sent can give the expected episodes.
+        assert len({tuple(r.episodes) for r in (*expected, unsent)}) == 3
         assert "evaluation" in capsys.readouterr().err  # the progress bar
 
-    @pytest.mark.parametrize(("backend", "num_workers"), [("process", 2), ("ray", 2)],
-                             indirect=["backend"])
-    def test_episodes_of_varying_lengths_split_over_workers(self, backend, num_workers):
+    def test_episodes_of_varying_lengths_split_over_workers(self, backend):
         kwargs = {"num_envs": 5, "num_episodes": 13, "tasks": [0, 1, 2], "seed": 3}
         expected = reference(LengthEnv, length_evaluator(), **kwargs)
         with EvalRunner(LengthEnv, length_evaluator(), backend=backend,
-                        evaluator_fn=length_evaluator, num_workers=num_workers,
-                        **kwargs) as runner:
+                        evaluator_fn=length_evaluator, num_workers=2, **kwargs) as runner:
             result = runner.evaluate()
         assert result.episodes == expected.episodes
         assert without_fps(result) == without_fps(expected)
@@ -288,6 +290,21 @@ class TestLifecycle:
             assert calls == [("init", {"address": "ray://head:10001", "namespace": "x"})]
             runner.evaluate()
         assert calls[1:] == [("shutdown", {})]
+
+
+class TestCommandLine:
+    def test_evaluate_in_a_worker_process_gives_the_thread_backends_numbers(self, tmp_path):
+        torch.save(cartpole_agent(seed=4).state_dict(), tmp_path / "agent.pt")
+        metrics = {}
+        for backend in ("thread", "process"):
+            out = tmp_path / f"{backend}.json"
+            assert cli.main(["evaluate", "--env", "CartPole-v1", "--agent",
+                             "syllabus_eval.agents:MLPAgent", "--checkpoint",
+                             str(tmp_path / "agent.pt"), "--episodes", "6", "--num-envs", "2",
+                             "--backend", backend, "--json", str(out)]) == 0
+            metrics[backend] = json.loads(out.read_text())
+            del metrics[backend]["eval/fps"]
+        assert metrics["process"] == metrics["thread"]
 
 
 class TestBadArguments:
