@@ -32,9 +32,13 @@ evaluation with the exception itself, its traceback in the worker chained as its
 ``max_restarts`` times per evaluation; after that the evaluation fails with an
 :class:`~syllabus_eval.EvaluationError`. An evaluation whose episodes take longer than
 ``timeout`` seconds fails with a ``TimeoutError`` and its workers are killed (starting workers
-is bounded apart, by :data:`START_TIMEOUT`). Failed
-evaluations never return partial results, and the workers that were killed are started again for
-the next one. ``shutdown`` kills running workers and closes idle ones, each within seconds.
+is bounded apart, by :data:`START_TIMEOUT`). Failed evaluations never return partial results,
+and the workers that were killed are started again for the next one. ``shutdown`` kills
+running workers and closes idle ones, each within seconds; workers nobody shut down are killed
+when the interpreter exits.
+
+**Priority.** Process workers run at nice 15 with one torch thread, as Ray runs its workers:
+on a busy machine training keeps the CPU it needs and evaluations take what is left.
 """
 
 from __future__ import annotations
