@@ -523,6 +523,7 @@ class _ProcessWorker:
     def __init__(self, context: Any, index: int, count: int, slots: list[int],
                  spec: bytes) -> None:
         self.index, self.count, self.slots = index, count, slots
+        self._killing = threading.Lock()
         self.conn, child = context.Pipe()
         self.cancelled = context.RawValue("q", 0)  # the last job cancelled
         # Not a daemon: a daemonic process could not start the subprocesses of an async vector
@@ -568,13 +569,15 @@ class _ProcessWorker:
 
     def kill(self) -> None:
         """Terminate it (SIGTERM, then SIGKILL), within a few seconds."""
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(2)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(2)
-        self.conn.close()
+        with self._killing:  # the runner's thread and the exit finalizer may race here
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(2)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(2)
+            if not self.conn.closed:  # closing twice would close a reused descriptor
+                self.conn.close()
 
 
 class _ProcessBackend(_PooledBackend):
@@ -600,8 +603,11 @@ class _ProcessBackend(_PooledBackend):
                               self._spec)
 
     def _poll(self, workers: list[_ProcessWorker], timeout: float) -> list[Event]:
-        ready = set(connection.wait([w.conn for w in workers]
-                                    + [w.process.sentinel for w in workers], timeout))
+        try:
+            ready = set(connection.wait([w.conn for w in workers]
+                                        + [w.process.sentinel for w in workers], timeout))
+        except OSError:  # the exit finalizer closed a pipe meanwhile: its worker is gone
+            ready = {w.conn for w in workers if w.conn.closed}
         events: list[Event] = []
         for worker in workers:
             if worker.conn in ready or worker.process.sentinel in ready:
