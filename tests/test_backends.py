@@ -142,25 +142,24 @@ def controlled_reference(folder: Path) -> EvalResult:
                      num_envs=4, num_episodes=8, seed=1)
 
 
-def kill_a_worker(backend: str, folder: Path) -> None:
-    """Kill one worker while its env is held mid-episode."""
-    wait_until(lambda: len(stepping_pids(folder)) == 2, "both workers to step")
-    if backend == "process":
-        os.kill(min(stepping_pids(folder)), signal.SIGKILL)
-    else:
-        import ray
-
-        ray.kill(ray.get_actor(our_actors()[0]))
-
-
 class TestWorkersThatDie:
-    def test_a_killed_worker_is_restarted_and_its_share_run_again(self, backend, tmp_path,
-                                                                  caplog):
+    # Two process workers: one dies, the other's share stands; one actor shows Ray's side.
+    @pytest.mark.parametrize(("backend", "num_workers"), [("process", 2), ("ray", 1)],
+                             indirect=["backend"])
+    def test_a_killed_worker_is_restarted_and_its_share_run_again(self, backend, num_workers,
+                                                                  tmp_path, caplog):
         expected = controlled_reference(tmp_path)
         (tmp_path / "hold").touch()
-        with controlled(tmp_path, backend, num_workers=2) as runner:
+        with controlled(tmp_path, backend, num_workers=num_workers) as runner:
             assert runner.trigger_eval(step=5)
-            kill_a_worker(backend, tmp_path)
+            # Killed while its env is held mid-episode.
+            wait_until(lambda: len(stepping_pids(tmp_path)) == num_workers, "workers to step")
+            if backend == "process":
+                os.kill(min(stepping_pids(tmp_path)), signal.SIGKILL)
+            else:
+                import ray
+
+                ray.kill(ray.get_actor(our_actors()[0]))
             (tmp_path / "hold").unlink()
             result = runner.wait(WAIT)
         assert result.episodes == expected.episodes and result.step == 5
@@ -236,11 +235,14 @@ class TestInitFn:
 
 
 class TestLifecycle:
-    def test_shutdown_mid_evaluation_leaves_no_worker_behind(self, backend, tmp_path):
+    @pytest.mark.parametrize(("backend", "num_workers"), [("process", 2), ("ray", 1)],
+                             indirect=["backend"])
+    def test_shutdown_mid_evaluation_leaves_no_worker_behind(self, backend, num_workers,
+                                                             tmp_path):
         (tmp_path / "hold").touch()
-        runner = controlled(tmp_path, backend, num_workers=2)
+        runner = controlled(tmp_path, backend, num_workers=num_workers)
         assert runner.trigger_eval(step=1)
-        wait_until(lambda: len(stepping_pids(tmp_path)) == 2, "both workers to step")
+        wait_until(lambda: len(stepping_pids(tmp_path)) == num_workers, "workers to step")
         started = time.monotonic()
         assert runner.shutdown(timeout=10) is True
         assert time.monotonic() - started < 10
