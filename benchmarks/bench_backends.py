@@ -9,8 +9,9 @@ Usage::
    steps per iteration, MLP agent) triggers a background evaluation every other iteration
    (CartPole, 8 envs, greedy, one worker), with the ``"thread"``, ``"process"`` and ``"ray"``
    backends. Each figure is the training loop's wall-clock time as a ratio against the same
-   loop without evaluation, and the same until the last evaluation is done; the contenders
-   alternate within each round, and each figure is the median over rounds.
+   loop without evaluation run just before it, and the same until the last evaluation is
+   done; the order of the backends rotates from round to round, and each figure is the median
+   over rounds.
 2. Worker speed-up: a blocking evaluation on an env that sleeps 2 ms per step (a slow
    simulator), 8 envs, 16 episodes of at most 50 steps, with one worker and with two, for both
    worker backends: the ratio of their times (same episodes, same numbers).
@@ -102,10 +103,12 @@ def training_cost(backends: list[str], rounds: int, iterations: int,
     for runner in runners.values():
         ppo_training(1, runner)
     ratios: dict[str, list[tuple[float, float]]] = {backend: [] for backend in backends}
-    for _ in range(rounds):
-        alone, _ = ppo_training(iterations, None)
-        for backend, runner in runners.items():
-            loop, drained = ppo_training(iterations, runner)
+    for round_ in range(rounds):
+        # Each backend against a run without evaluation right before it, in an order that
+        # rotates from round to round, so that drifts in the machine's speed cancel out.
+        for backend in backends[round_ % len(backends):] + backends[:round_ % len(backends)]:
+            alone, _ = ppo_training(iterations, None)
+            loop, drained = ppo_training(iterations, runners[backend])
             ratios[backend].append((loop / alone, drained / alone))
     for runner in runners.values():
         runner.shutdown()
@@ -145,7 +148,7 @@ def main() -> None:
     quick = parser.parse_args().quick
     ray = start_ray()
     backends = ["thread", "process"] + (["ray"] if ray is not None else [])
-    rounds, iterations, episodes = (1, 2, 8) if quick else (3, 12, 200)
+    rounds, iterations, episodes = (1, 2, 8) if quick else (5, 12, 200)
     cost = training_cost(backends, rounds, iterations, episodes)
     speedup = {backend: worker_speedup(backend, 1 if quick else 5, 8 if quick else 16)
                for backend in backends[1:]}

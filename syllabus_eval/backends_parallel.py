@@ -32,9 +32,13 @@ evaluation with the exception itself, its traceback in the worker chained as its
 ``max_restarts`` times per evaluation; after that the evaluation fails with an
 :class:`~syllabus_eval.EvaluationError`. An evaluation whose episodes take longer than
 ``timeout`` seconds fails with a ``TimeoutError`` and its workers are killed (starting workers
-is bounded apart, by :data:`START_TIMEOUT`). Failed
-evaluations never return partial results, and the workers that were killed are started again for
-the next one. ``shutdown`` kills running workers and closes idle ones, each within seconds.
+is bounded apart, by :data:`START_TIMEOUT`). Failed evaluations never return partial results,
+and the workers that were killed are started again for the next one. ``shutdown`` kills
+running workers and closes idle ones, each within seconds; workers nobody shut down are killed
+when the interpreter exits.
+
+**Priority.** Process workers run at nice 15 with one torch thread, as Ray runs its workers:
+on a busy machine training keeps the CPU it needs and evaluations take what is left.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.1  # how often waits for workers look at the stop flag and the clock
 CANCEL_GRACE = 5.0  # seconds cancelled workers get to stop at an env step before being killed
 CLOSE_GRACE = 2.0  # seconds idle workers get to close their envs at shutdown
+NICENESS = 15  # of worker processes, as Ray's (its worker_niceness)
 # Seconds workers may take to start (spawn, imports, init_fn, envs; Ray: also waiting for free
 # CPUs and GPUs): never forever, but generous, since the evaluation timeout is about episodes.
 START_TIMEOUT = 300.0
@@ -472,7 +477,11 @@ def _process_main(conn: connection.Connection, cancelled: Any, spec: bytes,
     """A worker process: build the share, then run jobs until told to close (or orphaned)."""
     # Ctrl-C reaches the whole process group; the runner's process decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Like Ray's 1-CPU actors: one intra-op thread, so that workers and training do not
+    # Like Ray's workers: a lower priority (nice 15), so that on a busy machine training keeps
+    # the CPU and the evaluation takes what is left...
+    if hasattr(os, "nice"):
+        os.nice(max(0, NICENESS - os.nice(0)))
+    # ... and like its 1-CPU actors, one intra-op thread, so that workers and training do not
     # oversubscribe the cores. init_fn may set another number.
     torch.set_num_threads(1)
     episodes, report = _set_up(spec, slots)
@@ -514,6 +523,7 @@ class _ProcessWorker:
     def __init__(self, context: Any, index: int, count: int, slots: list[int],
                  spec: bytes) -> None:
         self.index, self.count, self.slots = index, count, slots
+        self._killing = threading.Lock()
         self.conn, child = context.Pipe()
         self.cancelled = context.RawValue("q", 0)  # the last job cancelled
         # Not a daemon: a daemonic process could not start the subprocesses of an async vector
@@ -559,20 +569,23 @@ class _ProcessWorker:
 
     def kill(self) -> None:
         """Terminate it (SIGTERM, then SIGKILL), within a few seconds."""
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(2)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(2)
-        self.conn.close()
+        with self._killing:  # the runner's thread and the exit finalizer may race here
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(2)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(2)
+            if not self.conn.closed:  # closing twice would close a reused descriptor
+                self.conn.close()
 
 
 class _ProcessBackend(_PooledBackend):
     """Runs the episodes in ``num_workers`` spawned processes (module docs).
 
-    Each worker runs torch with one thread (``init_fn`` may change that); the factories must
-    pickle, so they are module-level functions or classes (or ``functools.partial`` of them).
+    Each worker runs at nice 15 (Ray's workers too), so that training keeps the CPU it needs,
+    and torch with one thread (``init_fn`` may change that). The factories must pickle, so they
+    are module-level functions or classes (or ``functools.partial`` of them).
     """
 
     name = "process"
@@ -590,8 +603,11 @@ class _ProcessBackend(_PooledBackend):
                               self._spec)
 
     def _poll(self, workers: list[_ProcessWorker], timeout: float) -> list[Event]:
-        ready = set(connection.wait([w.conn for w in workers]
-                                    + [w.process.sentinel for w in workers], timeout))
+        try:
+            ready = set(connection.wait([w.conn for w in workers]
+                                        + [w.process.sentinel for w in workers], timeout))
+        except OSError:  # the exit finalizer closed a pipe meanwhile: its worker is gone
+            ready = {w.conn for w in workers if w.conn.closed}
         events: list[Event] = []
         for worker in workers:
             if worker.conn in ready or worker.process.sentinel in ready:

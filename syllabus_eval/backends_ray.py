@@ -25,6 +25,7 @@ Actors are named ``syllabus-eval-<runner>-<worker>.<generation>`` in the current
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,8 @@ from .backends_parallel import (
     _set_up,
 )
 from .errors import EvaluationError, bad_argument
+
+logger = logging.getLogger(__name__)
 
 
 def _import_ray() -> Any:
@@ -171,6 +174,9 @@ class _RayBackend(_PooledBackend):
             ray.init(**({"address": self.address} if self.address is not None else {}),
                      **self.ray_kwargs)
             self._started_ray = True
+        elif self.address is not None or self.ray_kwargs:
+            logger.warning("Ray is already initialized: the runner uses it as it is, without "
+                           "address and ray_kwargs")
         # Jobs in order, one at a time; cancel beside them. Actors are not restarted by Ray:
         # the backend restarts them, counting restarts per evaluation.
         self._actor_class = ray.remote(max_restarts=0, concurrency_groups={"control": 1})(

@@ -4,6 +4,7 @@ local Ray (started once for the module)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -16,8 +17,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 
-from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError
+from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError, cli
 from syllabus_eval.backends_parallel import RemoteTraceback
 from tests.fake_envs import LengthEnv
 from tests.workers import (
@@ -85,7 +87,7 @@ def without_fps(result: EvalResult) -> dict:
 def reference(make_env, evaluator, **kwargs) -> EvalResult:
     """What the thread backend gives."""
     with EvalRunner(make_env, evaluator, **kwargs) as runner:
-        return runner.evaluate(step=kwargs.get("step"))
+        return runner.evaluate()
 
 
 def background(runner: EvalRunner, step: int | None = None, weights=None) -> EvalResult:
@@ -101,6 +103,8 @@ class TestSameNumbersAsTheThreadBackend:
         other = cartpole_agent(seed=2)
         with EvalRunner(cartpole, evaluator, **kwargs) as runner:
             expected = runner.evaluate(step=1), runner.evaluate(other, step=2)
+            # What workers would give on the weights of their own evaluator_fn
+            unsent = runner.evaluate(cartpole_evaluator().agent)
         with EvalRunner(cartpole, evaluator, backend=backend, evaluator_fn=cartpole_evaluator,
                         progress=True, **kwargs) as runner:
             # weights=None: the training agent's, snapshotted and sent like any others
@@ -108,17 +112,15 @@ class TestSameNumbersAsTheThreadBackend:
         for want, have in zip(expected, got):
             assert have.episodes == want.episodes
             assert without_fps(have) == without_fps(want)
-        assert expected[0].episodes != expected[1].episodes  # the weights made a difference
+        # The weights made a difference: only those sent can give the expected episodes.
+        assert len({tuple(r.episodes) for r in (*expected, unsent)}) == 3
         assert "evaluation" in capsys.readouterr().err  # the progress bar
 
-    @pytest.mark.parametrize(("backend", "num_workers"), [("process", 2), ("ray", 2)],
-                             indirect=["backend"])
-    def test_episodes_of_varying_lengths_split_over_workers(self, backend, num_workers):
+    def test_episodes_of_varying_lengths_split_over_workers(self, backend):
         kwargs = {"num_envs": 5, "num_episodes": 13, "tasks": [0, 1, 2], "seed": 3}
         expected = reference(LengthEnv, length_evaluator(), **kwargs)
         with EvalRunner(LengthEnv, length_evaluator(), backend=backend,
-                        evaluator_fn=length_evaluator, num_workers=num_workers,
-                        **kwargs) as runner:
+                        evaluator_fn=length_evaluator, num_workers=2, **kwargs) as runner:
             result = runner.evaluate()
         assert result.episodes == expected.episodes
         assert without_fps(result) == without_fps(expected)
@@ -140,25 +142,24 @@ def controlled_reference(folder: Path) -> EvalResult:
                      num_envs=4, num_episodes=8, seed=1)
 
 
-def kill_a_worker(backend: str, folder: Path) -> None:
-    """Kill one worker while its env is held mid-episode."""
-    wait_until(lambda: len(stepping_pids(folder)) == 2, "both workers to step")
-    if backend == "process":
-        os.kill(min(stepping_pids(folder)), signal.SIGKILL)
-    else:
-        import ray
-
-        ray.kill(ray.get_actor(our_actors()[0]))
-
-
 class TestWorkersThatDie:
-    def test_a_killed_worker_is_restarted_and_its_share_run_again(self, backend, tmp_path,
-                                                                  caplog):
+    # Two process workers: one dies, the other's share stands; one actor shows Ray's side.
+    @pytest.mark.parametrize(("backend", "num_workers"), [("process", 2), ("ray", 1)],
+                             indirect=["backend"])
+    def test_a_killed_worker_is_restarted_and_its_share_run_again(self, backend, num_workers,
+                                                                  tmp_path, caplog):
         expected = controlled_reference(tmp_path)
         (tmp_path / "hold").touch()
-        with controlled(tmp_path, backend, num_workers=2) as runner:
+        with controlled(tmp_path, backend, num_workers=num_workers) as runner:
             assert runner.trigger_eval(step=5)
-            kill_a_worker(backend, tmp_path)
+            # Killed while its env is held mid-episode.
+            wait_until(lambda: len(stepping_pids(tmp_path)) == num_workers, "workers to step")
+            if backend == "process":
+                os.kill(min(stepping_pids(tmp_path)), signal.SIGKILL)
+            else:
+                import ray
+
+                ray.kill(ray.get_actor(our_actors()[0]))
             (tmp_path / "hold").unlink()
             result = runner.wait(WAIT)
         assert result.episodes == expected.episodes and result.step == 5
@@ -234,11 +235,14 @@ class TestInitFn:
 
 
 class TestLifecycle:
-    def test_shutdown_mid_evaluation_leaves_no_worker_behind(self, backend, tmp_path):
+    @pytest.mark.parametrize(("backend", "num_workers"), [("process", 2), ("ray", 1)],
+                             indirect=["backend"])
+    def test_shutdown_mid_evaluation_leaves_no_worker_behind(self, backend, num_workers,
+                                                             tmp_path):
         (tmp_path / "hold").touch()
-        runner = controlled(tmp_path, backend, num_workers=2)
+        runner = controlled(tmp_path, backend, num_workers=num_workers)
         assert runner.trigger_eval(step=1)
-        wait_until(lambda: len(stepping_pids(tmp_path)) == 2, "both workers to step")
+        wait_until(lambda: len(stepping_pids(tmp_path)) == num_workers, "workers to step")
         started = time.monotonic()
         assert runner.shutdown(timeout=10) is True
         assert time.monotonic() - started < 10
@@ -288,6 +292,21 @@ class TestLifecycle:
             assert calls == [("init", {"address": "ray://head:10001", "namespace": "x"})]
             runner.evaluate()
         assert calls[1:] == [("shutdown", {})]
+
+
+class TestCommandLine:
+    def test_evaluate_in_a_worker_process_gives_the_thread_backends_numbers(self, tmp_path):
+        torch.save(cartpole_agent(seed=4).state_dict(), tmp_path / "agent.pt")
+        metrics = {}
+        for backend in ("thread", "process"):
+            out = tmp_path / f"{backend}.json"
+            assert cli.main(["evaluate", "--env", "CartPole-v1", "--agent",
+                             "syllabus_eval.agents:MLPAgent", "--checkpoint",
+                             str(tmp_path / "agent.pt"), "--episodes", "6", "--num-envs", "2",
+                             "--backend", backend, "--json", str(out)]) == 0
+            metrics[backend] = json.loads(out.read_text())
+            del metrics[backend]["eval/fps"]
+        assert metrics["process"] == metrics["thread"]
 
 
 class TestBadArguments:
