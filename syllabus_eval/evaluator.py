@@ -49,7 +49,12 @@ class AgentInputs:
 
 @runtime_checkable
 class AgentQueries(Protocol):
-    """What curricula and the rollout engine need from an evaluator (any object will do)."""
+    """What curricula and the rollout engine need from an evaluator (any object will do).
+
+    Recurrent ones also have ``is_lstm = True`` and ``initial_lstm_state(batch_size)``; these
+    stay out of the protocol so that a feedforward object need not declare them (absent means
+    feedforward).
+    """
 
     def get_action(self, state: Any, lstm_state: Any = None, done: Any = None,
                    *, deterministic: bool | None = None) -> tuple[torch.Tensor, dict]: ...

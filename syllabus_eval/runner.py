@@ -415,6 +415,11 @@ class EvalRunner:
         with self._lock:
             self._busy -= 1  # before the future: whoever wait()s may trigger at once
         if error is not None:
+            if not job.blocking and not isinstance(error, EvaluationCancelled):
+                # A loop that only listens to on_result would otherwise not hear of it until
+                # it next calls poll() or wait().
+                logger.error("the background evaluation at step %s failed (poll() and wait() "
+                             "raise it): %r", job.step, error)
             job.future.set_exception(error)
         else:
             job.future.set_result(result)

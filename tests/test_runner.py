@@ -235,13 +235,17 @@ class TestWeights:
 
 
 class TestFailures:
-    def test_env_error_surfaces_from_wait_and_the_next_evaluation_works(self, agent, gate):
+    def test_env_error_surfaces_from_wait_and_the_next_evaluation_works(self, agent, gate,
+                                                                         caplog):
         gate.open.set()
         gate.crash.set()
         with gate.runner(agent) as runner:
             runner.trigger_eval(step=1)
             with pytest.raises(EvaluationError, match="step 1 failed") as caught:
                 runner.wait(30)
+            # logged as it happened, for loops that only listen to on_result
+            assert any(record.levelno == logging.ERROR and "at step 1 failed" in record.message
+                       and "the env exploded" in record.message for record in caplog.records)
             cause = caught.value.__cause__
             assert isinstance(cause, RuntimeError) and str(cause) == "the env exploded"
             frames = [frame.name for frame in traceback.extract_tb(cause.__traceback__)]
