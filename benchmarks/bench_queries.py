@@ -5,7 +5,8 @@
 For each agent and batch size: the raw ``agent.get_value(x)`` under ``torch.no_grad()`` against
 ``CleanRLEvaluator.get_value(x)`` (same input tensor, same thread), with the training weights
 unchanged between calls and with an optimizer step's worth of change before every call; and
-Syllabus-RL's ``CleanRLEvaluator`` when ``syllabus-rl`` is installed. Targets (unchanged
+Syllabus-RL's ``CleanRLEvaluator`` when ``syllabus-rl`` is installed, given the same
+observations as the numpy array an env returns (the input it is made for). Targets (unchanged
 weights): at most 1.25x at batch 1, 1.10x at batch 64 and above.
 """
 
@@ -49,7 +50,10 @@ def measure(name: str, agent: torch.nn.Module, x: torch.Tensor, calls: int, roun
     candidates = {"raw": raw, "ours": lambda: ours.get_value(x)}
     if SyllabusEvaluator is not None:
         theirs = SyllabusEvaluator(agent, device="cpu")
-        candidates["syllabus"] = lambda: theirs.get_value(x)
+        # The same observations as the numpy array an env gives: its _prepare_state calls
+        # np.stack, which would split a tensor row by row and cost it more with every row.
+        obs = x.numpy()
+        candidates["syllabus"] = lambda: theirs.get_value(obs)
     same = per_call_seconds(candidates, calls, rounds)
 
     first = next(agent.parameters())
