@@ -88,9 +88,19 @@ class MoolibEvaluator(Evaluator):
             return (), self._check_done(done, batch_size)
         return super()._prepare_lstm(lstm_state, done, batch_size)
 
+    def _check_done(self, done: Any, batch_size: int) -> torch.Tensor | None:
+        # None stays None: done may come in the input dict instead (see _forward).
+        return None if done is None else super()._check_done(done, batch_size)
+
     def _forward(self, inputs: AgentInputs) -> tuple[dict, LSTMState]:
         obs = inputs.obs
-        done = obs.get("done", inputs.done)
+        done = obs.get("done")
+        if done is None:
+            done = (torch.zeros(inputs.batch_size, device=self.device) if inputs.done is None
+                    else inputs.done)
+        elif inputs.done is not None:
+            raise ValueError("done: given twice, as the argument done and as state['done']; "
+                             "pass one of them")
         model_inputs = {  # [T=1, B, ...]
             "state": obs["state"].unsqueeze(0),
             "reward": obs["reward"].unsqueeze(0),

@@ -1,35 +1,14 @@
-"""Internal helpers shared by the curricula: argument checks and a failure-reporting thread."""
+"""Internal helpers shared by the curricula: a failure-reporting background thread."""
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 from collections.abc import Callable
-from numbers import Real
 
-from ..errors import EvaluationError, bad_argument
+from ..errors import EvaluationError
 
 POLL_S = 0.05  # how often a blocked wait re-checks whether it should go on
-
-
-def check_number(name: str, value: object, low: float, high: float = math.inf, *,
-                 low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a finite float between ``low`` and ``high`` (each included unless open)."""
-    bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise bad_argument(name, f"a finite number in {bounds}", value)
-    if (value < low or value > high or (low_open and value == low)
-            or (high_open and value == high)):
-        raise bad_argument(name, f"a number in {bounds}", value)
-    return float(value)
-
-
-def check_count(name: str, value: object, low: int = 1) -> int:
-    """``value`` as an int of at least ``low``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise bad_argument(name, f"an integer >= {low}", value)
-    return value
 
 
 class BackgroundThread:

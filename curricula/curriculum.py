@@ -27,7 +27,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from ._util import check_count
+from ..errors import check_count
 from .task_space import DiscreteTaskSpace, as_task_space
 
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import bad_argument
-from ._util import BackgroundThread, check_number
+from ..errors import bad_argument, check_number
+from ._util import BackgroundThread
 from .curriculum import Curriculum
 from .task_space import DiscreteTaskSpace
 

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from ..advantages import gae
-from ..errors import bad_argument, describe
+from ..errors import bad_argument, check_count, check_number, describe
 from ..evaluator import AgentQueries
-from ._util import BackgroundThread, check_count, check_number
+from ._util import BackgroundThread
 from .curriculum import EXPERIENCE_KINDS, Curriculum, Experience
 from .task_space import DiscreteTaskSpace
 

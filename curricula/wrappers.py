@@ -47,8 +47,8 @@ from typing import Any, NamedTuple, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from ..errors import bad_argument
-from ._util import POLL_S, BackgroundThread, check_count, check_number
+from ..errors import bad_argument, check_count, check_number
+from ._util import POLL_S, BackgroundThread
 from .curriculum import Experience, TaskSource
 
 

@@ -49,7 +49,6 @@ import itertools
 import logging
 import multiprocessing
 import multiprocessing.util
-import numbers
 import os
 import pickle
 import signal
@@ -68,7 +67,14 @@ import numpy as np
 import torch
 
 from .backends import _Backend, _Episodes
-from .errors import EvaluationCancelled, EvaluationError, bad_argument, describe
+from .errors import (
+    EvaluationCancelled,
+    EvaluationError,
+    bad_argument,
+    check_count,
+    check_number,
+    describe,
+)
 from .rollout import EpisodeRecord, RolloutSettings
 
 logger = logging.getLogger(__name__)
@@ -179,18 +185,6 @@ def _run_job(episodes: _Episodes, job: int, weights: Mapping[str, torch.Tensor] 
         return "error", job, _Failure.of(error)
 
 
-def _number(name: str, value: Any, minimum: float, strict: bool) -> None:
-    """Check an option that is a number above ``minimum`` (or at least it)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
-            value <= minimum if strict else value < minimum):
-        raise bad_argument(name, f"a number {'>' if strict else '>='} {minimum}", value)
-
-
-def _count(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise bad_argument(name, f"an int >= {minimum}", value)
-
-
 class _Workers(list):
     """The workers of a backend, by index (``None``: to start before the next job).
 
@@ -239,13 +233,13 @@ class _PooledBackend(_Backend):
                               ("init_fn", init_fn)):
             if value is not None and not callable(value):
                 raise bad_argument(option, "a callable or None", value)
-        _count("num_workers", num_workers, 1)
+        check_count("num_workers", num_workers, 1)
         if num_workers > num_envs:
             raise bad_argument("num_workers", f"at most num_envs={num_envs} (each worker runs "
                                "at least one env slot)", num_workers)
-        _count("max_restarts", max_restarts, 0)
+        check_count("max_restarts", max_restarts, 0)
         if timeout is not None:
-            _number("timeout", timeout, 0, strict=True)
+            check_number("timeout", timeout, 0, low_open=True)
         if vectorization_mode not in ("sync", "async"):
             raise bad_argument("vectorization_mode", "'sync' or 'async'", vectorization_mode)
         spec = _WorkerSpec(make_env if env_fn is None else env_fn, evaluator_fn, init_fn,

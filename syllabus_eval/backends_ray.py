@@ -38,12 +38,11 @@ from .backends_parallel import (
     CLOSE_GRACE,
     Event,
     _JobStop,
-    _number,
     _PooledBackend,
     _run_job,
     _set_up,
 )
-from .errors import EvaluationError, bad_argument
+from .errors import EvaluationError, bad_argument, check_number
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +152,8 @@ class _RayBackend(_PooledBackend):
                  **options: Any) -> None:
         if address is not None and not isinstance(address, str):
             raise bad_argument("address", "a Ray cluster address (str) or None", address)
-        _number("num_cpus", num_cpus, 0, strict=False)
-        _number("num_gpus", num_gpus, 0, strict=False)
+        check_number("num_cpus", num_cpus, 0)
+        check_number("num_gpus", num_gpus, 0)
         if ray_kwargs is not None and not isinstance(ray_kwargs, Mapping):
             raise bad_argument("ray_kwargs", "a dict of ray.init arguments or None", ray_kwargs)
         self._ray = _import_ray()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
+
 
 class EvaluationError(RuntimeError):
     """An evaluation failed (in the background or in a worker); the cause is chained."""
@@ -27,3 +30,25 @@ def describe(value: object) -> str:
 def bad_argument(name: str, expected: str, got: object) -> ValueError:
     """``ValueError`` naming the argument, what was expected and what came."""
     return ValueError(f"{name}: expected {expected}, got {describe(got)}")
+
+
+def check_number(name: str, value: object, low: float, high: float = math.inf, *,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float between ``low`` and ``high`` (each included unless open)."""
+    if high == math.inf:
+        bounds = f"{'>' if low_open else '>='} {low}"
+    else:
+        bounds = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise bad_argument(name, f"a finite number {bounds}", value)
+    if (value < low or value > high or (low_open and value == low)
+            or (high_open and value == high)):
+        raise bad_argument(name, f"a number {bounds}", value)
+    return float(value)
+
+
+def check_count(name: str, value: object, low: int = 1) -> int:
+    """``value`` as an int (numpy's included) of at least ``low``."""
+    if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
+        raise bad_argument(name, f"an integer >= {low}", value)
+    return int(value)

@@ -25,11 +25,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
 
-from .errors import bad_argument, describe
+from .errors import bad_argument, check_number, describe
 from .inputs import TensorTree, as_batch, batch_size_of, check_against_space
 from .weights import WeightSource, snapshot_state_dict, weight_source
 
@@ -97,7 +98,9 @@ class Evaluator:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        overridden = [name for name in _TEMPLATES if name in cls.__dict__]
+        # Also through a mixin placed before Evaluator in the bases.
+        overridden = [name for name in _TEMPLATES
+                      if getattr(cls, name) is not getattr(Evaluator, name)]
         if overridden:
             raise TypeError(
                 f"{cls.__name__} overrides {', '.join(overridden)}: these public templates keep "
@@ -124,14 +127,15 @@ class Evaluator:
             raise bad_argument("preprocess_obs", "a callable or None", preprocess_obs)
         if observation_space is not None and not isinstance(observation_space, spaces.Space):
             raise bad_argument("observation_space", "a gymnasium.spaces.Space", observation_space)
+        _check_flag("deterministic", deterministic)
         self.training_agent = agent
-        self.device = torch.device(device) if device is not None else _device_of(agent)
+        self.device = _as_device(device) if device is not None else _device_of(agent)
         self.preprocess_obs = preprocess_obs
         self.copy_agent = copy_agent
         self.is_lstm = is_lstm
         self.deterministic = deterministic
         self.observation_space = observation_space
-        self.sync_timeout = sync_timeout
+        self.sync_timeout = check_number("sync_timeout", sync_timeout, 0, low_open=True)
         self.weights_version = 0  # optimizer steps behind the weights queries use
         self._lock = threading.Lock()  # one query at a time on the query agent
         self._no_grad = torch.no_grad()
@@ -140,6 +144,7 @@ class Evaluator:
         self._live_source: WeightSource | None = None  # copy_agent=False: guards the live agent
         self._synced_version = -1
         self._warned_inplace = False
+        self._lstm_layout_cache: list | None = None  # filled by the first recurrent query
 
         if agent is None:
             self.agent = None
@@ -162,32 +167,35 @@ class Evaluator:
     def get_action(self, state: Any, lstm_state: Any = None, done: Any = None,
                    *, deterministic: bool | None = None) -> tuple[torch.Tensor, dict]:
         """Actions for a batch of observations: ``(action [B, ...], extras)``."""
-        action, lstm_state, extras = self._query(
+        (action, lstm_state, extras), version = self._query(
             self._get_action, state, lstm_state, done, deterministic)
         extras["lstm_state"] = lstm_state
-        extras["weights_version"] = self.weights_version
+        extras["weights_version"] = version
         return action, extras
 
     def get_value(self, state: Any, lstm_state: Any = None, done: Any = None
                   ) -> tuple[torch.Tensor, dict]:
         """Value estimates for a batch of observations: ``(value [B, 1], extras)``."""
-        value, lstm_state, extras = self._query(self._get_value, state, lstm_state, done, None)
+        (value, lstm_state, extras), version = self._query(
+            self._get_value, state, lstm_state, done, None)
         extras["lstm_state"] = lstm_state
-        extras["weights_version"] = self.weights_version
+        extras["weights_version"] = version
         return value, extras
 
     def get_action_and_value(self, state: Any, lstm_state: Any = None, done: Any = None,
                              *, deterministic: bool | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Actions and values in one pass: ``(action, value [B, 1], extras)``."""
-        action, value, lstm_state, extras = self._query(
+        (action, value, lstm_state, extras), version = self._query(
             self._get_action_and_value, state, lstm_state, done, deterministic)
         extras["lstm_state"] = lstm_state
-        extras["weights_version"] = self.weights_version
+        extras["weights_version"] = version
         return action, value, extras
 
     def _query(self, hook: Callable[[AgentInputs], Any], state: Any, lstm_state: Any,
-               done: Any, deterministic: bool | None) -> Any:
+               done: Any, deterministic: bool | None) -> tuple[Any, int]:
+        """The hook's answer and the version of the weights that gave it (read under the lock:
+        another thread may refresh the copy as soon as it is released)."""
         # no_grad and the CUDA device are thread-local (pytorch #20528, #82145): set them here,
         # never inherit them from the calling thread. One context object each is enough: they
         # are only entered under the lock.
@@ -199,21 +207,32 @@ class Evaluator:
             batch_size = (obs.shape[0] if type(obs) is torch.Tensor and obs.dim()
                           else batch_size_of(obs, "state"))
             lstm_state, done = self._prepare_lstm(lstm_state, done, batch_size)  # 3.
-            inputs = AgentInputs(obs, lstm_state, done, batch_size,
-                                 self.deterministic if deterministic is None else deterministic)
+            if deterministic is None:
+                deterministic = self.deterministic
+            else:
+                _check_flag("deterministic", deterministic)
+            inputs = AgentInputs(obs, lstm_state, done, batch_size, deterministic)
             if self._live_source is None:
                 previous = self._set_eval_mode()  # 4.
                 try:
-                    return hook(inputs)  # 5.
+                    answer = hook(inputs)  # 5.
                 finally:
                     self._set_train_mode(previous)  # 6.
-            self._warn_inplace_once()
-            with self._live_source.reading(self.sync_timeout):
-                previous = self._set_eval_mode()
-                try:
-                    return hook(inputs)
-                finally:
-                    self._set_train_mode(previous)
+            else:
+                self._warn_inplace_once()
+                with self._live_source.reading(self.sync_timeout):
+                    self.weights_version = self._live_source.steps
+                    previous = self._set_eval_mode()
+                    try:
+                        answer = hook(inputs)
+                    finally:
+                        self._set_train_mode(previous)
+            if answer[0].shape[:1] != (batch_size,):
+                raise ValueError(
+                    f"state: read as a batch of {batch_size} observations, but the agent "
+                    f"answered with {describe(answer[0])}; a single observation needs a batch "
+                    "dimension (obs[None])")
+            return answer, self.weights_version
 
     # --- hooks for adapters ------------------------------------------------------------------
 
@@ -255,19 +274,42 @@ class Evaluator:
         return self._check_lstm(lstm_state, batch_size), self._check_done(done, batch_size)
 
     def _check_lstm(self, lstm_state: Any, batch_size: int) -> LSTMState:
-        if not isinstance(lstm_state, (tuple, list)):
-            raise bad_argument("lstm_state", "a tuple of tensors such as (h, c)", lstm_state)
+        """The recurrent state on ``device``, checked against ``initial_lstm_state``'s layout:
+        as many tensors, their shapes with B = ``batch_size``, cast to their dtypes."""
+        layout = self._lstm_layout()
+        if not isinstance(lstm_state, (tuple, list)) or (layout and len(lstm_state) != len(layout)):
+            count = f"{len(layout)} tensors" if layout else "tensors"
+            raise bad_argument("lstm_state", f"a tuple of {count} as initial_lstm_state(B) "
+                               "gives, such as (h, c)", lstm_state)
+        dim = self.lstm_batch_dim
         prepared = []
         for i, tensor in enumerate(lstm_state):
-            tensor = as_batch(tensor, self.device, None, f"lstm_state[{i}]")
-            dim = self.lstm_batch_dim
-            if tensor.dim() <= dim or tensor.shape[dim] != batch_size:
-                raise ValueError(
-                    f"lstm_state[{i}]: expected batch size {batch_size} in dimension {dim} "
-                    f"([num_layers, B, hidden]), got {describe(tensor)}"
-                )
+            shape, dtype = layout[i] if layout else (None, None)
+            tensor = as_batch(tensor, self.device, dtype, f"lstm_state[{i}]")
+            if shape is not None:
+                expected = (*shape[:dim], batch_size, *shape[dim:])
+                ok = tuple(tensor.shape) == expected
+            else:
+                expected = f"batch size {batch_size} in dimension {dim}"
+                ok = tensor.dim() > dim and tensor.shape[dim] == batch_size
+            if not ok:
+                raise ValueError(f"lstm_state[{i}]: expected shape {expected} (batch dimension "
+                                 f"{dim}), got {describe(tensor)}")
             prepared.append(tensor)
         return tuple(prepared)
+
+    def _lstm_layout(self) -> list[tuple[tuple[int, ...], torch.dtype]] | None:
+        """Shape without the batch dimension and dtype of each recurrent-state tensor, from
+        ``initial_lstm_state`` (``None`` when the adapter does not give it)."""
+        if self._lstm_layout_cache is None:
+            try:
+                initial = self.initial_lstm_state(1)
+            except NotImplementedError:
+                initial = None
+            dim = self.lstm_batch_dim
+            self._lstm_layout_cache = [] if initial is None else [
+                ((*t.shape[:dim], *t.shape[dim + 1:]), t.dtype) for t in initial]
+        return self._lstm_layout_cache or None
 
     def _check_done(self, done: Any, batch_size: int) -> torch.Tensor:
         if done is None:
@@ -310,7 +352,8 @@ class Evaluator:
         if not self.copy_agent or self.agent is None:
             raise RuntimeError("load_weights needs copy_agent=True and an agent with weights")
         if isinstance(weights, nn.Module):
-            weights = weights.state_dict()
+            # Read with optimizer steps held off: it may be a module another thread trains.
+            weights = snapshot_state_dict(weights, self.device, self.sync_timeout)
         elif not isinstance(weights, Mapping):
             raise bad_argument("weights", "an nn.Module or a state dict", weights)
         with self._lock:
@@ -336,15 +379,24 @@ class Evaluator:
         sees the weights it was started with while training goes on.
         """
         clone = copy.copy(self)
-        clone.device = torch.device(device) if device is not None else self.device
+        clone.device = _as_device(device) if device is not None else self.device
         clone._lock, clone._no_grad = threading.Lock(), torch.no_grad()
         clone._device_context = _device_context(clone.device)
         clone._source = clone._live_source = None
         clone.copy_agent = True
         if self.agent is not None:
-            clone.agent = clone._make_copy(self.agent)
+            # The weights a query would use now, copied with the version that names them.
+            if self._live_source is not None:
+                with self._live_source.reading(self.sync_timeout):
+                    clone.agent = clone._make_copy(self.agent)
+                    clone.weights_version = self._live_source.steps
+            else:
+                with self._lock:
+                    if self._source is not None:
+                        self._refresh_blocking()
+                    clone.agent = clone._make_copy(self.agent)
+                    clone.weights_version = self.weights_version
             clone._copy_tensors = [*clone.agent.parameters(), *clone.agent.buffers()]
-            clone.agent.load_state_dict(self.state_dict(clone.device))
         return clone
 
     def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
@@ -353,17 +405,21 @@ class Evaluator:
             return None
         raise NotImplementedError(f"{type(self).__name__} does not implement initial_lstm_state")
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> bool:
         """Copy the training weights into the private copy (called when they changed)."""
         copied = self._source.try_copy_into(self._copy_tensors)
-        if copied is not None:  # else a step is running: keep the last consistent copy
-            self._synced_version, self.weights_version = copied
+        if copied is None:  # a step is running: keep the last consistent copy
+            return False
+        self._synced_version, self.weights_version = copied
+        return True
 
     def _refresh_blocking(self) -> None:
-        while self._synced_version < 0:  # unchanged weights later cost one version sum
+        """Copy the training weights if they changed, waiting for a running step to end."""
+        while self._source.version() != self._synced_version:
             with self._source.reading(self.sync_timeout):
                 pass  # wait for a running step (if any) to end, then try to copy
-            self._refresh()
+            if self._refresh():
+                return  # a copy of one step; steps after it are the next query's business
 
     def _make_copy(self, agent: nn.Module) -> nn.Module:
         try:
@@ -391,6 +447,18 @@ class Evaluator:
             "meanwhile see eval behaviour. Use copy_agent=True for queries from worker threads.",
             RuntimeWarning, stacklevel=4,
         )
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise bad_argument(name, "True or False", value)
+
+
+def _as_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise bad_argument("device", "a torch device such as 'cpu' or 'cuda:0'", device) from None
 
 
 def _device_context(device: torch.device) -> Any:

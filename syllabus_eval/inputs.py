@@ -30,7 +30,10 @@ def as_batch(
     if isinstance(value, (np.ndarray, np.generic)):
         if value.dtype == object:
             raise bad_argument(name, "a numeric array or tensor", value)
-        return torch.as_tensor(value, dtype=dtype, device=device)
+        try:
+            return torch.as_tensor(value, dtype=dtype, device=device)
+        except ValueError:  # negative strides (a flipped view): torch needs a copy
+            return torch.as_tensor(np.ascontiguousarray(value), dtype=dtype, device=device)
     if isinstance(value, Mapping):
         return {k: as_batch(v, device, dtype, f"{name}[{k!r}]") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -43,12 +46,13 @@ def as_batch(
                     raise bad_argument(f"{name}[{i}]", f"a dict with keys {sorted(keys)}", item)
             return {k: as_batch([item[k] for item in value], device, dtype, f"{name}[{k!r}]")
                     for k in keys}
-        if isinstance(value[0], torch.Tensor):
-            return torch.stack([torch.as_tensor(v) for v in value]).to(device=device, dtype=dtype)
         try:
+            if isinstance(value[0], torch.Tensor):
+                return torch.stack([torch.as_tensor(v) for v in value]).to(device=device,
+                                                                           dtype=dtype)
             array = np.stack([np.asarray(v) for v in value])
-        except ValueError as error:
-            shapes = sorted({np.shape(v) for v in value})
+        except (ValueError, RuntimeError) as error:
+            shapes = sorted({tuple(np.shape(v)) for v in value})
             raise ValueError(f"{name}: expected per-env items of one shape, got shapes {shapes}"
                              ) from error
         return as_batch(array, device, dtype, name)
@@ -77,8 +81,10 @@ def check_against_space(value: TensorTree, space: spaces.Space, name: str) -> No
         for key, subspace in space.spaces.items():
             check_against_space(value[key], subspace, f"{name}[{key!r}]")
         return
+    if isinstance(value, dict):
+        raise bad_argument(name, f"a batch of {space} observations, not a dict", value)
     shape = space.shape
-    if shape is None or isinstance(value, dict):
+    if shape is None:
         return
     if tuple(value.shape[1:]) != tuple(shape):
         hint = ""

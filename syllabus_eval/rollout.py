@@ -72,7 +72,7 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 from gymnasium.vector.utils import create_empty_array
 
-from .errors import EvaluationCancelled, bad_argument, describe
+from .errors import EvaluationCancelled, bad_argument, check_count, describe
 
 __all__ = ["EnvPool", "EpisodeRecord", "RolloutSettings", "check_fit", "episode_quota",
            "make_envs", "run_episodes"]
@@ -129,9 +129,9 @@ class RolloutSettings:
     success_key: str = "success"
 
     def __post_init__(self) -> None:
-        _check_count("num_episodes", self.num_episodes)
+        check_count("num_episodes", self.num_episodes)
         if self.max_steps is not None:
-            _check_count("max_steps", self.max_steps)
+            check_count("max_steps", self.max_steps)
         if self.deterministic not in (True, False, None):
             raise bad_argument("deterministic", "True, False or None", self.deterministic)
         if self.seed is not None and (isinstance(self.seed, bool)
@@ -148,11 +148,6 @@ class RolloutSettings:
             object.__setattr__(self, "tasks", tuple(self.tasks))
         if not isinstance(self.success_key, str):
             raise bad_argument("success_key", "an info key (str)", self.success_key)
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise bad_argument(name, "an int >= 1", value)
 
 
 def episode_quota(num_episodes: int, num_slots: int, slot: int) -> int:
@@ -434,7 +429,7 @@ def make_envs(make_env: Callable[[], gym.Env | VectorEnv], num_envs: int = 8,
     if not callable(make_env):
         raise bad_argument("make_env", "a callable returning a gymnasium Env or VectorEnv",
                            make_env)
-    _check_count("num_envs", num_envs)
+    check_count("num_envs", num_envs)
     if vectorization_mode not in ("sync", "async"):
         raise bad_argument("vectorization_mode", "'sync' or 'async'", vectorization_mode)
     if set_task is not None and not callable(set_task):
@@ -577,7 +572,7 @@ def run_episodes(
     if global_slots.shape != (k,) or len(set(global_slots.tolist())) != k:
         raise bad_argument("slots", f"{k} distinct global slot indices, one per env", slots)
     num_slots = k if num_slots is None else num_slots
-    _check_count("num_slots", num_slots)
+    check_count("num_slots", num_slots)
     if global_slots.min() < 0 or global_slots.max() >= num_slots:
         raise bad_argument("slots", f"indices in [0, {num_slots})", slots)
     tasks = settings.tasks

@@ -166,9 +166,9 @@ class Recording(CleanRLEvaluator):
         self.calls: list[str] = []
         super().__init__(*args, **kwargs)
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> bool:
         self.calls.append("sync")
-        super()._refresh()
+        return super()._refresh()
 
     def _prepare_state(self, state):
         self.calls.append("prepare_state")
@@ -218,16 +218,29 @@ class TestTemplate:
         with pytest.raises(TypeError, match=f"overrides {name}.*override the hooks _{name}"):
             type("Bad", (Evaluator,), {name: lambda self, state: None})
 
-    def test_grad_mode_is_set_per_query_in_any_thread(self) -> None:
-        evaluator = CASES[0].make()
+    def test_overriding_through_a_mixin_fails_too(self) -> None:
+        class Mixin:
+            def get_value(self, state, lstm_state=None, done=None):
+                return "bypassed", {}
+
+        with pytest.raises(TypeError, match="overrides get_value"):
+            type("Bad", (Mixin, CleanRLEvaluator), {})
+
+    @pytest.mark.parametrize("copy_agent", [True, False])
+    def test_grad_mode_is_set_per_query_in_any_thread(self, copy_agent: bool) -> None:
+        agent = MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
+        evaluator = Recording(agent, copy_agent=copy_agent)
         obs = CASES[0].obs(B)
 
         def query():
-            with torch.enable_grad():
-                return evaluator.get_action_and_value(obs)
+            with torch.enable_grad():  # the caller's mode must not leak into the query
+                return evaluator.get_value(obs)
 
-        for _, value, extras in (query(), in_thread(query)):
-            assert not value.requires_grad and not extras["log_prob"].requires_grad
+        for value, _ in (query(), in_thread(query)):
+            # In place, the agent's parameters require grad: a graph would show here.
+            assert not value.requires_grad
+        assert evaluator.calls.count("hook(grad=False)") == 2
+        assert "hook(grad=True)" not in evaluator.calls
 
 
 class NormAgent(nn.Module):

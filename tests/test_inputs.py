@@ -45,6 +45,19 @@ class TestConversion:
             out = as_batch(value, CPU, torch.float32, "state")
             assert out["pos"].shape == (5, 2) and out["img"].shape == (5, 3, 3)
 
+    def test_flipped_views_are_accepted(self) -> None:
+        obs = np.arange(12, dtype=np.float32).reshape(3, 4)
+        assert torch.equal(as_batch(obs[::-1], CPU, torch.float32, "state"),
+                           torch.as_tensor(obs[::-1].copy()))
+
+    def test_recurrent_state_takes_the_adapters_dtype(self) -> None:
+        evaluator = lstm()
+        state = evaluator.initial_lstm_state(3)
+        as_float64 = tuple(t.double() for t in state)
+        value, extras = evaluator.get_value(X, as_float64, np.zeros(3))
+        assert torch.equal(value, evaluator.get_value(X, state, np.zeros(3))[0])
+        assert all(t.dtype == torch.float32 for t in extras["lstm_state"])
+
     def test_dict_observations_reach_the_agent(self) -> None:
         evaluator = DummyEvaluator(spaces.Discrete(2), observation_space=DICT_SPACE)
         per_env = [DICT_SPACE.sample() for _ in range(3)]
@@ -116,7 +129,27 @@ BAD_INPUTS = [
     ("recurrent state missing", lambda: lstm().get_value(X),
      ValueError, ["lstm_state", "initial_lstm_state(3)"]),
     ("recurrent state of another batch", lambda: lstm().get_value(X, lstm().initial_lstm_state(2)),
-     ValueError, ["lstm_state[0]", "batch size 3", "(1, 2, 128)"]),
+     ValueError, ["lstm_state[0]", "expected shape (1, 3, 128)", "(1, 2, 128)"]),
+    ("recurrent state without c", lambda: lstm().get_value(X, STATE[:1]),
+     ValueError, ["lstm_state", "2 tensors", "initial_lstm_state", "tuple of length 1"]),
+    ("recurrent state of another hidden size",
+     lambda: lstm().get_value(X, (torch.zeros(1, 3, 64), torch.zeros(1, 3, 64))),
+     ValueError, ["lstm_state[0]", "(1, 3, 128)", "(1, 3, 64)"]),
+    ("single observation without a space", lambda: mlp().get_value(np.zeros(4)),
+     ValueError, ["state", "batch of 4", "obs[None]"]),
+    ("dict against a Box space", lambda: mlp(observation_space=VECTOR).get_value(
+        {"pos": np.zeros((2, 4))}), ValueError, ["state", "Box", "not a dict", "'pos'"]),
+    ("ragged list of tensors", lambda: mlp().get_value([torch.zeros(4), torch.zeros(3)]),
+     ValueError, ["state", "one shape", "(3,)", "(4,)"]),
+    ("device that does not exist", lambda: mlp(device="gpu"),
+     ValueError, ["device", "'cuda:0'", "gpu"]),
+    ("sync_timeout not a number", lambda: mlp(sync_timeout="x"),
+     ValueError, ["sync_timeout", "> 0", "'x'"]),
+    ("deterministic not a flag", lambda: mlp().get_action(X, deterministic="no"),
+     ValueError, ["deterministic", "True or False", "'no'"]),
+    ("moolib done given twice", lambda: MoolibEvaluator(MoolibNet()).get_value(
+        {"state": np.zeros((2, 2, 8, 8), np.uint8), "done": np.zeros(2, bool)},
+        done=np.zeros(2)), ValueError, ["done", "given twice", "state['done']"]),
     ("recurrent state not a tuple", lambda: lstm().get_value(X, torch.zeros(1, 3, 128)),
      ValueError, ["lstm_state", "tuple", "Tensor"]),
     ("done of another shape", lambda: lstm().get_value(X, STATE, np.zeros(4)),

@@ -304,7 +304,7 @@ class TestMakeEnvs:
     @pytest.mark.parametrize(("kwargs", "message"), [
         ({"make_env": 3}, "make_env: expected a callable"),
         ({"make_env": lambda: 3}, "make_env: expected a callable returning a gymnasium Env"),
-        ({"num_envs": 0}, "num_envs: expected an int >= 1"),
+        ({"num_envs": 0}, "num_envs: expected an integer >= 1"),
         ({"vectorization_mode": "fast"}, "vectorization_mode: expected 'sync' or 'async'"),
         ({"make_env": lambda: SyncVectorEnv([LengthEnv] * 3)}, "num_envs: expected 3"),
         ({"make_env": lambda: SyncVectorEnv([LengthEnv] * 2), "set_task": print},
@@ -316,8 +316,8 @@ class TestMakeEnvs:
             make_envs(**arguments)
 
     @pytest.mark.parametrize(("kwargs", "message"), [
-        ({"num_episodes": 0}, "num_episodes: expected an int >= 1, got int 0"),
-        ({"max_steps": 2.5}, "max_steps: expected an int >= 1"),
+        ({"num_episodes": 0}, "num_episodes: expected an integer >= 1, got int 0"),
+        ({"max_steps": 2.5}, "max_steps: expected an integer >= 1"),
         ({"deterministic": "yes"}, "deterministic: expected True, False or None"),
         ({"seed": 1.0}, "seed: expected an int or None"),
         ({"tasks": []}, "tasks: expected a non-empty list"),

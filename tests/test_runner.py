@@ -286,9 +286,9 @@ class TestFailures:
 
 class TestBadArguments:
     @pytest.mark.parametrize(("kwargs", "message"), [
-        ({"num_episodes": 0}, "num_episodes: expected an int >= 1, got int 0"),
-        ({"num_envs": 0}, "num_envs: expected an int >= 1"),
-        ({"max_steps": -1}, "max_steps: expected an int >= 1"),
+        ({"num_episodes": 0}, "num_episodes: expected an integer >= 1, got int 0"),
+        ({"num_envs": 0}, "num_envs: expected an integer >= 1"),
+        ({"max_steps": -1}, "max_steps: expected an integer >= 1"),
         ({"backend": "gpu"}, "backend: expected one of 'thread', 'process', 'ray', got 'gpu'"),
         ({"busy_policy": "wait"}, "busy_policy: expected one of 'error', 'queue', 'skip'"),
         ({"on_result": "print"}, "on_result: expected a callable or None"),

@@ -16,7 +16,8 @@ from syllabus_eval.agents import MLPAgent
 from tests.cases import VECTOR
 from tests.models import TearProbe, fake_envs
 
-OBS = np.zeros((2, 4), np.float32)
+# Random, not zeros: a fresh agent's biases start at zero, so on zeros every agent answers 0.
+OBS = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
 
 
 def mlp() -> MLPAgent:
@@ -98,6 +99,43 @@ class TestExplicitWeights:
         train_step(agent, torch.optim.SGD(agent.parameters(), lr=0.5))
         assert torch.equal(evaluator.get_value(OBS)[0], before)
 
+    def test_load_weights_from_a_module_waits_for_its_step(self) -> None:
+        evaluator = CleanRLEvaluator(mlp(), auto_sync=False)
+        other = MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))  # other weights
+        source = weight_source(other)
+        source.begin_write(1)  # another thread is inside an optimizer step of `other`
+        try:
+            with pytest.raises(TimeoutError, match="did not finish within"):
+                evaluator.sync_timeout = 0.2
+                evaluator.load_weights(other)
+        finally:
+            source.end_write(1)
+        evaluator.load_weights(other)
+        with torch.no_grad():
+            assert torch.equal(evaluator.get_value(OBS)[0],
+                               other.get_value(torch.as_tensor(OBS)))
+
+    @pytest.mark.parametrize("copy_agent", [True, False])
+    def test_detached_reports_the_version_of_its_weights(self, copy_agent: bool) -> None:
+        agent = mlp()
+        live = CleanRLEvaluator(agent, copy_agent=copy_agent)
+        optimizer = torch.optim.SGD(agent.parameters(), lr=0.5)
+        for _ in range(3):  # steps nobody queried
+            train_step(agent, optimizer)
+        value, extras = live.detached().get_value(OBS)
+        assert extras["weights_version"] == 3
+        with torch.no_grad():
+            assert torch.equal(value, agent.get_value(torch.as_tensor(OBS)))
+
+    def test_detached_keeps_explicitly_loaded_weights(self) -> None:
+        agent, other = mlp(), MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
+        manual = CleanRLEvaluator(agent, auto_sync=False)
+        manual.load_weights(other, version=7)
+        value, extras = manual.detached().get_value(OBS)
+        assert extras["weights_version"] == 7
+        with torch.no_grad():
+            assert torch.equal(value, other.get_value(torch.as_tensor(OBS)))
+
     def test_detached_evaluator_keeps_its_weights(self) -> None:
         agent = mlp()
         live = CleanRLEvaluator(agent)
@@ -172,11 +210,11 @@ class TestConsistentWeights:
     def test_queries_during_optimizer_steps_never_mix_weights(self, copy_agent: bool) -> None:
         probe = TearProbe()
         evaluator = CleanRLEvaluator(probe, copy_agent=copy_agent)
-        versions = []
+        answered = []  # (value, reported version) of each query
 
         def query() -> float:
             value, extras = evaluator.get_value(np.zeros((1, 1), np.float32))
-            versions.append(extras["weights_version"])
+            answered.append((float(value[0, 0]), extras["weights_version"]))
             return float(value[0, 0])
 
         answers, alive = hammer(probe, query, steps=150, check_mode=copy_agent)
@@ -188,5 +226,5 @@ class TestConsistentWeights:
         for thread_answers in answers:  # each reader only ever moves forward in time
             assert np.all(np.diff(thread_answers) >= 0)
         assert evaluator.get_value(np.zeros((1, 1), np.float32))[0].item() == 150.0
-        if copy_agent:
-            assert max(versions) <= 150
+        # The probe's value is its number of steps: each answer names the weights that gave it.
+        assert all(value == version for value, version in answered)

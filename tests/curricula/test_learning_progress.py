@@ -171,7 +171,7 @@ class TestBadInputs:
         ({"fast_rate": 0.0}, r"fast_rate: expected a number in \(0.0, 1.0\]"),
         ({"p_theta": 1.0}, r"p_theta: expected a number in \(0.0, 1.0\)"),
         ({"evaluate_fn": 3}, "evaluate_fn: expected a callable"),
-        ({"eval_interval": -1}, "eval_interval: expected a number in"),
+        ({"eval_interval": -1}, "eval_interval: expected a number >"),
     ])
     def test_bad_settings(self, kwargs, message):
         with pytest.raises(ValueError, match=message):
