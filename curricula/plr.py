@@ -140,7 +140,10 @@ class PrioritizedLevelReplay(Curriculum):
         score_alpha: a new segment score S updates a task's score as
             ``(1 - alpha) * old + alpha * S`` (1: the latest score, as in the paper).
         num_steps: the longest segment; longer episodes are scored every ``num_steps`` steps,
-            bootstrapping from the value of the observation they stop at.
+            bootstrapping from the value of the observation they stop at. It plays the part of
+            the rollout length in the paper's code, where each rollout scores the piece of an
+            episode it saw: each piece updates the task's score when it ends, the last one too
+            however short (``score_alpha < 1`` averages pieces instead).
         batch_size: the most records the worker takes for one batched query.
         batch_wait: seconds the worker waits, after a first record, for more to fill its
             batch: a query per few records would cost the training loop more time (the

@@ -33,18 +33,39 @@ class UsageError(Exception):
     """Bad command-line input: reported as ``error: ...`` with exit status 2."""
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an int of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _task_list(text: str) -> list[str]:
+    """An argparse type: comma-separated task names, none empty."""
+    tasks = [task.strip() for task in text.split(",")]
+    if not all(tasks):
+        raise argparse.ArgumentTypeError(f"expected comma-separated task names, none empty, "
+                                         f"got {text!r}")
+    return tasks
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syllabus-eval", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train on CartPole tasks with PLR and background "
                                "evaluation; write a plot and metrics")
-    demo.add_argument("--steps", type=int, default=80_000, help="training env steps")
+    demo.add_argument("--steps", type=_positive, default=80_000, help="training env steps")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--backend", choices=BACKENDS, default="thread",
                       help="where evaluations run")
     demo.add_argument("--out", default="runs/demo", help="folder for demo.png, metrics.json")
-    demo.add_argument("--eval-every", type=int, default=10_000, help="steps between evaluations")
+    demo.add_argument("--eval-every", type=_positive, default=10_000,
+                      help="steps between evaluations")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved agent on a Gymnasium env")
@@ -55,9 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                           help=f"one of {', '.join(ADAPTERS)}, or module:Class of an Evaluator")
     evaluate.add_argument("--checkpoint", help="a state dict saved with torch.save")
     evaluate.add_argument("--lstm", action="store_true", help="the agent is recurrent")
-    evaluate.add_argument("--episodes", type=int, default=20)
-    evaluate.add_argument("--num-envs", type=int, default=8)
-    evaluate.add_argument("--max-steps", type=int, default=None,
+    evaluate.add_argument("--episodes", type=_positive, default=20)
+    evaluate.add_argument("--num-envs", type=_positive, default=8)
+    evaluate.add_argument("--max-steps", type=_positive, default=None,
                           help="truncate episodes after this many steps")
     evaluate.add_argument("--backend", choices=BACKENDS, default="thread")
     mode = evaluate.add_mutually_exclusive_group()
@@ -66,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--stochastic", dest="deterministic", action="store_false",
                       help="sampled actions")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--tasks", help="comma-separated tasks, passed to reset as "
-                          "options={'task': ...}; metrics are reported per task")
+    evaluate.add_argument("--tasks", type=_task_list, help="comma-separated tasks, passed to "
+                          "reset as options={'task': ...}; metrics are reported per task")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     return parser
 
@@ -131,13 +152,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .report import format_table
     from .runner import EvalRunner
 
-    for name in ("episodes", "num_envs"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: expected at least 1, got "
-                             f"{getattr(args, name)}")
+    tasks = args.tasks
+    if tasks and args.episodes < len(tasks):
+        raise UsageError(f"--episodes: expected at least one episode per task ({len(tasks)} "
+                         f"tasks), got {args.episodes}")
+    if args.adapter == "dummy":
+        for option, value in (("--checkpoint", args.checkpoint), ("--lstm", args.lstm),
+                              ("--agent", args.agent)):
+            if value:
+                raise UsageError(f"{option}: not used by --adapter dummy (random actions)")
     _check_env(args.env)
     evaluator = _build_evaluator(args)
-    tasks = args.tasks.split(",") if args.tasks else None
     # Picklable factories: process and Ray workers build their env and evaluator from them.
     workers = {} if args.backend == "thread" else {"evaluator_fn": partial(_build_evaluator,
                                                                           args)}
@@ -168,8 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            if args.steps < 1:
-                raise UsageError(f"--steps: expected at least 1, got {args.steps}")
             run_demo(steps=args.steps, seed=args.seed, backend=args.backend, out=args.out,
                      eval_every=args.eval_every, progress=not args.no_progress)
             return 0

@@ -80,10 +80,12 @@ def summarize(episodes: Iterable[EpisodeRecord], *, step: int | None = None,
         metrics[PREFIX + "fps"] = sum(r.length for r in episodes) / elapsed
     if step is not None:
         metrics[PREFIX + "step"] = step
-    tasks = dict.fromkeys(r.task for r in episodes if r.task is not None)
-    for task in tasks:
-        metrics.update(_group_metrics(f"{PREFIX}task/{task}/",
-                                      [r for r in episodes if r.task == task]))
+    by_task: dict[str, list[EpisodeRecord]] = {}  # by name: tasks need not be hashable
+    for record in episodes:
+        if record.task is not None:
+            by_task.setdefault(str(record.task), []).append(record)
+    for name, group in by_task.items():
+        metrics.update(_group_metrics(f"{PREFIX}task/{name}/", group))
     if metrics_fn is not None:
         for name, value in metrics_fn(episodes).items():
             key = name if str(name).startswith(PREFIX) else f"{PREFIX}{name}"

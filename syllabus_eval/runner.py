@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import gymnasium as gym
@@ -318,9 +319,10 @@ class EvalRunner:
     # --- the runner's thread -----------------------------------------------------------------
 
     def _submit(self, weights: Any, step: int | None, blocking: bool) -> _Job | None:
+        if step is not None and (isinstance(step, bool) or not isinstance(step, Integral)):
+            raise bad_argument("step", "an int (the training step) or None", step)
         with self._lock:
-            if self._closed:
-                raise RuntimeError("EvalRunner: shut down; create a new runner to evaluate")
+            self._check_open()
             if self._busy and self.busy_policy != "queue":
                 if self.busy_policy == "skip" and not blocking:
                     return None
@@ -335,14 +337,21 @@ class EvalRunner:
                 self._busy -= 1
             raise
         with self._lock:
+            if self._closed:  # shut down during the snapshot: its thread may be gone already
+                self._busy -= 1
+                self._check_open()
             if not blocking:
                 self._unclaimed.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, daemon=True,
                                                 name="syllabus-eval-runner")
                 self._thread.start()
-        self._jobs.put(job)
+            self._jobs.put(job)  # under the lock: before shutdown's stop signal, or not at all
         return job
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("EvalRunner: shut down; create a new runner to evaluate")
 
     def _snapshot(self, weights: Any) -> dict[str, torch.Tensor] | None:
         """Weights as they are now, on the evaluation device (``None``: nothing to load)."""

@@ -137,9 +137,27 @@ class TestBadInvocations:
     def test_agent_is_required_for_agent_adapters(self, capsys) -> None:
         assert "--agent: required with --adapter cleanrl" in bad(capsys, *EVALUATE)
 
-    def test_counts_must_be_positive(self, capsys) -> None:
-        assert "--episodes: expected at least 1, got 0" in bad(
-            capsys, *EVALUATE, "--adapter", "dummy", "--episodes", "0")
+    @pytest.mark.parametrize("option", ["--episodes", "--num-envs", "--max-steps"])
+    def test_counts_must_be_positive(self, capsys, option: str) -> None:
+        assert f"argument {option}: expected an integer >= 1, got '0'" in bad(
+            capsys, *EVALUATE, "--adapter", "dummy", option, "0")
+
+    def test_demo_counts_must_be_positive(self, capsys) -> None:
+        assert "argument --eval-every: expected an integer >= 1, got '-5'" in bad(
+            capsys, "demo", "--eval-every", "-5")
+
+    @pytest.mark.parametrize("tasks,episodes,message", [
+        ("a,,b", "6", "argument --tasks: expected comma-separated task names, none empty"),
+        ("a,b,c", "2", "--episodes: expected at least one episode per task (3 tasks), got 2"),
+    ])
+    def test_tasks(self, capsys, tasks: str, episodes: str, message: str) -> None:
+        assert message in bad(capsys, *EVALUATE, "--adapter", "dummy", "--tasks", tasks,
+                              "--episodes", episodes)
+
+    @pytest.mark.parametrize("option", [["--lstm"], ["--checkpoint", "agent.pt"]])
+    def test_options_the_dummy_adapter_would_ignore(self, capsys, option: list) -> None:
+        assert f"{option[0]}: not used by --adapter dummy" in bad(
+            capsys, *EVALUATE, "--adapter", "dummy", *option)
 
     def test_unknown_adapter_module(self, capsys) -> None:
         assert "--adapter: cannot import module 'nowhere'" in bad(

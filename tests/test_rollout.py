@@ -15,6 +15,7 @@ from syllabus_eval import (
     episode_quota,
     make_envs,
     run_episodes,
+    summarize,
 )
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.agents import LSTMAgent, MLPAgent
@@ -216,6 +217,18 @@ class TestTasks:
         assert [r.length for r in records] == [r.task + 1 for r in records]
         assert all(options is None for env in pool.envs for _, options in env.unwrapped.resets)
         pool.close()
+
+    def test_tasks_that_are_dicts(self):
+        # Configurations as tasks (unhashable): grouped by name, str(task).
+        tasks = [{"length": 1}, {"length": 2}]
+        pool = make_envs(TaskEnv, num_envs=2,
+                         set_task=lambda env, task: env.unwrapped.set_task(task["length"]))
+        records = run_episodes(DUMMY, pool, RolloutSettings(num_episodes=4, tasks=tasks))
+        pool.close()
+        result = summarize(records)
+        assert result["eval/task/{'length': 1}/episode_length"] == 2.0
+        assert result["eval/task/{'length': 2}/reward"] == 6.0
+        assert result["eval/task/{'length': 2}/num_episodes"] == 2
 
     def test_same_step_vector_envs_cannot_take_tasks(self):
         with pytest.raises(ValueError, match="tasks: a SAME_STEP vector env"):

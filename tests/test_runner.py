@@ -227,6 +227,13 @@ class TestWeights:
             runner.trigger_eval(weights)
         assert not runner.pending
 
+    @pytest.mark.parametrize("step", ["100", 1.5, True])
+    def test_bad_step(self, agent, gate, step):
+        with gate.runner(agent) as runner, pytest.raises(
+                ValueError, match=r"step: expected an int \(the training step\) or None, got"):
+            runner.trigger_eval(step=step)
+        assert not runner.pending
+
     def test_weights_for_an_evaluator_without_any(self):
         with EvalRunner(LengthEnv, DummyEvaluator(LengthEnv.action_space), num_envs=2,
                         num_episodes=2) as runner, \
@@ -275,6 +282,29 @@ class TestFailures:
             runner.trigger_eval()
         assert runner.shutdown() is True  # twice is fine
 
+    def test_a_trigger_racing_shutdown_fails_instead_of_hanging(self, agent, gate):
+        runner = gate.runner(agent)
+        gate.open.set()
+        runner.evaluate(step=0)  # the runner's thread is up
+        snapshotting, release = threading.Event(), threading.Event()
+        snapshot = runner._snapshot
+
+        def slow_snapshot(weights):  # shutdown lands while the weights are being copied
+            snapshotting.set()
+            release.wait(10)
+            return snapshot(weights)
+
+        runner._snapshot = slow_snapshot
+        outcome = []
+        trigger = threading.Thread(target=lambda: outcome.append(_call(runner.trigger_eval)))
+        trigger.start()
+        assert snapshotting.wait(10)
+        assert runner.shutdown(timeout=10) is True
+        release.set()
+        trigger.join(10)
+        assert isinstance(outcome[0], RuntimeError) and "shut down" in str(outcome[0])
+        assert not runner.pending
+
     def test_context_manager_shuts_down(self, agent, gate):
         before = set(threading.enumerate())
         gate.open.set()
@@ -304,3 +334,10 @@ class TestBadArguments:
                      "num_envs": 4, **kwargs}
         with pytest.raises(ValueError, match=message):
             EvalRunner(**arguments)
+
+
+def _call(function):
+    try:
+        return function()
+    except Exception as error:  # noqa: BLE001 - the test looks at it
+        return error
