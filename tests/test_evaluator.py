@@ -234,12 +234,17 @@ class TestTemplate:
 
         def query():
             with torch.enable_grad():  # the caller's mode must not leak into the query
-                return evaluator.get_value(obs)
+                answer = evaluator.get_value(obs)
+                assert torch.is_grad_enabled()  # ... nor the query's into the caller
+                with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+                    evaluator.get_value(np.zeros((B, 5), np.float32))  # fails in the agent
+                assert torch.is_grad_enabled()
+                return answer
 
         for value, _ in (query(), in_thread(query)):
             # In place, the agent's parameters require grad: a graph would show here.
             assert not value.requires_grad
-        assert evaluator.calls.count("hook(grad=False)") == 2
+        assert evaluator.calls.count("hook(grad=False)") == 4
         assert "hook(grad=True)" not in evaluator.calls
 
 
