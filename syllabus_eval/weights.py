@@ -46,7 +46,8 @@ class WeightSource:
     def __init__(self, module: nn.Module) -> None:
         self.tensors: list[torch.Tensor] = [*module.parameters(), *module.buffers()]
         self.parameter_ids = frozenset(id(p) for p in module.parameters())
-        self.is_cuda = any(t.is_cuda for t in self.tensors)
+        # The CUDA device training runs on (None: not CUDA): copies wait for its step kernels.
+        self.cuda_device = next((t.device for t in self.tensors if t.is_cuda), None)
         self.steps = 0  # optimizer steps completed on this module since the source was created
         self._cond = threading.Condition()
         self._writers: set[int] = set()  # ids of optimizers (or writing() tokens) inside a step
@@ -71,13 +72,14 @@ class WeightSource:
             copied = self.version(), self.steps
         try:
             with torch.no_grad():
-                if self.is_cuda:
+                if self.cuda_device is not None:
                     # Step kernels are enqueued, not finished, when the post-hook runs.
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize(self.cuda_device)
                 for target, tensor in zip(targets, self.tensors):
                     target.copy_(tensor)
-                if self.is_cuda or any(t.is_cuda for t in targets[:1]):
-                    torch.cuda.synchronize()
+                for device in {self.cuda_device, *(t.device for t in targets[:1] if t.is_cuda)}:
+                    if device is not None:  # the copies are done before the lock is let go
+                        torch.cuda.synchronize(device)
         finally:
             self._end_read()
         return copied
