@@ -105,7 +105,16 @@ class CleanRLEvaluator(Evaluator):
         return log_prob.view(num_actions, batch).argmax(dim=0), None
 
     def _actor_head(self) -> tuple[nn.Module, str]:
+        """The head greedy actions come from, and how to use it; found once per query agent
+        (a detached evaluator has its own), since walking the modules costs a step's time."""
         agent = self.agent
+        cached = self.__dict__.get("_head")
+        if cached is not None and cached[0] is agent:
+            return cached[1]
+        self._head = agent, self._find_actor_head(agent)
+        return self._head[1]
+
+    def _find_actor_head(self, agent: nn.Module) -> tuple[nn.Module, str]:
         if isinstance(getattr(agent, "actor_mean", None), nn.Module) and not self.is_lstm:
             return agent.actor_mean, "mean"
         actor = getattr(agent, "actor", None)
