@@ -151,9 +151,22 @@ class _WorkerSpec:
         if not callable(getattr(evaluator, "get_action", None)):
             raise bad_argument("evaluator_fn", "a factory returning an Evaluator (an object "
                                "with get_action)", evaluator)
-        return _Episodes(self.env_fn, evaluator, self.settings, num_slots=self.num_envs,
+        env_fn = self.env_fn
+        if len(slots) != self.num_envs:  # a share: its env slots are built one by one
+            env_fn = partial(_one_env, env_fn, len(slots), self.num_envs)
+        return _Episodes(env_fn, evaluator, self.settings, num_slots=self.num_envs,
                          slots=slots, vectorization_mode=self.vectorization_mode,
                          set_task=self.set_task, device=self.device)
+
+
+def _one_env(env_fn: Callable[[], Any], share: int, num_envs: int) -> Any:
+    env = env_fn()
+    if isinstance(env, gym.vector.VectorEnv):
+        env.close()
+        raise ValueError(f"num_workers: expected 1 when the env factory returns a VectorEnv "
+                         f"(it cannot be split between workers), got more: this worker's "
+                         f"share is {share} of the {num_envs} env slots")
+    return env
 
 
 class _JobStop:
@@ -308,8 +321,14 @@ class _PooledBackend(_Backend):
         shares: dict[int, list[EpisodeRecord]] = {}
         failure: BaseException | None = None  # raised once the reports at hand are read
         deaths = 0
+        restarting: dict[int, float] = {}  # worker index -> when it must be ready
         try:
             while busy and failure is None:
+                late = [busy[index] for index, due in restarting.items()
+                        if due < time.monotonic()]
+                if late:
+                    raise TimeoutError(f"{late[0]} did not start again within "
+                                       f"{START_TIMEOUT:.0f}s{self._slow_start_hint()}")
                 for worker, kind, event_job, data in self._events(
                         busy.values(), stop, deadline, "the evaluation's episodes took longer "
                         f"than timeout={self.timeout}s; its workers were killed (they start "
@@ -318,6 +337,7 @@ class _PooledBackend(_Backend):
                             kind in ("episode", "done", "error") and event_job != job):
                         continue  # from a job or worker that was given up
                     if kind == "ready":  # a restarted worker: now it takes the job
+                        restarting.pop(worker.index, None)
                         worker.submit(payload)
                     elif kind == "episode":
                         if on_episode is not None:
@@ -333,10 +353,12 @@ class _PooledBackend(_Backend):
                                 on_episode(record)
                     elif kind == "failed":  # a restarted worker could not start
                         del busy[worker.index]
+                        restarting.pop(worker.index, None)
                         self._retire(worker)
                         failure = failure or data.exception()
                     else:  # "died": its share runs again on a fresh worker, if allowed
                         del busy[worker.index]
+                        restarting.pop(worker.index, None)
                         self._retire(worker)
                         deaths += 1
                         if deaths > self.max_restarts:
@@ -347,6 +369,7 @@ class _PooledBackend(_Backend):
                                 "result (workers start again for the next one)")
                             continue
                         busy[worker.index] = self._launch(worker.index)
+                        restarting[worker.index] = time.monotonic() + START_TIMEOUT
                         logger.warning("%s died during the evaluation (%s); restarted it to "
                                        "run its share again (restart %d of at most %d)",
                                        worker, data, deaths, self.max_restarts)

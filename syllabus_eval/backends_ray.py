@@ -46,6 +46,8 @@ from .errors import EvaluationError, bad_argument, check_number
 
 logger = logging.getLogger(__name__)
 
+PING_TIMEOUT = 10.0  # seconds an idle actor gets to answer whether it lives
+
 
 def _import_ray() -> Any:
     try:
@@ -78,6 +80,9 @@ class _Actor:
     def cancel(self, job: int) -> None:
         self.cancelled.value = job
 
+    def ping(self) -> None:
+        """Answers while the actor lives (between evaluations: see ``_RayWorker.alive``)."""
+
     def close(self) -> None:
         if self.episodes is not None:
             self.episodes.close()
@@ -100,6 +105,19 @@ class _RayWorker:
                 f"slots {self.slots[0]}-{self.slots[-1]})")
 
     def alive(self) -> bool:
+        """Whether the actor lives; asked between evaluations, so that one that died while
+        idle is replaced before the next job rather than costing it a restart."""
+        if self.dead or not self.ray.is_initialized():
+            return False
+        if self.call is not None:  # a call in flight reports a death itself
+            return True
+        try:
+            self.ray.get(self.actor.ping.options(concurrency_group="control").remote(),
+                         timeout=PING_TIMEOUT)
+        except self.ray.exceptions.RayActorError:
+            self.dead = True
+        except self.ray.exceptions.GetTimeoutError:
+            pass  # slow to answer (a busy machine) is not dead
         return not self.dead
 
     def submit(self, payload: tuple) -> None:
@@ -126,6 +144,8 @@ class _RayWorker:
         """Kill the actor and wait (``CLOSE_GRACE`` at most) until Ray reports it dead."""
         self.dead = True
         self.call = None
+        if not self.ray.is_initialized():  # Ray was shut down: its actors went with it
+            return  # (and a remote call now would start a new local Ray)
         with contextlib.suppress(Exception):  # already gone
             self.ray.kill(self.actor, no_restart=True)
         # ray.kill returns at once: once a call fails, Ray no longer lists the actor.
@@ -204,6 +224,10 @@ class _RayBackend(_PooledBackend):
         return job, None if weights is None else self._ray.put(weights), version
 
     def _close_workers(self, workers: list[_RayWorker]) -> None:
+        if not self._ray.is_initialized():  # shut down already, with the actors
+            for worker in workers:
+                worker.kill()
+            return
         closing = [worker.actor.close.remote() for worker in workers if not worker.dead]
         if closing:
             self._ray.wait(closing, num_returns=len(closing), timeout=CLOSE_GRACE)

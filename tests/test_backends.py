@@ -27,7 +27,9 @@ from tests.workers import (
     cartpole,
     cartpole_agent,
     cartpole_evaluator,
+    cartpole_vector_env,
     evaluator_after_init,
+    hang_when_started_again,
     length_evaluator,
     mark_init,
     remote_controlled_env,
@@ -36,11 +38,15 @@ from tests.workers import (
 WAIT = 60  # seconds any wait may take in these tests: a hang fails, it never blocks the suite
 
 
+def start_ray(ray) -> None:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             namespace="syllabus-eval-tests")
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             namespace="syllabus-eval-tests")
+    start_ray(ray)
     yield ray
     ray.shutdown()
 
@@ -184,6 +190,32 @@ class TestWorkersThatDie:
             assert background(runner, step=2).episodes == expected.episodes
 
 
+    def test_a_restarted_worker_that_does_not_start_fails_in_bounded_time(
+            self, tmp_path, monkeypatch):
+        (tmp_path / "hold").touch()
+        with controlled(tmp_path, "process",
+                        init_fn=partial(hang_when_started_again, str(tmp_path))) as runner:
+            monkeypatch.setattr("syllabus_eval.backends_parallel.START_TIMEOUT", 2.0)
+            assert runner.trigger_eval(step=1)
+            wait_until(lambda: stepping_pids(tmp_path), "the worker to step")
+            os.kill(stepping_pids(tmp_path).pop(), signal.SIGKILL)  # its restart hangs
+            with pytest.raises(EvaluationError) as caught:
+                runner.wait(WAIT)
+            assert isinstance(caught.value.__cause__, TimeoutError)
+            assert "did not start again within 2s" in str(caught.value.__cause__)
+
+    def test_an_actor_that_died_between_evaluations_is_replaced_at_no_cost(
+            self, ray_cluster, caplog):
+        with EvalRunner(LengthEnv, length_evaluator(), num_envs=2, num_episodes=4,
+                        backend="ray", evaluator_fn=length_evaluator,
+                        max_restarts=0) as runner:
+            first = runner.evaluate()
+            ray_cluster.kill(ray_cluster.get_actor(our_actors()[0]))
+            wait_until(lambda: not our_actors(), "Ray to see the actor dead")
+            assert runner.evaluate().episodes == first.episodes  # no restart was needed
+        assert "died during the evaluation" not in caplog.text
+
+
 class TestTimeout:
     def test_a_too_slow_evaluation_fails_and_the_next_one_works(self, tmp_path):
         expected = controlled_reference(tmp_path)
@@ -216,10 +248,15 @@ class TestErrorsInWorkers:
         ({"evaluator_fn": evaluator_after_init}, RuntimeError, "init_fn has not run in process"),
         ({"evaluator_fn": cartpole_evaluator}, ValueError,
          "envs: the env's single_observation_space Box"),
+        ({"evaluator_fn": cartpole_evaluator, "env_fn": cartpole_vector_env, "num_envs": 4,
+          "num_workers": 2}, ValueError,
+         "num_workers: expected 1 when the env factory returns a VectorEnv .* got more: this "
+         "worker's share is 2 of the 4 env slots"),
     ])
     def test_start_up_errors_raise_from_the_constructor(self, options, error, message):
+        options = {"num_envs": 2, **options}
         with pytest.raises(error, match=message) as caught:
-            EvalRunner(LengthEnv, length_evaluator(), num_envs=2, backend="process", **options)
+            EvalRunner(LengthEnv, length_evaluator(), backend="process", **options)
         assert isinstance(caught.value.__cause__, RemoteTraceback)
 
 
@@ -277,6 +314,17 @@ class TestLifecycle:
             result = runner.wait(WAIT)
             assert result.step == 1 and results == [result] and not runner.pending
             assert runner.wait() is None
+
+    def test_shutdown_after_ray_was_shut_down_starts_no_new_ray(self, ray_cluster):
+        runner = EvalRunner(LengthEnv, length_evaluator(), num_envs=2, num_episodes=2,
+                            backend="ray", evaluator_fn=length_evaluator)
+        runner.evaluate()
+        ray_cluster.shutdown()  # the user's Ray, gone first, with the runner's actors
+        try:
+            assert runner.shutdown(timeout=10) is True
+            assert not ray_cluster.is_initialized()
+        finally:
+            start_ray(ray_cluster)  # for the rest of the module
 
     def test_ray_started_by_the_runner_is_shut_down_by_it(self, ray_cluster, monkeypatch):
         calls = []

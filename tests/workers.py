@@ -78,3 +78,15 @@ def evaluator_after_init() -> CleanRLEvaluator:
     if INIT_VARIABLE not in os.environ:
         raise RuntimeError(f"init_fn has not run in process {os.getpid()}")
     return length_evaluator()
+
+
+def hang_when_started_again(folder: str) -> None:
+    """An ``init_fn`` whose second start never ends (a simulator that cannot come back)."""
+    marker = Path(folder) / "started-once"
+    if marker.exists():
+        time.sleep(3600)
+    marker.touch()
+
+
+def cartpole_vector_env() -> gym.vector.VectorEnv:
+    return gym.make_vec("CartPole-v1", num_envs=4)
