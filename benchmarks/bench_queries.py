@@ -4,15 +4,18 @@
 
 For each agent and batch size: the raw ``agent.get_value(x)`` under ``torch.no_grad()`` against
 ``CleanRLEvaluator.get_value(x)`` (same input tensor, same thread), with the training weights
-unchanged between calls and with an optimizer step's worth of change before every call; and
-Syllabus-RL's ``CleanRLEvaluator`` when ``syllabus-rl`` is installed, given the same
-observations as the numpy array an env returns (the input it is made for). Targets (unchanged
-weights): at most 1.25x at batch 1, 1.10x at batch 64 and above.
+unchanged between calls and with an optimizer step's worth of change before every call. Then,
+like for like, on the same observations as the numpy array an env returns (the input
+Syllabus-RL is made for): ours, and Syllabus-RL's ``CleanRLEvaluator`` (when ``syllabus-rl``
+is installed) in its default set-up and with ``copy_agent=False``. Every figure is the median
+over interleaved rounds of the ratio to the raw forward of the same round. Targets (unchanged
+weights, tensor input): at most 1.25x at batch 1, 1.10x at batch 64 and above.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +25,7 @@ import torch
 from gymnasium import spaces
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import per_call_seconds  # noqa: E402
+from timing import median_ratio, per_call_seconds  # noqa: E402
 
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
 from syllabus_eval.agents import CNNAgent, MLPAgent  # noqa: E402
@@ -42,18 +45,22 @@ ATARI = SimpleNamespace(single_observation_space=spaces.Box(0, 255, (4, 84, 84),
 def measure(name: str, agent: torch.nn.Module, x: torch.Tensor, calls: int, rounds: int
             ) -> list[str]:
     ours = CleanRLEvaluator(agent)
+    obs = x.numpy()  # the same observations as the numpy array an env returns
 
     def raw() -> None:
         with torch.no_grad():
             agent.get_value(x)
 
-    candidates = {"raw": raw, "ours": lambda: ours.get_value(x)}
+    candidates = {"raw": raw, "ours": lambda: ours.get_value(x),
+                  "ours, numpy": lambda: ours.get_value(obs)}
     if SyllabusEvaluator is not None:
-        theirs = SyllabusEvaluator(agent, device="cpu")
-        # The same observations as the numpy array an env gives: its _prepare_state calls
-        # np.stack, which would split a tensor row by row and cost it more with every row.
-        obs = x.numpy()
-        candidates["syllabus"] = lambda: theirs.get_value(obs)
+        # Numpy input, which it is made for: its _prepare_state calls np.stack, which would
+        # split a tensor row by row. Its default (copy_agent=True) copies the training agent's
+        # state dict into the agent on every call; copy_agent=False skips that.
+        default = SyllabusEvaluator(agent, device="cpu")
+        in_place = SyllabusEvaluator(agent, device="cpu", copy_agent=False)
+        candidates["syllabus"] = lambda: default.get_value(obs)
+        candidates["syllabus in place"] = lambda: in_place.get_value(obs)
     same = per_call_seconds(candidates, calls, rounds)
 
     first = next(agent.parameters())
@@ -64,10 +71,15 @@ def measure(name: str, agent: torch.nn.Module, x: torch.Tensor, calls: int, roun
 
     changed = per_call_seconds({"raw": raw, "ours": candidates["ours"]}, calls, rounds,
                                before_each=change_weights)
-    base = same["raw"]
-    syllabus = f"{same['syllabus'] / base:.2f}x" if "syllabus" in same else "not installed"
-    return [name, str(x.shape[0]), f"{base * 1e6:.1f}", f"{same['ours'] / base:.2f}x",
-            f"{changed['ours'] / changed['raw']:.2f}x", syllabus]
+
+    def ratio(samples: dict[str, list[float]], name: str) -> str:
+        if name not in samples:
+            return "not installed"
+        return f"{median_ratio(samples[name], samples['raw']):.2f}x"
+
+    return [name, str(x.shape[0]), f"{statistics.median(same['raw']) * 1e6:.1f}",
+            ratio(same, "ours"), ratio(changed, "ours"), ratio(same, "ours, numpy"),
+            ratio(same, "syllabus"), ratio(same, "syllabus in place")]
 
 
 def main() -> None:
@@ -84,7 +96,8 @@ def main() -> None:
                      max(calls // 10, 5), rounds) for batch in (1, 32)]
     print("get_value cost relative to the raw forward under no_grad (lower is better)\n")
     print(format_table(rows, ["agent", "batch", "raw us/call", "ours, same weights",
-                       "ours, changed weights", "Syllabus-RL"]))
+                              "ours, changed weights", "ours, numpy obs", "Syllabus-RL",
+                              "Syllabus-RL, copy_agent=False"]))
 
 
 if __name__ == "__main__":

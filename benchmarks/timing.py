@@ -4,7 +4,7 @@ Usage::
 
     samples = interleaved({"ours": run_ours, "theirs": run_theirs}, rounds=5)  # f(round)
     print(median_ratio(samples["ours"], samples["theirs"]))
-    per_call_seconds({"raw": raw, "ours": ours})          # median seconds per call
+    per_call_seconds({"raw": raw, "ours": ours})          # seconds per call, per round
     ppo_seconds(PPOTrainer(envs, agent, seed=0), iterations=8)
 """
 
@@ -44,8 +44,8 @@ def median_ratio(values: Sequence[float], baselines: Sequence[float]) -> float:
 
 def per_call_seconds(candidates: dict[str, Callable[[], object]], calls: int = 200,
                      rounds: int = 7, before_each: Callable[[], object] | None = None
-                     ) -> dict[str, float]:
-    """Median seconds per call of each candidate, measured in interleaved rounds.
+                     ) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, round by round (interleaved rounds).
 
     ``before_each`` runs untimed before every call (e.g. changing the training weights).
     """
@@ -65,8 +65,7 @@ def per_call_seconds(candidates: dict[str, Callable[[], object]], calls: int = 2
             return total / calls
         return measure
 
-    samples = interleaved({name: mean_seconds(fn) for name, fn in candidates.items()}, rounds)
-    return {name: statistics.median(times) for name, times in samples.items()}
+    return interleaved({name: mean_seconds(fn) for name, fn in candidates.items()}, rounds)
 
 
 def ppo_seconds(trainer: PPOTrainer, iterations: int,
