@@ -224,11 +224,8 @@ class Evaluator:
                         answer = hook(inputs)
                     finally:
                         self._set_train_mode(previous)
-            try:
-                answered = answer[0].shape[0]
-            except IndexError:  # a 0-d answer
-                answered = None
-            if answered != batch_size:
+            shape = getattr(answer[0], "shape", None)  # a tensor (or array) of [B, ...]
+            if shape is not None and (not shape or shape[0] != batch_size):
                 raise ValueError(
                     f"state: read as a batch of {batch_size} observations, but the agent "
                     f"answered with {describe(answer[0])}; a single observation needs a batch "
