@@ -44,6 +44,7 @@ class CleanRLEvaluator(Evaluator):
                             f"needs {', '.join(required)}; {type(agent).__name__} lacks "
                             f"{', '.join(missing)}")
         super().__init__(agent, device, preprocess_obs, copy_agent, is_lstm=is_lstm, **kwargs)
+        self._head: tuple[nn.Module, tuple[nn.Module, str]] | None = None  # (agent, its head)
         if self.deterministic:
             self._actor_head()  # fail at construction, not at the first query
 
@@ -108,10 +109,8 @@ class CleanRLEvaluator(Evaluator):
         """The head greedy actions come from, and how to use it; found once per query agent
         (a detached evaluator has its own), since walking the modules costs a step's time."""
         agent = self.agent
-        cached = self.__dict__.get("_head")
-        if cached is not None and cached[0] is agent:
-            return cached[1]
-        self._head = agent, self._find_actor_head(agent)
+        if self._head is None or self._head[0] is not agent:  # first, or a detached copy
+            self._head = agent, self._find_actor_head(agent)
         return self._head[1]
 
     def _find_actor_head(self, agent: nn.Module) -> tuple[nn.Module, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 
+import numpy as np
+
 
 class EvaluationError(RuntimeError):
     """An evaluation failed (in the background or in a worker); the cause is chained."""
@@ -52,3 +54,11 @@ def check_count(name: str, value: object, low: int = 1) -> int:
     if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
         raise bad_argument(name, f"an integer >= {low}", value)
     return int(value)
+
+
+def check_flag(name: str, value: object, *, none_ok: bool = False) -> None:
+    """``value`` is a bool (numpy's included), or ``None`` where ``none_ok``."""
+    if value is None and none_ok:
+        return
+    if not isinstance(value, (bool, np.bool_)):
+        raise bad_argument(name, "True, False or None" if none_ok else "True or False", value)

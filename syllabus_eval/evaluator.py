@@ -24,12 +24,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
 
-from .errors import bad_argument, check_number, describe
+from .errors import bad_argument, check_flag, check_number, describe
 from .inputs import TensorTree, as_batch, batch_size_of, check_against_space
 from .weights import WeightSource, snapshot_state_dict, weight_source
 
@@ -126,7 +125,7 @@ class Evaluator:
             raise bad_argument("preprocess_obs", "a callable or None", preprocess_obs)
         if observation_space is not None and not isinstance(observation_space, spaces.Space):
             raise bad_argument("observation_space", "a gymnasium.spaces.Space", observation_space)
-        _check_flag("deterministic", deterministic)
+        check_flag("deterministic", deterministic)
         self.training_agent = agent
         self.device = _as_device(device) if device is not None else _device_of(agent)
         self.preprocess_obs = preprocess_obs
@@ -207,7 +206,7 @@ class Evaluator:
             if deterministic is None:
                 deterministic = self.deterministic
             else:
-                _check_flag("deterministic", deterministic)
+                check_flag("deterministic", deterministic)
             inputs = AgentInputs(obs, lstm_state, done, batch_size, deterministic)
             if self._live_source is None:
                 previous = self._set_eval_mode()  # 4.
@@ -444,11 +443,6 @@ class Evaluator:
             "meanwhile see eval behaviour. Use copy_agent=True for queries from worker threads.",
             RuntimeWarning, stacklevel=4,
         )
-
-
-def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise bad_argument(name, "True or False", value)
 
 
 def _as_device(device: str | torch.device) -> torch.device:

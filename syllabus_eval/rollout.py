@@ -72,7 +72,7 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 from gymnasium.vector.utils import create_empty_array
 
-from .errors import EvaluationCancelled, bad_argument, check_count, describe
+from .errors import EvaluationCancelled, bad_argument, check_count, check_flag, describe
 
 __all__ = ["EnvPool", "EpisodeRecord", "RolloutSettings", "check_fit", "episode_quota",
            "make_envs", "run_episodes"]
@@ -132,8 +132,7 @@ class RolloutSettings:
         check_count("num_episodes", self.num_episodes)
         if self.max_steps is not None:
             check_count("max_steps", self.max_steps)
-        if self.deterministic not in (True, False, None):
-            raise bad_argument("deterministic", "True, False or None", self.deterministic)
+        check_flag("deterministic", self.deterministic, none_ok=True)
         if self.seed is not None and (isinstance(self.seed, bool)
                                       or not isinstance(self.seed, (int, np.integer))):
             raise bad_argument("seed", "an int or None", self.seed)

@@ -77,9 +77,9 @@ class WeightSource:
                     torch.cuda.synchronize(self.cuda_device)
                 for target, tensor in zip(targets, self.tensors):
                     target.copy_(tensor)
-                for device in {self.cuda_device, *(t.device for t in targets[:1] if t.is_cuda)}:
-                    if device is not None:  # the copies are done before the lock is let go
-                        torch.cuda.synchronize(device)
+                target_device = targets[0].device if targets and targets[0].is_cuda else None
+                for device in {self.cuda_device, target_device} - {None}:
+                    torch.cuda.synchronize(device)  # the copies are done before the lock goes
         finally:
             self._end_read()
         return copied
