@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
 
 
 class CleanRLEvaluator(Evaluator):
@@ -44,7 +44,7 @@ class CleanRLEvaluator(Evaluator):
                             f"needs {', '.join(required)}; {type(agent).__name__} lacks "
                             f"{', '.join(missing)}")
         super().__init__(agent, device, preprocess_obs, copy_agent, is_lstm=is_lstm, **kwargs)
-        self._head: tuple[nn.Module, tuple[nn.Module, str]] | None = None  # (agent, its head)
+        self._head: tuple[nn.Module, str] | None = None  # the query agent's, found once
         if self.deterministic:
             self._actor_head()  # fail at construction, not at the first query
 
@@ -106,12 +106,14 @@ class CleanRLEvaluator(Evaluator):
         return log_prob.view(num_actions, batch).argmax(dim=0), None
 
     def _actor_head(self) -> tuple[nn.Module, str]:
-        """The head greedy actions come from, and how to use it; found once per query agent
-        (a detached evaluator has its own), since walking the modules costs a step's time."""
-        agent = self.agent
-        if self._head is None or self._head[0] is not agent:  # first, or a detached copy
-            self._head = agent, self._find_actor_head(agent)
-        return self._head[1]
+        """The head greedy actions come from, and how to use it; found once per query agent,
+        since walking the modules costs a step's time."""
+        if self._head is None:
+            self._head = self._find_actor_head(self.agent)
+        return self._head
+
+    def _detach_into(self, clone: CleanRLEvaluator) -> None:
+        clone._head = None  # the clone's head is in its own copy of the agent
 
     def _find_actor_head(self, agent: nn.Module) -> tuple[nn.Module, str]:
         if isinstance(getattr(agent, "actor_mean", None), nn.Module) and not self.is_lstm:

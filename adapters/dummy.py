@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from ..errors import bad_argument
-from ..evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.errors import bad_argument
+from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
 
 _SUPPORTED = (spaces.Discrete, spaces.MultiDiscrete, spaces.Box, spaces.MultiBinary)
 
@@ -48,10 +48,8 @@ class DummyEvaluator(Evaluator):
         self.action_space.seed(seed)
         self._dtype = torch.float32 if isinstance(action_space, spaces.Box) else torch.int64
 
-    def detached(self, device: str | torch.device | None = None) -> DummyEvaluator:
-        clone = super().detached(device)
+    def _detach_into(self, clone: DummyEvaluator) -> None:
         clone.action_space = copy.deepcopy(self.action_space)  # its own random generator
-        return clone
 
     def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
         return (torch.zeros(1, batch_size, 1, device=self.device),) if self.is_lstm else None

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import bad_argument
-from ..evaluator import AgentInputs, Evaluator, LSTMState
-from ..inputs import TensorTree, as_batch, batch_size_of, check_against_space
+from syllabus_eval.errors import bad_argument
+from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.inputs import TensorTree, as_batch, batch_size_of, check_against_space
 
 _INPUT_KEYS = {"state", "reward", "done", "prev_action"}
 

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_backends.py            # about ten minutes on 2 cores
     python benchmarks/bench_backends.py --quick    # a smoke run
 
-1. Training cost: CleanRL's PPO (:class:`~syllabus_eval.ppo.PPOTrainer`, 4 CartPole envs x 128
+1. Training cost: CleanRL's PPO (:class:`~syllabus_eval.demo.ppo.PPOTrainer`, 4 CartPole envs x 128
    steps per iteration, MLP agent) triggers a background evaluation every other iteration
    (CartPole, 8 envs, greedy, one worker), with the ``"thread"``, ``"process"`` and ``"ray"``
    backends. Each figure is the training loop's wall-clock time as a ratio against the same
@@ -32,7 +32,7 @@ from bench_rollout import MAX_STEPS, NUM_ENVS, make_cartpole, new_agent
 
 from syllabus_eval import EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator
-from syllabus_eval.ppo import PPOConfig, PPOTrainer
+from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer
 from syllabus_eval.report import format_table
 
 STEP_DELAY = 0.002  # seconds per step of the slow env

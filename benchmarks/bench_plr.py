@@ -6,7 +6,7 @@ Usage::
     python benchmarks/bench_plr.py --rounds 5 --iterations 20
     python benchmarks/bench_plr.py --quick         # a smoke run
 
-A CleanRL-style PPO loop (:class:`~syllabus_eval.ppo.PPOTrainer`: MLPAgent on CartPole, 4 envs,
+A CleanRL-style PPO loop (:class:`~syllabus_eval.demo.ppo.PPOTrainer`: MLPAgent on CartPole, 4 envs,
 128 steps per rollout, 4 epochs of 4 minibatches of real Adam steps) runs in three set-ups,
 interleaved round by round so that drift hits them alike:
 
@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from timing import interleaved, median_ratio, ppo_seconds  # noqa: E402
 
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
-from syllabus_eval.agents import LSTMAgent, MLPAgent  # noqa: E402
 from syllabus_eval.curricula import (  # noqa: E402
     Curriculum,
     CurriculumWrapper,
@@ -49,7 +48,8 @@ from syllabus_eval.curricula import (  # noqa: E402
     Experience,
     PrioritizedLevelReplay,
 )
-from syllabus_eval.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from syllabus_eval.demo.agents import LSTMAgent, MLPAgent  # noqa: E402
+from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from syllabus_eval.report import format_table  # noqa: E402
 
 POLE_LENGTHS = [0.25, 0.35, 0.5, 0.7, 1.0, 1.4]  # CartPole's half-length is 0.5

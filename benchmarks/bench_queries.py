@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from timing import median_ratio, per_call_seconds  # noqa: E402
 
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
-from syllabus_eval.agents import CNNAgent, MLPAgent  # noqa: E402
+from syllabus_eval.demo.agents import CNNAgent, MLPAgent  # noqa: E402
 from syllabus_eval.report import format_table  # noqa: E402
 
 try:

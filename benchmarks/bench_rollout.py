@@ -43,8 +43,8 @@ from timing import interleaved, median_ratio, ppo_seconds  # noqa: E402
 
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
-from syllabus_eval.agents import MLPAgent  # noqa: E402
-from syllabus_eval.ppo import IterationStats, PPOTrainer  # noqa: E402
+from syllabus_eval.demo.agents import MLPAgent  # noqa: E402
+from syllabus_eval.demo.ppo import IterationStats, PPOTrainer  # noqa: E402
 from syllabus_eval.report import format_table  # noqa: E402
 
 NUM_ENVS = 8
@@ -192,7 +192,7 @@ def throughput(rounds: int, episodes: int) -> None:
 
 def ppo_training(iterations: int, runner: EvalRunner | None, background: bool,
                  eval_every: int = 2) -> tuple[float, float]:
-    """:class:`~syllabus_eval.ppo.PPOTrainer` (CleanRL ``ppo.py``) on CartPole: 4 envs x 128
+    """:class:`~syllabus_eval.demo.ppo.PPOTrainer` (CleanRL ``ppo.py``) on CartPole: 4 envs x 128
     steps, 4 epochs of 4 minibatches.
 
     Returns the training loop's seconds and the seconds until every evaluation is done.

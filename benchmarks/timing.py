@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from syllabus_eval.ppo import IterationStats, PPOTrainer
+from syllabus_eval.demo.ppo import IterationStats, PPOTrainer
 
 Sample = TypeVar("Sample")
 

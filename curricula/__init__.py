@@ -14,7 +14,8 @@ Curricula take any object with the Evaluator's query methods
 (:class:`~syllabus_eval.AgentQueries`), never a specific adapter.
 """
 
-from ..advantages import gae  # the core's GAE, which PLR scores its segments with
+from syllabus_eval.advantages import gae  # the core's GAE, which PLR scores its segments with
+
 from .curriculum import Curriculum, Experience, TaskSource
 from .domain_randomization import DomainRandomization
 from .learning_progress import LearningProgressCurriculum

@@ -27,7 +27,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import check_count
+from syllabus_eval.errors import check_count
+
 from .task_space import DiscreteTaskSpace, as_task_space
 
 

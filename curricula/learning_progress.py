@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import bad_argument, check_number
-from ._util import BackgroundThread
+from syllabus_eval.errors import bad_argument, check_number
+
+from .background import BackgroundThread
 from .curriculum import Curriculum
 from .task_space import DiscreteTaskSpace
 
@@ -58,7 +59,7 @@ class LearningProgressCurriculum(Curriculum):
     A task's progress is ``|r(p_fast) - r(p_slow)|``: it is high while the agent learns the
     task and also while it forgets it. Tasks never measured get the highest weight, so each
     task is played until it has an estimate. A failure of ``evaluate_fn`` is raised, as
-    :class:`~syllabus_eval.EvaluationError`, from the next :meth:`sample` or :meth:`close`.
+    :class:`~syllabus_eval.CurriculumError`, from the next :meth:`sample` or :meth:`close`.
     """
 
     def __init__(

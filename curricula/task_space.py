@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import bad_argument
+from syllabus_eval.errors import bad_argument
 
 _SHOWN = 8  # tasks listed in an error message before "..."
 

@@ -47,8 +47,9 @@ from typing import Any, NamedTuple, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from ..errors import bad_argument, check_count, check_number
-from ._util import POLL_S, BackgroundThread
+from syllabus_eval.errors import bad_argument, check_count, check_number
+
+from .background import POLL_S, BackgroundThread
 from .curriculum import Experience, TaskSource
 
 

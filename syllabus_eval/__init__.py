@@ -9,8 +9,9 @@ Usage::
     metrics = EvalRunner(make_env, evaluator).evaluate(agent, step=step)
 """
 
-from .errors import EvaluationCancelled, EvaluationError
-from .evaluator import AgentInputs, AgentQueries, Evaluator
+from .errors import CurriculumError, EvaluationCancelled, EvaluationError, RemoteTraceback
+from .evaluator import AgentInputs, Evaluator
+from .protocols import AgentQueries, RecurrentAgentQueries, WeightedAgentQueries, is_recurrent
 from .results import EvalResult, summarize
 from .rollout import (
     EnvPool,
@@ -22,10 +23,13 @@ from .rollout import (
     run_episodes,
 )
 from .runner import EvalRunner
+from .snapshot import Snapshot
 from .weights import WeightSource, snapshot_state_dict, weight_source
 
-__all__ = ["AgentInputs", "AgentQueries", "EnvPool", "EpisodeRecord", "EvalResult",
-           "EvalRunner", "EvaluationCancelled", "EvaluationError", "Evaluator",
-           "RolloutSettings", "WeightSource", "check_fit", "episode_quota", "make_envs",
-           "run_episodes", "snapshot_state_dict", "summarize", "weight_source"]
+__all__ = ["AgentInputs", "AgentQueries", "CurriculumError", "EnvPool", "EpisodeRecord",
+           "EvalResult", "EvalRunner", "EvaluationCancelled", "EvaluationError", "Evaluator",
+           "RecurrentAgentQueries", "RemoteTraceback", "RolloutSettings", "Snapshot",
+           "WeightSource", "WeightedAgentQueries", "check_fit", "episode_quota",
+           "is_recurrent", "make_envs", "run_episodes", "snapshot_state_dict", "summarize",
+           "weight_source"]
 __version__ = "0.1.0"

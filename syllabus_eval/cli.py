@@ -25,8 +25,9 @@ from typing import Any
 import gymnasium as gym
 import torch
 
+from .backends import BACKENDS
+
 ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
-BACKENDS = ("thread", "process", "ray")
 
 
 class UsageError(Exception):
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                                "evaluation; write a plot and metrics")
     demo.add_argument("--steps", type=_positive, default=80_000, help="training env steps")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--backend", choices=BACKENDS, default="thread",
+    demo.add_argument("--backend", choices=list(BACKENDS), default="thread",
                       help="where evaluations run")
     demo.add_argument("--out", default="runs/demo", help="folder for demo.png, metrics.json")
     demo.add_argument("--eval-every", type=_positive, default=10_000,
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-envs", type=_positive, default=8)
     evaluate.add_argument("--max-steps", type=_positive, default=None,
                           help="truncate episodes after this many steps")
-    evaluate.add_argument("--backend", choices=BACKENDS, default="thread")
+    evaluate.add_argument("--backend", choices=list(BACKENDS), default="thread")
     mode = evaluate.add_mutually_exclusive_group()
     mode.add_argument("--deterministic", dest="deterministic", action="store_true",
                       default=True, help="greedy actions (the default)")

@@ -16,6 +16,19 @@ class EvaluationCancelled(EvaluationError):
     """An evaluation was stopped before its episodes ended (``EvalRunner.shutdown``)."""
 
 
+class CurriculumError(EvaluationError):
+    """A curriculum's background thread failed (PLR's scoring worker, learning progress's
+    evaluations); the cause is chained. An :class:`EvaluationError`, as it was before it had a
+    type of its own."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback, as text, of an exception raised in a worker: its copy's ``__cause__``."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 def describe(value: object) -> str:
     """A short description of ``value`` for error messages: type, shape and dtype where known."""
     shape = getattr(value, "shape", None)

@@ -22,7 +22,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from gymnasium import spaces
@@ -30,9 +30,10 @@ from torch import nn
 
 from .errors import bad_argument, check_flag, check_number, describe
 from .inputs import TensorTree, as_batch, batch_size_of, check_against_space
+from .protocols import AgentQueries, LSTMState
 from .weights import WeightSource, snapshot_state_dict, weight_source
 
-LSTMState = tuple[torch.Tensor, ...]
+__all__ = ["AgentInputs", "AgentQueries", "Evaluator", "LSTMState"]
 
 
 @dataclass(slots=True)
@@ -44,26 +45,6 @@ class AgentInputs:
     done: torch.Tensor | None  # [B] float32; None for feedforward agents
     batch_size: int
     deterministic: bool
-
-
-@runtime_checkable
-class AgentQueries(Protocol):
-    """What curricula and the rollout engine need from an evaluator (any object will do).
-
-    Recurrent ones also have ``is_lstm = True`` and ``initial_lstm_state(batch_size)``; these
-    stay out of the protocol so that a feedforward object need not declare them (absent means
-    feedforward).
-    """
-
-    def get_action(self, state: Any, lstm_state: Any = None, done: Any = None,
-                   *, deterministic: bool | None = None) -> tuple[torch.Tensor, dict]: ...
-
-    def get_value(self, state: Any, lstm_state: Any = None, done: Any = None
-                  ) -> tuple[torch.Tensor, dict]: ...
-
-    def get_action_and_value(self, state: Any, lstm_state: Any = None, done: Any = None,
-                             *, deterministic: bool | None = None
-                             ) -> tuple[torch.Tensor, torch.Tensor, dict]: ...
 
 
 _TEMPLATES = ("get_action", "get_value", "get_action_and_value")
@@ -143,11 +124,12 @@ class Evaluator:
         self._warned_inplace = False
         self._lstm_layout_cache: list | None = None  # filled by the first recurrent query
 
+        self.agent: nn.Module | None = None  # what queries run on
+        self._copy_tensors: list[torch.Tensor] = []  # the private copy's, in source order
         if agent is None:
-            self.agent = None
+            pass
         elif copy_agent:
-            self.agent = self._make_copy(agent)
-            self._copy_tensors = [*self.agent.parameters(), *self.agent.buffers()]
+            self._adopt_copy(self._make_copy(agent))
             if auto_sync:
                 self._source = weight_source(agent)
                 self._refresh_blocking()
@@ -373,27 +355,37 @@ class Evaluator:
         """An independent evaluator on its own copy of the weights, never synced automatically.
 
         Evaluation runs use it: only :meth:`load_weights` changes its weights, so a rollout
-        sees the weights it was started with while training goes on.
+        sees the weights it was started with while training goes on. The clone is built by
+        this class's constructor (its own lock, no weight source, a copy of the weights that
+        queries use now, with their version); attributes an adapter set in its own constructor
+        are carried over as they are, and :meth:`_detach_into` lets an adapter give the clone
+        its own copy of one that must not be shared (a random generator).
         """
-        clone = copy.copy(self)
-        clone.device = _as_device(device) if device is not None else self.device
-        clone._lock, clone._query_mode = threading.Lock(), _QueryMode(clone.device)
-        clone._source = clone._live_source = None
-        clone.copy_agent = True
+        clone = object.__new__(type(self))
+        Evaluator.__init__(
+            clone, None, device if device is not None else self.device, self.preprocess_obs,
+            is_lstm=self.is_lstm, deterministic=self.deterministic,
+            observation_space=self.observation_space, sync_timeout=self.sync_timeout)
+        clone.training_agent = self.training_agent  # what the clone's weights come from
         if self.agent is not None:
             # The weights a query would use now, copied with the version that names them.
             if self._live_source is not None:
                 with self._live_source.reading(self.sync_timeout):
-                    clone.agent = clone._make_copy(self.agent)
+                    clone._adopt_copy(clone._make_copy(self.agent))
                     clone.weights_version = self._live_source.steps
             else:
                 with self._lock:
                     if self._source is not None:
                         self._refresh_blocking()
-                    clone.agent = clone._make_copy(self.agent)
+                    clone._adopt_copy(clone._make_copy(self.agent))
                     clone.weights_version = self.weights_version
-            clone._copy_tensors = [*clone.agent.parameters(), *clone.agent.buffers()]
+        for name, value in vars(self).items():  # the adapter's own settings
+            clone.__dict__.setdefault(name, value)
+        self._detach_into(clone)
         return clone
+
+    def _detach_into(self, clone: Evaluator) -> None:
+        """Hook: finish a :meth:`detached` clone (the adapter's attributes are shared)."""
 
     def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
         """The recurrent state at the start of an episode (``None`` for feedforward agents)."""
@@ -416,6 +408,11 @@ class Evaluator:
                 pass  # wait for a running step (if any) to end, then try to copy
             if self._refresh():
                 return  # a copy of one step; steps after it are the next query's business
+
+    def _adopt_copy(self, agent: nn.Module) -> None:
+        """Query ``agent``, a private copy that only this evaluator writes."""
+        self.agent = agent
+        self._copy_tensors = [*agent.parameters(), *agent.buffers()]
 
     def _make_copy(self, agent: nn.Module) -> nn.Module:
         try:

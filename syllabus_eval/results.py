@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import bad_argument
-from .rollout import EpisodeRecord
+from .rollout import EpisodeRecord, sort_records
 
 PREFIX = "eval/"
 
@@ -45,6 +45,8 @@ class EvalResult(dict):
         episodes: the :class:`EpisodeRecord` of every counted episode, in
             ``(env_index, episode_index)`` order.
         step: the step the evaluation was triggered at (``None`` if none was given).
+        weights_version: the version of the weights evaluated (the training agent's optimizer
+            steps, as ``Evaluator.weights_version`` counts them; ``None`` when unknown).
         on_result_error: the exception ``on_result`` raised for this result, if any.
     """
 
@@ -53,6 +55,7 @@ class EvalResult(dict):
         super().__init__(metrics)
         self.episodes: tuple[EpisodeRecord, ...] = tuple(episodes)
         self.step = step
+        self.weights_version: int | None = None
         self.on_result_error: BaseException | None = None
 
     @property
@@ -71,7 +74,7 @@ def summarize(episodes: Iterable[EpisodeRecord], *, step: int | None = None,
         elapsed: wall-clock seconds the evaluation took (for ``eval/fps``).
         metrics_fn: ``metrics_fn(episodes) -> {name: number}``; names go under ``eval/``.
     """
-    episodes = sorted(episodes, key=lambda r: (r.env_index, r.episode_index))
+    episodes = sort_records(episodes)
     if not episodes:
         raise bad_argument("episodes", "at least one episode record", episodes)
     metrics: dict[str, float | int] = _group_metrics(PREFIX, episodes)

@@ -22,10 +22,10 @@ metrics dict, with the per-episode records on ``.episodes`` and the trigger step
 
 With the ``"thread"`` backend the evaluation shares the GIL with training: a background
 evaluation pauses a moment each env step so that the training thread gets the GIL back at once
-(see :func:`run_episodes`' ``yield_gil``), and runs slower for it; blocking ones run at full
+(see :mod:`syllabus_eval.backends.thread`), and runs slower for it; blocking ones run at full
 speed. Envs that are heavy in Python still take their share of the interpreter. The
 ``"process"`` and ``"ray"`` backends run the episodes in worker processes or Ray actors instead
-(:mod:`syllabus_eval.backends_parallel`): no GIL is shared, envs and evaluators are built there
+(:mod:`syllabus_eval.backends.pool`): no GIL is shared, envs and evaluators are built there
 from factories, one evaluation's env slots can be split over several workers, and workers that
 die are restarted::
 
@@ -54,9 +54,10 @@ from tqdm.auto import tqdm
 
 from .backends import create_backend
 from .errors import EvaluationCancelled, EvaluationError, bad_argument
+from .protocols import AgentQueries
 from .results import EvalResult, MetricsFn, summarize
 from .rollout import RolloutSettings
-from .weights import snapshot_state_dict
+from .snapshot import Snapshot, take_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +68,13 @@ BUSY_POLICIES = ("error", "queue", "skip")
 class _Job:
     """One triggered evaluation."""
 
-    weights: dict[str, torch.Tensor] | None  # snapshot taken at trigger time
-    step: int | None
+    snapshot: Snapshot  # taken at trigger time
     blocking: bool
     future: Future = field(default_factory=Future)
+
+    @property
+    def step(self) -> int | None:
+        return self.snapshot.step
 
 
 class EvalRunner:
@@ -145,7 +149,7 @@ class EvalRunner:
     def __init__(
         self,
         make_env: Callable[[], gym.Env | gym.vector.VectorEnv],
-        evaluator: Any,
+        evaluator: AgentQueries,
         num_envs: int = 8,
         num_episodes: int = 20,
         max_steps: int | None = 1000,
@@ -173,9 +177,9 @@ class EvalRunner:
         num_gpus: float | None = None,
         ray_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        if not callable(getattr(evaluator, "get_action", None)):
-            raise bad_argument("evaluator", "an Evaluator (an object with get_action)",
-                               evaluator)
+        if not isinstance(evaluator, AgentQueries):
+            raise bad_argument("evaluator", "an Evaluator (an object with get_action, "
+                               "get_value and get_action_and_value)", evaluator)
         if busy_policy not in BUSY_POLICIES:
             raise ValueError(f"busy_policy: expected one of {', '.join(map(repr, BUSY_POLICIES))}"
                              f", got {busy_policy!r}")
@@ -331,7 +335,7 @@ class EvalRunner:
                     f"{self.busy_policy!r}); wait() for it, or use busy_policy='queue'")
             self._busy += 1  # reserved before the snapshot, which may wait for a step
         try:
-            job = _Job(self._snapshot(weights), step, blocking)
+            job = _Job(self._snapshot(weights, step), blocking)
         except BaseException:
             with self._lock:
                 self._busy -= 1
@@ -353,26 +357,9 @@ class EvalRunner:
         if self._closed:
             raise RuntimeError("EvalRunner: shut down; create a new runner to evaluate")
 
-    def _snapshot(self, weights: Any) -> dict[str, torch.Tensor] | None:
-        """Weights as they are now, on the evaluation device (``None``: nothing to load)."""
-        device = self._backend.weights_device
-        if weights is None:
-            source = getattr(self._evaluator, "training_agent", None)
-            return None if source is None else snapshot_state_dict(source, device)
-        if not isinstance(weights, (nn.Module, Mapping)):
-            raise bad_argument("weights", "an nn.Module, a state dict or None", weights)
-        agent = getattr(self._evaluator, "agent", None)
-        if not isinstance(agent, nn.Module):
-            raise bad_argument("weights", f"None: {type(self._evaluator).__name__} has no "
-                               "weights to load", weights)
-        snapshot = snapshot_state_dict(weights, device)
-        expected = {k: tuple(v.shape) for k, v in agent.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in snapshot.items()}
-        if got != expected:
-            raise ValueError(f"weights: expected the keys and shapes of "
-                             f"{type(agent).__name__}'s state dict, got weights that differ: "
-                             f"{_differences(expected, got)}")
-        return snapshot
+    def _snapshot(self, weights: Any, step: int | None) -> Snapshot:
+        """The weights as they are now, on the evaluation device."""
+        return take_snapshot(self._evaluator, weights, self._backend.weights_device, step)
 
     def _work(self) -> None:
         try:
@@ -400,10 +387,11 @@ class EvalRunner:
                        leave=False)
         try:
             start = time.perf_counter()
-            records = self._backend.run(job.weights, job.step, self._stop,
+            records = self._backend.run(job.snapshot, self._stop,
                                         bar and (lambda _: bar.update()), not job.blocking)
             result = summarize(records, step=job.step, elapsed=time.perf_counter() - start,
                                metrics_fn=self.metrics_fn)
+            result.weights_version = job.snapshot.version
         except BaseException as error:
             self._finish(job, error=error)
             return
@@ -440,11 +428,3 @@ class EvalRunner:
                                   f"{error!r}") from error
         return job.future.result()
 
-
-def _differences(expected: dict[str, tuple], got: dict[str, tuple]) -> str:
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-    parts = [f"missing {missing}"] * bool(missing) + [f"unexpected {unexpected}"] * bool(
-        unexpected) + [f"{k}: {expected[k]} vs {got[k]}" for k in shapes]
-    return "; ".join(parts)

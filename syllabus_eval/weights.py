@@ -161,11 +161,23 @@ def snapshot_state_dict(weights: nn.Module | Mapping[str, torch.Tensor],
     A module is read with optimizer steps held off, so the snapshot is the weights of exactly
     one step; later training does not change it.
     """
+    return versioned_snapshot(weights, device, timeout)[0]
+
+
+def versioned_snapshot(weights: nn.Module | Mapping[str, torch.Tensor],
+                       device: str | torch.device = "cpu", timeout: float = 10.0
+                       ) -> tuple[dict[str, torch.Tensor], int | None]:
+    """:func:`snapshot_state_dict` and the version of what it copied: for a module, the
+    optimizer steps its :class:`WeightSource` has seen (an evaluator's ``weights_version``);
+    ``None`` for a state dict, which carries no version."""
     if isinstance(weights, nn.Module):
-        with weight_source(weights).reading(timeout):
-            return {k: v.detach().to(device, copy=True) for k, v in weights.state_dict().items()}
+        source = weight_source(weights)
+        with source.reading(timeout):
+            return ({k: v.detach().to(device, copy=True)
+                     for k, v in weights.state_dict().items()}, source.steps)
     if isinstance(weights, Mapping):
-        return {k: torch.as_tensor(v).detach().to(device, copy=True) for k, v in weights.items()}
+        return {k: torch.as_tensor(v).detach().to(device, copy=True)
+                for k, v in weights.items()}, None
     raise TypeError(f"weights: expected an nn.Module or a state dict, got {type(weights).__name__}")
 
 

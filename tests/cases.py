@@ -12,7 +12,7 @@ from gymnasium import spaces
 
 from syllabus_eval import Evaluator
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator, MoolibEvaluator
-from syllabus_eval.agents import CNNAgent, ContinuousAgent, LSTMAgent, MLPAgent
+from syllabus_eval.demo.agents import CNNAgent, ContinuousAgent, LSTMAgent, MLPAgent
 from tests.models import MoolibNet, fake_envs
 
 VECTOR = spaces.Box(-1.0, 1.0, (4,), np.float32)

@@ -14,8 +14,8 @@ import torch
 
 from syllabus_eval import EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator
-from syllabus_eval.agents import CNNAgent, MLPAgent
 from syllabus_eval.cli import main
+from syllabus_eval.demo.agents import CNNAgent, MLPAgent
 from tests.models import fake_envs
 
 ROOT = Path(__file__).parents[1]
@@ -60,7 +60,7 @@ class TestEvaluate:
                                                            tmp_path: Path) -> None:
         out = tmp_path / "metrics.json"
         run = cli("evaluate", "--env", "CartPole-v1", "--agent",
-                  "syllabus_eval.agents:MLPAgent", "--checkpoint", str(checkpoint),
+                  "syllabus_eval.demo.agents:MLPAgent", "--checkpoint", str(checkpoint),
                   "--episodes", "6", "--num-envs", "3", "--seed", "5", "--json", str(out))
         assert run.returncode == 0, run.stderr
         assert "eval/reward" in run.stdout
@@ -80,7 +80,7 @@ class TestEvaluate:
         for backend in ("thread", "process"):
             outputs[backend] = tmp_path / f"{backend}.json"
             assert main(["evaluate", "--env", "CartPole-v1", "--agent",
-                         "syllabus_eval.agents:MLPAgent", "--checkpoint", str(checkpoint),
+                         "syllabus_eval.demo.agents:MLPAgent", "--checkpoint", str(checkpoint),
                          "--episodes", "4", "--num-envs", "2", "--backend", backend,
                          "--json", str(outputs[backend])]) == 0
         thread, process = (json.loads(outputs[b].read_text()) for b in ("thread", "process"))
@@ -88,7 +88,7 @@ class TestEvaluate:
             assert thread[key] == process[key]
 
     def test_reports_per_task(self, checkpoint: Path) -> None:
-        code = main(["evaluate", "--env", "syllabus_eval.envs:CartPoleTasks-v0", "--adapter",
+        code = main(["evaluate", "--env", "syllabus_eval.demo.envs:CartPoleTasks-v0", "--adapter",
                      "dummy", "--episodes", "4", "--num-envs", "2", "--tasks",
                      "short-pole,long-pole"])
         assert code == 0
@@ -106,31 +106,31 @@ EVALUATE = ["evaluate", "--env", "CartPole-v1"]
 
 class TestBadInvocations:
     def test_missing_checkpoint_file(self, capsys) -> None:
-        err = bad(capsys, *EVALUATE, "--agent", "syllabus_eval.agents:MLPAgent",
+        err = bad(capsys, *EVALUATE, "--agent", "syllabus_eval.demo.agents:MLPAgent",
                   "--checkpoint", "no/such/agent.pt")
         assert "--checkpoint: no such file 'no/such/agent.pt'" in err
 
     @pytest.mark.parametrize("spec,message", [
         ("no_such_module:Agent", "--agent: cannot import module 'no_such_module'"),
-        ("syllabus_eval.agents:NoAgent", "--agent: module 'syllabus_eval.agents' has no "
-                                         "'NoAgent'"),
+        ("syllabus_eval.demo.agents:NoAgent",
+         "--agent: module 'syllabus_eval.demo.agents' has no 'NoAgent'"),
         ("MLPAgent", "--agent: expected module:Class, got 'MLPAgent'"),
-        ("syllabus_eval.envs:CartPoleTasks", "--agent: syllabus_eval.envs:CartPoleTasks(envs) "
-                                             "failed"),
+        ("syllabus_eval.demo.envs:CartPoleTasks",
+         "--agent: syllabus_eval.demo.envs:CartPoleTasks(envs) failed"),
     ])
     def test_class_that_does_not_load(self, capsys, spec: str, message: str) -> None:
         assert message in bad(capsys, *EVALUATE, "--agent", spec)
 
     def test_unknown_env_id(self, capsys) -> None:
         err = bad(capsys, "evaluate", "--env", "NoSuchEnv-v9", "--agent",
-                  "syllabus_eval.agents:MLPAgent")
+                  "syllabus_eval.demo.agents:MLPAgent")
         assert "--env: no Gymnasium environment 'NoSuchEnv-v9'" in err
 
     def test_checkpoint_that_does_not_fit(self, capsys, tmp_path: Path) -> None:
         path = tmp_path / "cnn.pt"
         frames = gym.spaces.Box(0, 255, (4, 84, 84))
         torch.save(CNNAgent(fake_envs(frames, gym.spaces.Discrete(2))).state_dict(), path)
-        err = bad(capsys, *EVALUATE, "--agent", "syllabus_eval.agents:MLPAgent",
+        err = bad(capsys, *EVALUATE, "--agent", "syllabus_eval.demo.agents:MLPAgent",
                   "--checkpoint", str(path))
         assert "--checkpoint:" in err and "does not fit MLPAgent" in err
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from syllabus_eval import Evaluator
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
-from syllabus_eval.agents import MLPAgent
+from syllabus_eval.demo.agents import MLPAgent
 from tests.cases import CASES, RECURRENT, VECTOR, WITH_AGENT, Case
 from tests.models import fake_envs
 

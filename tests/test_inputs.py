@@ -9,7 +9,7 @@ from gymnasium import spaces
 from torch import nn
 
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator, MoolibEvaluator
-from syllabus_eval.agents import CNNAgent, LSTMAgent, MLPAgent
+from syllabus_eval.demo.agents import CNNAgent, LSTMAgent, MLPAgent
 from syllabus_eval.inputs import as_batch
 from tests.cases import FRAMES, VECTOR
 from tests.models import MoolibNet, fake_envs

@@ -11,9 +11,9 @@ import torch
 
 from syllabus_eval import EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator
-from syllabus_eval.agents import MLPAgent
 from syllabus_eval.curricula import LearningProgressCurriculum
-from syllabus_eval.envs import CartPoleTasks
+from syllabus_eval.demo.agents import MLPAgent
+from syllabus_eval.demo.envs import CartPoleTasks
 from tests.models import fake_envs
 
 TASKS = ["long-pole", "short-pole", "weak-push"]

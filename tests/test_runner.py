@@ -13,7 +13,7 @@ import torch
 
 from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
-from syllabus_eval.agents import MLPAgent
+from syllabus_eval.demo.agents import MLPAgent
 from tests.fake_envs import ActionRewardEnv, EndlessEnv, GatedEnv, LengthEnv, TaskEnv
 
 CARTPOLE = lambda: gym.make("CartPole-v1")  # noqa: E731
@@ -200,6 +200,18 @@ class TestWeights:
             assert runner.wait(30)["eval/reward"] == 5.0
             assert runner.evaluate(step=2)["eval/reward"] == 0.0
 
+    def test_the_step_travels_beside_the_weights_version(self, agent, gate):
+        gate.open.set()
+        with gate.runner(agent) as runner:  # the evaluator's weight source counts from here
+            optimizer = torch.optim.SGD(agent.parameters(), lr=0.0)
+            for _ in range(3):  # three optimizer steps, at training step 4096 (vector envs)
+                optimizer.step()
+            result = runner.evaluate(step=4096)
+            assert (result.step, result["eval/step"], result.weights_version) == (4096, 4096, 3)
+            assert runner._backend.episodes.evaluator.weights_version == 3  # what was loaded
+            other = runner.evaluate(MLPAgent(SPACES).state_dict(), step=5000)
+            assert (other.step, other.weights_version) == (5000, None)  # a state dict: unknown
+
     def test_state_dict_weights(self, agent, gate):
         gate.open.set()
         other = MLPAgent(SPACES)
@@ -289,10 +301,10 @@ class TestFailures:
         snapshotting, release = threading.Event(), threading.Event()
         snapshot = runner._snapshot
 
-        def slow_snapshot(weights):  # shutdown lands while the weights are being copied
+        def slow_snapshot(*args):  # shutdown lands while the weights are being copied
             snapshotting.set()
             release.wait(10)
-            return snapshot(weights)
+            return snapshot(*args)
 
         runner._snapshot = slow_snapshot
         outcome = []

@@ -12,7 +12,7 @@ from gymnasium import spaces
 
 from syllabus_eval import WeightSource, snapshot_state_dict, weight_source
 from syllabus_eval.adapters import CleanRLEvaluator
-from syllabus_eval.agents import MLPAgent
+from syllabus_eval.demo.agents import MLPAgent
 from tests.cases import VECTOR
 from tests.models import TearProbe, fake_envs
 
@@ -144,6 +144,34 @@ class TestExplicitWeights:
         train_step(agent, torch.optim.SGD(agent.parameters(), lr=0.5))
         assert torch.equal(frozen.get_value(OBS)[0], before)
         assert not torch.equal(live.get_value(OBS)[0], before)
+
+    def test_a_detached_clone_is_built_apart_and_keeps_adapter_settings(self) -> None:
+        class Scaled(CleanRLEvaluator):  # an adapter with settings of its own
+            def __init__(self, agent, scale: float) -> None:
+                super().__init__(agent, deterministic=True)
+                self.scale = scale
+
+            def _get_value(self, inputs):
+                value, state, extras = super()._get_value(inputs)
+                return value * self.scale, state, extras
+
+        agent = mlp()
+        live = Scaled(agent, scale=2.0)
+        live.get_action(OBS)  # finds its greedy head in its own copy
+        clone = live.detached()
+        assert clone.scale == 2.0 and clone._lock is not live._lock
+        with torch.no_grad():
+            assert torch.equal(clone.get_value(OBS)[0],
+                               2.0 * agent.get_value(torch.as_tensor(OBS)))
+        greedy = clone.get_action(OBS)[0]
+        for _ in range(20):  # training turns the live copy's actor elsewhere...
+            optimizer = torch.optim.SGD(agent.parameters(), lr=5.0)
+            optimizer.zero_grad()
+            agent.actor(torch.as_tensor(OBS)).gather(1, greedy[:, None]).sum().backward()
+            optimizer.step()
+        assert not torch.equal(live.get_action(OBS)[0], greedy)
+        # ... and the clone's greedy actions come from its own, untouched actor
+        assert torch.equal(clone.get_action(OBS)[0], greedy)
 
     def test_snapshot_is_private(self) -> None:
         agent = mlp()

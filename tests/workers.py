@@ -12,7 +12,7 @@ import gymnasium as gym
 import torch
 
 from syllabus_eval.adapters import CleanRLEvaluator
-from syllabus_eval.agents import MLPAgent
+from syllabus_eval.demo.agents import MLPAgent
 from tests.fake_envs import LengthEnv
 from tests.models import fake_envs
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .advantages import gae
+from syllabus_eval.advantages import gae
 
 
 @dataclass

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from syllabus_eval.advantages import gae
-from syllabus_eval.agents import MLPAgent
-from syllabus_eval.ppo import PPOConfig, PPOTrainer
+from syllabus_eval.demo.agents import MLPAgent
+from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer
 
 
 class TestGAE:

@@ -18,7 +18,7 @@ from syllabus_eval import (
     summarize,
 )
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
-from syllabus_eval.agents import LSTMAgent, MLPAgent
+from syllabus_eval.demo.agents import LSTMAgent, MLPAgent
 from tests.fake_envs import (
     CountEnv,
     CountingEvaluator,

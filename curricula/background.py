@@ -1,4 +1,4 @@
-"""Internal helpers shared by the curricula: a failure-reporting background thread."""
+"""A background thread that keeps its failure for the caller, shared by the curricula."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from ..errors import EvaluationError
+from syllabus_eval.errors import CurriculumError
 
 POLL_S = 0.05  # how often a blocked wait re-checks whether it should go on
 
@@ -14,8 +14,9 @@ POLL_S = 0.05  # how often a blocked wait re-checks whether it should go on
 class BackgroundThread:
     """A daemon thread running ``target()``; an exception it raises is kept for the caller.
 
-    Callers see the failure through :meth:`check`, which raises :class:`EvaluationError`
-    chained to the original exception (its traceback intact), every time it is called.
+    Callers see the failure through :meth:`check`, which raises
+    :class:`~syllabus_eval.CurriculumError` chained to the original exception (its traceback
+    intact), every time it is called.
     :meth:`join` raises it too, unless :meth:`check` already reported it.
     """
 
@@ -55,7 +56,7 @@ class BackgroundThread:
         """Raise the thread's failure, if it failed."""
         if self.error is not None:
             self._reported = True
-            raise EvaluationError(f"{self.name} failed: {self.error!r}") from self.error
+            raise CurriculumError(f"{self.name} failed: {self.error!r}") from self.error
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the thread to end; raise its failure if nobody was told of it yet."""

@@ -2,7 +2,7 @@
 
 Usage::
 
-    env = gym.make("syllabus_eval.envs:CartPoleTasks-v0")      # registers on import
+    env = gym.make("syllabus_eval.demo.envs:CartPoleTasks-v0")  # registers on import
     obs, info = env.reset(options={"task": "short-pole"})
     ...
     info["task"], info["success"]   # success: the episode ran to its time limit (500 steps)
@@ -18,7 +18,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
-from .errors import bad_argument
+from syllabus_eval.errors import bad_argument
 
 #: task name -> CartPole attributes it sets
 CARTPOLE_TASKS: dict[str, dict[str, float]] = {

@@ -7,7 +7,7 @@ Usage::
                         num_cpus=1, num_gpus=0.25, address="ray://head:10001")
     runner.trigger_eval(agent, step=step)    # one ray.put of the weights, read by every actor
 
-The actors work like the process backend's workers (:mod:`syllabus_eval.backends_parallel`:
+The actors work like the process backend's workers (:mod:`syllabus_eval.backends.pool`:
 shares of the env slots, restarts, timeouts, errors), with these differences. Ray is imported
 when the backend is built; without it an ``ImportError`` says how to install it. When Ray is not
 initialized yet, the runner connects to ``address`` or, without one, starts Ray locally
@@ -15,8 +15,9 @@ initialized yet, the runner connects to ``address`` or, without one, starts Ray 
 Ray yourself to share it between runners. The factories are serialized with Ray's cloudpickle,
 so closures work too, and they must be importable where the actors run. Each actor reserves
 ``num_cpus`` and ``num_gpus``; ``init_fn`` runs first in it, but the actor's process has already
-imported this package (and torch). Each evaluation puts the weights once in the object store;
-every actor reads that one object. Progress bars advance per share rather than per episode.
+imported this package (and torch). Each evaluation puts its snapshot (the weights) once in the
+object store; every actor reads that one object. Progress bars advance per share rather than
+per episode.
 
 Actors are named ``syllabus-eval-<runner>-<worker>.<generation>`` in the current namespace (see
 ``ray.util.list_named_actors()``); a worker's ``generation`` grows with each restart.
@@ -32,17 +33,10 @@ from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-import torch
-
-from .backends_parallel import (
-    CLOSE_GRACE,
-    Event,
-    _JobStop,
-    _PooledBackend,
-    _run_job,
-    _set_up,
-)
-from .errors import EvaluationError, bad_argument, check_number
+from ..errors import EvaluationError, bad_argument, check_number
+from ..snapshot import Snapshot
+from .pool import CLOSE_GRACE, PooledBackend
+from .workers import Event, EventKind, JobOrder, JobStop, run_job, set_up
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +63,14 @@ class _Actor:
         self.episodes = None
         self.cancelled = SimpleNamespace(value=0)  # the last job cancelled
 
-    def setup(self, spec: bytes, slots: Sequence[int]) -> tuple:
-        self.episodes, report = _set_up(spec, slots)
+    def setup(self, spec: bytes, slots: Sequence[int]) -> Event:
+        self.episodes, report = set_up(spec, slots)
         return report
 
-    def run(self, job: int, weights: Mapping[str, torch.Tensor] | None,
-            version: int | None) -> tuple:
-        return _run_job(self.episodes, job, weights, version, _JobStop(self.cancelled, job))
+    def run(self, job: int, snapshot: Snapshot) -> Event:
+        # The snapshot comes as its own argument: Ray resolves it from the object store.
+        return run_job(self.episodes, JobOrder(job, snapshot, stream=False),
+                       JobStop(self.cancelled, job))
 
     def cancel(self, job: int) -> None:
         self.cancelled.value = job
@@ -95,7 +90,7 @@ class _RayWorker:
                  slots: list[int], spec: bytes, options: dict[str, Any]) -> None:
         self.ray, self.name, self.index, self.count, self.slots = ray, name, index, count, slots
         self.actor = actor_class.options(name=name, **options).remote()
-        self.call = self.actor.setup.remote(spec, slots)  # its report is "ready" or "failed"
+        self.call = self.actor.setup.remote(spec, slots)  # its report: READY or FAILED
         self.pid: int | None = None
         self.dead = False
 
@@ -120,25 +115,25 @@ class _RayWorker:
             pass  # slow to answer (a busy machine) is not dead
         return not self.dead
 
-    def submit(self, payload: tuple) -> None:
-        job, weights, version = payload
-        self.call = self.actor.run.remote(job, weights, version)
+    def submit(self, payload: tuple[int, Any]) -> None:
+        job, snapshot = payload
+        self.call = self.actor.run.remote(job, snapshot)
 
     def cancel(self, job: int) -> None:
         if not self.dead:
             self.actor.cancel.options(concurrency_group="control").remote(job)
 
-    def report(self) -> Event:
-        """What its finished call returned, or "died"."""
+    def report(self) -> tuple[_RayWorker, Event]:
+        """What its finished call returned, or DIED."""
         call, self.call = self.call, None
         try:
-            kind, job, data = self.ray.get(call)
+            event = self.ray.get(call)
         except self.ray.exceptions.RayError as error:  # the actor (or its node) is gone
             self.dead = True
-            return self, "died", None, str(error).strip().splitlines()[0]
-        if kind == "ready":
-            self.pid = data
-        return self, kind, job, data
+            return self, Event(EventKind.DIED, None, str(error).strip().splitlines()[0])
+        if event.kind is EventKind.READY:
+            self.pid = event.data
+        return self, event
 
     def kill(self) -> None:
         """Kill the actor and wait (``CLOSE_GRACE`` at most) until Ray reports it dead."""
@@ -160,11 +155,11 @@ class _RayWorker:
             time.sleep(0.01)
 
 
-class _RayBackend(_PooledBackend):
+class RayBackend(PooledBackend):
     """Runs the episodes in ``num_workers`` Ray actors (module docs)."""
 
     name = "ray"
-    options = _PooledBackend.options | {"address", "num_cpus", "num_gpus", "ray_kwargs"}
+    options = PooledBackend.options | {"address", "num_cpus", "num_gpus", "ray_kwargs"}
     streams_episodes = False
 
     def __init__(self, *args: Any, address: str | None = None, num_cpus: float = 1,
@@ -210,7 +205,8 @@ class _RayBackend(_PooledBackend):
         return _RayWorker(self._ray, self._actor_class, name, index, len(self.shares),
                           self.shares[index], self._spec, self._actor_options)
 
-    def _poll(self, workers: list[_RayWorker], timeout: float) -> list[Event]:
+    def _poll(self, workers: list[_RayWorker], timeout: float
+              ) -> list[tuple[_RayWorker, Event]]:
         calls = {worker.call: worker for worker in workers if worker.call is not None}
         if not calls:
             time.sleep(timeout)
@@ -218,10 +214,9 @@ class _RayBackend(_PooledBackend):
         done, _ = self._ray.wait(list(calls), num_returns=len(calls), timeout=timeout)
         return [calls[call].report() for call in done]
 
-    def _payload(self, job: int, weights: Mapping[str, torch.Tensor] | None,
-                 version: int | None, stream: bool) -> tuple:
-        # One object in the object store, which every actor reads.
-        return job, None if weights is None else self._ray.put(weights), version
+    def _payload(self, order: JobOrder) -> tuple[int, Any]:
+        # One object in the object store, which every actor reads (Ray streams no episodes).
+        return order.job, self._ray.put(order.snapshot)
 
     def _close_workers(self, workers: list[_RayWorker]) -> None:
         if not self._ray.is_initialized():  # shut down already, with the actors

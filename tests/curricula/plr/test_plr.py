@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from syllabus_eval import EvaluationError
+from syllabus_eval import CurriculumError, EvaluationError
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator, MoolibEvaluator
-from syllabus_eval.agents import LSTMAgent, MLPAgent
 from syllabus_eval.curricula import CurriculumWrapper, Experience, PrioritizedLevelReplay, gae
+from syllabus_eval.demo.agents import LSTMAgent, MLPAgent
 
 GAMMA, LAMBDA = 0.9, 0.5
 
@@ -196,6 +196,7 @@ class TestRecurrentScoring:
             several records of each env, scored depth by depth."""
 
             is_lstm = True
+            lstm_batch_dim = evaluator.lstm_batch_dim
             initial_lstm_state = staticmethod(evaluator.initial_lstm_state)
             get_action = evaluator.get_action
             get_action_and_value = evaluator.get_action_and_value
@@ -457,6 +458,13 @@ class TestWorkerFailures:
         with pytest.raises(EvaluationError) as info:
             plr.close()
         assert isinstance(info.value.__cause__, ValueError)
+
+    def test_its_own_error_type(self):
+        plr = self.failing_plr()
+        plr.observe(Experience("reset", 0, "a", np.zeros(3)))
+        with pytest.raises(CurriculumError, match="PrioritizedLevelReplay worker failed"):
+            plr.flush(timeout=30)
+        plr.close()
 
     def test_a_blocked_producer_is_released(self):
         plr = self.failing_plr(queue_size=1, batch_size=1)

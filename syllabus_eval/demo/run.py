@@ -1,18 +1,18 @@
-"""The demo: the whole toolkit on CartPole variants, in about a minute on two CPU cores.
+"""The demo's run: the whole toolkit on CartPole variants, in about a minute on two CPU cores.
 
 Usage::
 
     from syllabus_eval.demo import run_demo
     summary = run_demo(steps=80_000, seed=0, out="runs/demo")
 
-A CleanRL-style PPO agent trains on five CartPole tasks (:mod:`syllabus_eval.envs`). Prioritized
-Level Replay picks each episode's task; its worker thread scores what the agent plays by
-calling ``get_value`` on a :class:`~syllabus_eval.adapters.CleanRLEvaluator` while the optimizer
-keeps stepping. Every ``eval_every`` steps an :class:`~syllabus_eval.EvalRunner` evaluates the
-agent in the background on every task. At the end: a per-task table, a plot of evaluation
-return and task probabilities over training (PNG) and every metric as JSON.
+A CleanRL-style PPO agent trains on five CartPole tasks (:mod:`syllabus_eval.demo.envs`).
+Prioritized Level Replay picks each episode's task; its worker thread scores what the agent
+plays by calling ``get_value`` on a :class:`~syllabus_eval.adapters.CleanRLEvaluator` while the
+optimizer keeps stepping. Every ``eval_every`` steps an :class:`~syllabus_eval.EvalRunner`
+evaluates the agent in the background on every task. At the end: a per-task table, a plot of
+evaluation return and task probabilities over training (PNG) and every metric as JSON.
 
-Like the command line, this module sits on top of the library: it uses adapters and curricula,
+Like the command line, the demo sits on top of the library: it uses adapters and curricula,
 and nothing in the library imports it.
 """
 
@@ -30,13 +30,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import CleanRLEvaluator
+from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.curricula import CurriculumWrapper, PrioritizedLevelReplay
+from syllabus_eval.report import format_table
+from syllabus_eval.runner import EvalRunner
+
 from .agents import MLPAgent
-from .curricula import CurriculumWrapper, PrioritizedLevelReplay
 from .envs import CARTPOLE_TASKS, CartPoleTasks
+from .plots import plot_training
 from .ppo import PPOConfig, PPOTrainer
-from .report import format_table, plot_training
-from .runner import EvalRunner
 
 TASKS = list(CARTPOLE_TASKS)
 

@@ -19,8 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError, cli
-from syllabus_eval.backends_parallel import RemoteTraceback
+from syllabus_eval import (
+    EvalResult,
+    EvalRunner,
+    EvaluationCancelled,
+    EvaluationError,
+    RemoteTraceback,
+    cli,
+)
 from tests.fake_envs import LengthEnv
 from tests.workers import (
     INIT_VARIABLE,
@@ -195,7 +201,7 @@ class TestWorkersThatDie:
         (tmp_path / "hold").touch()
         with controlled(tmp_path, "process",
                         init_fn=partial(hang_when_started_again, str(tmp_path))) as runner:
-            monkeypatch.setattr("syllabus_eval.backends_parallel.START_TIMEOUT", 2.0)
+            monkeypatch.setattr("syllabus_eval.backends.pool.START_TIMEOUT", 2.0)
             assert runner.trigger_eval(step=1)
             wait_until(lambda: stepping_pids(tmp_path), "the worker to step")
             os.kill(stepping_pids(tmp_path).pop(), signal.SIGKILL)  # its restart hangs
@@ -349,7 +355,7 @@ class TestCommandLine:
         for backend in ("thread", "process"):
             out = tmp_path / f"{backend}.json"
             assert cli.main(["evaluate", "--env", "CartPole-v1", "--agent",
-                             "syllabus_eval.agents:MLPAgent", "--checkpoint",
+                             "syllabus_eval.demo.agents:MLPAgent", "--checkpoint",
                              str(tmp_path / "agent.pt"), "--episodes", "6", "--num-envs", "2",
                              "--backend", backend, "--json", str(out)]) == 0
             metrics[backend] = json.loads(out.read_text())

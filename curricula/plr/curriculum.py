@@ -1,0 +1,210 @@
+"""Prioritized Level Replay (Jiang, Grefenstette, Rocktäschel, 2021): replay the tasks the agent
+has the most to learn from, scored with the training agent's own estimates while it trains.
+
+Usage::
+
+    import gymnasium as gym
+    from syllabus_eval.adapters import CleanRLEvaluator
+    from syllabus_eval.curricula import CurriculumWrapper, PrioritizedLevelReplay
+
+    evaluator = CleanRLEvaluator(agent)          # queries a private copy of the training agent
+    with PrioritizedLevelReplay(200, evaluator, strategy="value_l1", seed=0) as plr:
+        envs = gym.vector.SyncVectorEnv(
+            [lambda: CurriculumWrapper(make_env(), plr) for _ in range(8)])
+        ...                                      # train as usual; every reset samples from plr
+        plr.task_scores()                        # {task: score} of the tasks scored so far
+
+How experience flows: each environment's :class:`~syllabus_eval.curricula.CurriculumWrapper`
+calls :meth:`PrioritizedLevelReplay.observe` with ``reset``/``step``/``close`` records; the
+scoring worker (:mod:`~syllabus_eval.curricula.plr.worker`) batches them, queries the agent
+and scores each finished segment into the score table
+(:mod:`~syllabus_eval.curricula.plr.scores`), from which :meth:`~PrioritizedLevelReplay.sample`
+draws. ``observe`` blocks while the worker's queue is full (back-pressure: stepping slows to
+the scoring rate; no experience is dropped).
+
+On few cores, the worker's queries and the training loop's intra-op threads compete for the
+same cores: for small agents, ``torch.set_num_threads(1)`` keeps PLR's cost to training low
+(see ``benchmarks/bench_plr.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+from syllabus_eval.errors import bad_argument, check_count, check_number
+from syllabus_eval.protocols import AgentQueries
+
+from ..curriculum import EXPERIENCE_KINDS, Curriculum, Experience
+from ..task_space import DiscreteTaskSpace
+from .scores import REPLAY_SCHEDULES, SCORE_TRANSFORMS, STRATEGIES, TaskScores
+from .worker import ScoringWorker
+
+
+class PrioritizedLevelReplay(Curriculum):
+    """Prioritized Level Replay over a discrete task space, scored by a worker thread.
+
+    Args:
+        task_space: a :class:`DiscreteTaskSpace`, a number of tasks or a sequence of tasks.
+        evaluator: any object with the Evaluator's query methods
+            (:class:`~syllabus_eval.AgentQueries`). Recurrent ones (``is_lstm=True``) also
+            need ``initial_lstm_state(batch_size)``.
+        strategy: the score of a segment: ``"value_l1"`` (mean absolute GAE, the paper's
+            best), ``"positive_value_loss"`` (mean positive GAE), ``"policy_entropy"``,
+            ``"least_confidence"`` or ``"min_margin"``. The last two need ``policy_logits`` in
+            the evaluator's extras; entropy takes ``entropy`` or ``policy_logits``.
+        gamma: discount factor of the GAE.
+        gae_lambda: lambda of the GAE.
+        score_transform: ``"rank"`` (h = 1 / rank) or ``"power"`` (h = score), PLR Eq. 1.
+        temperature: beta of PLR Eq. 1: P_S ∝ h^(1/beta); higher is more uniform.
+        staleness_coef: rho of PLR Eq. 3, the weight of the staleness distribution.
+        replay_prob: p, the probability of replaying a seen task while unseen tasks remain.
+        replay_schedule: ``"proportionate"`` replays with probability min(p, fraction of
+            tasks seen), ``"fixed"`` with p.
+        score_alpha: a new segment score S updates a task's score as
+            ``(1 - alpha) * old + alpha * S`` (1: the latest score, as in the paper).
+        num_steps: the longest segment; longer episodes are scored every ``num_steps`` steps,
+            bootstrapping from the value of the observation they stop at. It plays the part of
+            the rollout length in the paper's code, where each rollout scores the piece of an
+            episode it saw: each piece updates the task's score when it ends, the last one too
+            however short (``score_alpha < 1`` averages pieces instead).
+        batch_size: the most records the worker takes for one batched query.
+        batch_wait: seconds the worker waits, after a first record, for more to fill its
+            batch: a query per few records would cost the training loop more time (the
+            worker's Python code holds the GIL) than a query per batch.
+        queue_size: the most records waiting; :meth:`observe` blocks while it is full.
+        seed: seeds the sampler.
+
+    The worker thread starts at construction. :meth:`close` (or leaving a ``with`` block)
+    scores every record observed before it, scores the open segments as if truncated there,
+    and stops the worker. A failure in the worker is raised, as
+    :class:`~syllabus_eval.CurriculumError` chained to the original exception, from the next
+    :meth:`observe`, :meth:`sample`, :meth:`flush` or :meth:`close`.
+    """
+
+    wants_experience = True
+
+    def __init__(
+        self,
+        task_space: DiscreteTaskSpace | int | Sequence[Hashable],
+        evaluator: AgentQueries,
+        *,
+        strategy: str = "value_l1",
+        gamma: float = 0.999,
+        gae_lambda: float = 0.95,
+        score_transform: str = "rank",
+        temperature: float = 0.1,
+        staleness_coef: float = 0.1,
+        replay_prob: float = 0.95,
+        replay_schedule: str = "proportionate",
+        score_alpha: float = 1.0,
+        num_steps: int = 256,
+        batch_size: int = 256,
+        batch_wait: float = 0.02,
+        queue_size: int = 4096,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(task_space, seed=seed)
+        if not isinstance(evaluator, AgentQueries):
+            raise bad_argument("evaluator", "an object with the Evaluator's methods "
+                               "(get_action, get_value, get_action_and_value)", evaluator)
+        for name, value, valid in (("strategy", strategy, STRATEGIES),
+                                   ("score_transform", score_transform, SCORE_TRANSFORMS),
+                                   ("replay_schedule", replay_schedule, REPLAY_SCHEDULES)):
+            if value not in valid:
+                raise bad_argument(name, f"one of {list(valid)}", value)
+        self.evaluator = evaluator
+        self.strategy = strategy
+        self.gamma = check_number("gamma", gamma, 0.0, 1.0)
+        self.gae_lambda = check_number("gae_lambda", gae_lambda, 0.0, 1.0)
+        self.score_transform = score_transform
+        self.temperature = check_number("temperature", temperature, 0.0, low_open=True)
+        self.staleness_coef = check_number("staleness_coef", staleness_coef, 0.0, 1.0)
+        self.replay_prob = check_number("replay_prob", replay_prob, 0.0, 1.0)
+        self.replay_schedule = replay_schedule
+        self.score_alpha = check_number("score_alpha", score_alpha, 0.0, 1.0, low_open=True)
+        self.num_steps = check_count("num_steps", num_steps)
+        self.batch_size = check_count("batch_size", batch_size)
+        self.batch_wait = check_number("batch_wait", batch_wait, 0.0)
+        self._table = TaskScores(len(self.task_space), self._lock, self.score_alpha)
+        self._worker = ScoringWorker(
+            evaluator, self._table, self.task_space, strategy=strategy, gamma=self.gamma,
+            gae_lambda=self.gae_lambda, num_steps=self.num_steps, batch_size=self.batch_size,
+            batch_wait=self.batch_wait, queue_size=check_count("queue_size", queue_size))
+        self.recurrent = self._worker.recurrent
+
+    # --- producers -----------------------------------------------------------------------------
+
+    def observe(self, experience: Experience) -> None:
+        """Queue one record of an environment's stream for the worker (thread-safe).
+
+        Blocks while ``queue_size`` records wait (back-pressure); raises the worker's failure
+        if it failed, and ``RuntimeError`` once closed (``close`` records are then ignored:
+        :meth:`close` already scored what their envs played).
+        """
+        if not isinstance(experience, Experience):
+            raise bad_argument("experience", "an Experience record", experience)
+        if experience.kind not in EXPERIENCE_KINDS:
+            raise bad_argument("experience.kind", f"one of {list(EXPERIENCE_KINDS)}",
+                               experience.kind)
+        if not isinstance(experience.env_id, Hashable):
+            raise bad_argument("experience.env_id", "a hashable env id", experience.env_id)
+        if experience.kind == "reset":
+            self.task_space.index(experience.task, "experience.task")
+        self._worker.put(experience)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record observed before this call has been scored.
+
+        Raises:
+            CurriculumError: the worker failed.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        self._worker.flush(timeout)
+
+    def close(self) -> None:
+        """Score everything observed so far, then stop the worker (idempotent)."""
+        self._worker.close()
+
+    # --- scores and sampling ---------------------------------------------------------------------
+
+    def update_score(self, task: Hashable, score: float) -> None:
+        """Record a score for ``task`` computed elsewhere, as the worker does for a segment."""
+        self._table.record(self.task_space.index(task), check_number("score", score, -np.inf),
+                           0)
+
+    def task_scores(self) -> dict[Hashable, float]:
+        """``{task: S}`` for every task scored so far."""
+        table = self._table
+        with self._lock:
+            return {self.task_space.tasks[i]: float(table.scores[i])
+                    for i in np.flatnonzero(table.seen)}
+
+    def scored_steps(self) -> dict[Hashable, int]:
+        """``{task: transitions scored}`` for every task with scored transitions."""
+        table = self._table
+        with self._lock:
+            return {self.task_space.tasks[i]: int(table.steps[i])
+                    for i in np.flatnonzero(table.steps)}
+
+    def replay_distribution(self) -> np.ndarray:
+        """P_replay over the tasks (PLR Eq. 3), 0 for unseen tasks: ``[N]``."""
+        return self._table.replay_distribution(self.score_transform, self.temperature,
+                                               self.staleness_coef)
+
+    def distribution(self) -> np.ndarray:
+        """The probability of each task for the next draw: ``[N]``.
+
+        PLR first decides to replay (a seen task, from P_replay) or not (an unseen task,
+        uniformly); this is that two-stage draw as one mixture.
+        """
+        return self._table.distribution(self.score_transform, self.temperature,
+                                        self.staleness_coef, self.replay_prob,
+                                        self.replay_schedule)
+
+    def _sampled(self, index: int) -> None:
+        self._table.drawn(index)
+
+    def _check(self) -> None:
+        self._worker.check()

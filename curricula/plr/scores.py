@@ -1,0 +1,169 @@
+"""PLR's scores and sampling equations (Jiang, Grefenstette, Rocktäschel, 2021).
+
+Usage::
+
+    from syllabus_eval.curricula.plr.scores import TaskScores
+
+    table = TaskScores(num_tasks=3, lock=threading.RLock())
+    table.record(0, score=0.7, steps=128)             # a scored segment of task 0
+    table.drawn(0)                                    # task 0 was just drawn
+    table.distribution(score_transform="rank", temperature=0.1, staleness_coef=0.1,
+                       replay_prob=0.95, replay_schedule="proportionate")
+
+A segment's score comes from its advantages (the value strategies) or from per-step scores
+of the policy (the policy strategies), Table 1 of the paper; a task's score follows its
+segments' scores; sampling mixes replay of seen tasks by score and staleness (Eq. 1 to 3) with
+uniform draws of unseen ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+# Value-based scores of a segment from its advantages [T] (PLR, Table 1).
+VALUE_SCORES: dict[str, Callable[[np.ndarray], float]] = {
+    # (1/T) sum_t max(A_t, 0)
+    "positive_value_loss": lambda advantages: float(np.maximum(advantages, 0.0).mean()),
+    # (1/T) sum_t |A_t|
+    "value_l1": lambda advantages: float(np.abs(advantages).mean()),
+}
+
+
+def _log_probabilities(extras: dict, strategy: str) -> torch.Tensor:
+    """log pi(a | s_t) for every action, from the adapter's ``policy_logits``: ``[B, A]``."""
+    logits = extras.get("policy_logits", extras.get("logits"))
+    if logits is None:
+        given = sorted(key for key in extras if key not in ("lstm_state", "weights_version"))
+        raise ValueError(
+            f"strategy={strategy!r} needs the policy's action distribution: expected "
+            f"'policy_logits' in the evaluator's extras, got extras {given}; use an adapter "
+            "that returns logits (e.g. MoolibEvaluator) or a value-based strategy "
+            f"{sorted(VALUE_SCORES)}"
+        )
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _entropy(extras: dict, strategy: str) -> torch.Tensor:
+    # -sum_a pi(a|s_t) log pi(a|s_t); CleanRL's adapter gives it directly.
+    if "entropy" in extras:
+        return extras["entropy"]
+    log_probs = _log_probabilities(extras, strategy)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def _least_confidence(extras: dict, strategy: str) -> torch.Tensor:
+    # 1 - max_a pi(a|s_t)
+    return 1.0 - _log_probabilities(extras, strategy).exp().max(-1).values
+
+
+def _min_margin(extras: dict, strategy: str) -> torch.Tensor:
+    # 1 - (P[1] - P[2]), the margin between the two most likely actions turned into a score that,
+    # like the others, is high where the policy is unsure.
+    top2 = _log_probabilities(extras, strategy).exp().topk(2, dim=-1).values  # [B, 2]
+    return 1.0 - (top2[:, 0] - top2[:, 1])
+
+
+# Policy-based per-step scores from the query's extras, averaged over a segment (PLR, Table 1).
+POLICY_SCORES: dict[str, Callable[[dict, str], torch.Tensor]] = {
+    "policy_entropy": _entropy,
+    "least_confidence": _least_confidence,
+    "min_margin": _min_margin,
+}
+STRATEGIES = (*VALUE_SCORES, *POLICY_SCORES)
+SCORE_TRANSFORMS = ("rank", "power")
+REPLAY_SCHEDULES = ("proportionate", "fixed")
+
+
+class TaskScores:
+    """Per task: its score S_i, whether it was seen, the transitions scored, and when it was
+    last drawn; every method holds ``lock`` (the curriculum's, so a draw sees one state).
+
+    Args:
+        num_tasks: N, the size of the task space.
+        lock: guards the table.
+        score_alpha: a new segment score S updates a task's score as
+            ``(1 - alpha) * old + alpha * S`` (1: the latest score, as in the paper).
+    """
+
+    def __init__(self, num_tasks: int, lock: threading.RLock, score_alpha: float = 1.0
+                 ) -> None:
+        self.lock = lock
+        self.score_alpha = score_alpha
+        self.scores = np.zeros(num_tasks)  # S_i
+        self.seen = np.zeros(num_tasks, dtype=bool)
+        self.steps = np.zeros(num_tasks, dtype=np.int64)  # transitions scored per task
+        self.draws = 0  # c: tasks drawn so far
+        self.last_drawn = np.zeros(num_tasks, dtype=np.int64)  # C_i: c when i was last drawn
+
+    def record(self, index: int, score: float, steps: int) -> None:
+        """Task ``index`` got a segment ``score`` over ``steps`` transitions."""
+        with self.lock:
+            if self.seen[index]:
+                score = (1.0 - self.score_alpha) * self.scores[index] + self.score_alpha * score
+            self.scores[index] = score
+            self.seen[index] = True
+            self.steps[index] += steps
+
+    def drawn(self, index: int) -> None:
+        """Task ``index`` was just drawn (staleness counts draws)."""
+        with self.lock:
+            self.draws += 1
+            self.last_drawn[index] = self.draws
+
+    def replay_distribution(self, score_transform: str, temperature: float,
+                            staleness_coef: float) -> np.ndarray:
+        """P_replay over the tasks (PLR Eq. 3), 0 for unseen tasks: ``[N]``."""
+        with self.lock:
+            replay = np.zeros(len(self.scores))
+            seen = np.flatnonzero(self.seen)
+            if len(seen) == 0:
+                return replay
+            scores = self.scores[seen]
+            if score_transform == "rank":
+                # h(S_i) = 1 / rank(S_i) among the seen tasks, rank 1 the highest score (ties
+                # keep task-space order).
+                order = np.argsort(-scores, kind="stable")
+                ranks = np.empty(len(seen))
+                ranks[order] = np.arange(1, len(seen) + 1)
+                h = 1.0 / ranks
+            else:
+                h = np.maximum(scores, 0.0)  # h(S_i) = S_i
+            if h.max() > 0:
+                h = h / h.max()  # the same P_S, without overflow in h^(1/beta)
+            # Eq. 1: P_S(l_i) = h(S_i)^(1/beta) / sum_j h(S_j)^(1/beta)
+            p_score = _normalized(h ** (1.0 / temperature))
+            # Eq. 2: P_C(l_i) = (c - C_i) / sum_j (c - C_j)
+            p_stale = _normalized((self.draws - self.last_drawn[seen]).astype(np.float64))
+            # Eq. 3: P_replay = (1 - rho) P_S + rho P_C
+            replay[seen] = (1.0 - staleness_coef) * p_score + staleness_coef * p_stale
+            return replay
+
+    def distribution(self, score_transform: str, temperature: float, staleness_coef: float,
+                     replay_prob: float, replay_schedule: str) -> np.ndarray:
+        """The probability of each task for the next draw: ``[N]``.
+
+        PLR first decides to replay (a seen task, from P_replay) or not (an unseen task,
+        uniformly); this is that two-stage draw as one mixture.
+        """
+        with self.lock:
+            count, seen = len(self.scores), int(self.seen.sum())
+            unseen = np.zeros(count) if seen == count else (~self.seen) / (count - seen)
+            if seen == 0:
+                return unseen
+            replay = 1.0
+            if seen < count:
+                replay = replay_prob
+                if replay_schedule == "proportionate":
+                    replay = min(replay, seen / count)
+            return (replay * self.replay_distribution(score_transform, temperature,
+                                                      staleness_coef)
+                    + (1.0 - replay) * unseen)
+
+
+def _normalized(weights: np.ndarray) -> np.ndarray:
+    total = weights.sum()
+    return weights / total if total > 0 else np.full(len(weights), 1.0 / len(weights))

@@ -1,0 +1,285 @@
+"""PLR's scoring worker: a thread that batches experience, queries the agent and scores segments.
+
+Usage (what :class:`~syllabus_eval.curricula.PrioritizedLevelReplay` does with it)::
+
+    worker = ScoringWorker(evaluator, table, task_space, strategy="value_l1", gamma=0.999,
+                           gae_lambda=0.95, num_steps=256, batch_size=256, batch_wait=0.02,
+                           queue_size=4096)
+    worker.put(Experience("reset", env_id=0, task="a", obs=obs))   # from any env's thread
+    worker.flush()                                                  # all put so far is scored
+    worker.close()
+
+Records wait in a bounded queue. The worker thread takes up to ``batch_size`` records at a
+time (waiting up to ``batch_wait`` seconds for a batch to fill), asks the evaluator for the
+value (and, for the policy strategies, the action distribution) of their observations in one
+batched query (for a recurrent agent: one query per step depth, each env's recurrent state
+carried over from its previous observation and reset at each episode start), then walks each
+env's records in order, cutting its stream into segments: an episode, or ``num_steps`` steps
+of a longer one. Every finished segment is scored and updates its task's score in the
+:class:`~syllabus_eval.curricula.plr.scores.TaskScores` table. :meth:`ScoringWorker.put`
+blocks while the queue is full (back-pressure: stepping slows to the scoring rate; no
+experience is dropped).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from syllabus_eval.advantages import gae
+from syllabus_eval.errors import describe
+from syllabus_eval.protocols import AgentQueries, is_recurrent
+
+from ..background import BackgroundThread
+from ..curriculum import Experience
+from ..task_space import DiscreteTaskSpace
+from .scores import POLICY_SCORES, VALUE_SCORES, TaskScores
+
+_STOP = object()  # queued by close(): the worker scores everything before it, then stops
+
+
+@dataclass(slots=True)
+class _Segment:
+    """The open segment of one env's stream: ``T`` steps need ``T + 1`` observations."""
+
+    task: Any
+    values: list[float]  # V(s_0 .. s_t)
+    terms: list[float]  # per-observation policy scores (policy strategies)
+    rewards: list[float]  # r_0 .. r_{t-1}
+
+
+class ScoringWorker:
+    """The scoring thread of one PLR curriculum and the queue that feeds it (module docs).
+
+    Args:
+        evaluator: answers ``get_value`` (and ``get_action_and_value`` for the policy
+            strategies); recurrent ones meet :class:`~syllabus_eval.RecurrentAgentQueries`.
+        table: where segment scores go.
+        task_space: the tasks, to index segments' tasks in ``table``.
+        strategy, gamma, gae_lambda, num_steps, batch_size, batch_wait, queue_size: as
+            :class:`~syllabus_eval.curricula.PrioritizedLevelReplay` documents them.
+
+    The thread starts at construction. A failure in it is raised, as
+    :class:`~syllabus_eval.CurriculumError` chained to the original, by :meth:`check` and by
+    every method after it.
+    """
+
+    def __init__(self, evaluator: AgentQueries, table: TaskScores,
+                 task_space: DiscreteTaskSpace, *, strategy: str, gamma: float,
+                 gae_lambda: float, num_steps: int, batch_size: int, batch_wait: float,
+                 queue_size: int) -> None:
+        self.evaluator = evaluator
+        self.recurrent = is_recurrent(evaluator)
+        self.table, self.task_space = table, task_space
+        self.strategy, self.gamma, self.gae_lambda = strategy, gamma, gae_lambda
+        self.num_steps, self.batch_size, self.batch_wait = num_steps, batch_size, batch_wait
+        self._policy_score = POLICY_SCORES.get(strategy)
+        self._lstm_dim = evaluator.lstm_batch_dim if self.recurrent else 1
+
+        # Thread state: the open segment and recurrent state of each env.
+        self._segments: dict[Hashable, _Segment] = {}
+        self._lstm: dict[Hashable, tuple[torch.Tensor, ...]] = {}
+
+        self._queue: queue.Queue = queue.Queue(queue_size)
+        self._cond = threading.Condition()  # guards the counters below
+        self._closed = False
+        self._putting = 0  # put() calls between their closed-check and their put
+        self._received = 0  # records queued
+        self._processed = 0  # records the thread has finished with
+        self._thread = BackgroundThread(self._run, "PrioritizedLevelReplay worker")
+
+    # --- the callers' side -----------------------------------------------------------------------
+
+    def put(self, experience: Experience) -> None:
+        """Queue a checked record; blocks while the queue is full (see the curriculum's
+        ``observe``)."""
+        with self._cond:
+            if self._closed:
+                if experience.kind == "close":
+                    return  # an env closed after the curriculum: close() scored its segment
+                raise RuntimeError("PrioritizedLevelReplay is closed: it takes no more "
+                                   "experience")
+            self._putting += 1
+        queued = False
+        try:
+            self._thread.check()
+            queued = self._thread.feed(self._queue, experience)
+            self._thread.check()  # it ended before taking the record: it failed
+        finally:
+            with self._cond:
+                self._putting -= 1
+                self._received += queued
+                self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record put before this call has been scored."""
+        with self._cond:
+            target = self._received
+            done = self._cond.wait_for(
+                lambda: self._processed >= target or self._thread.error is not None
+                or not self._thread.alive, timeout)
+        self._thread.check()
+        if not done:
+            raise TimeoutError(f"flush: {target - self._processed} records still unscored "
+                               f"after {timeout} s")
+
+    def close(self) -> None:
+        """Score everything put so far, then stop the thread (idempotent)."""
+        with self._cond:
+            first = not self._closed
+            self._closed = True
+            self._cond.wait_for(lambda: self._putting == 0)
+        if first:
+            self._thread.feed(self._queue, _STOP)
+        self._thread.join()
+
+    def check(self) -> None:
+        """Raise the thread's failure, if it failed."""
+        self._thread.check()
+
+    # --- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            stop = False
+            while not stop:
+                batch, stop = self._take_batch()
+                self._process(batch)
+                with self._cond:
+                    self._processed += len(batch)
+                    self._cond.notify_all()
+            for segment in self._segments.values():
+                self._score(segment, terminated=False)
+            self._segments.clear()
+        finally:
+            with self._cond:
+                self._cond.notify_all()  # wake flush() callers, also when failing
+
+    def _take_batch(self) -> tuple[list[Experience], bool]:
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        if self._queue.qsize() < self.batch_size - 1:
+            # One sleep rather than a wake-up per record: each wake-up takes the GIL from the
+            # training thread.
+            time.sleep(self.batch_wait)
+        while len(batch) < self.batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _process(self, batch: list[Experience]) -> None:
+        with_obs = [record for record in batch if record.kind != "close"]
+        if not with_obs:
+            values = terms = []
+        elif self.recurrent:
+            values, terms = self._evaluate_recurrent(with_obs)
+        else:
+            values, terms, _ = self._query([record.obs for record in with_obs], None, None)
+        outputs = iter(zip(values, terms))
+        for record in batch:
+            if record.kind == "close":
+                segment = self._segments.pop(record.env_id, None)
+                if segment is not None:
+                    self._score(segment, terminated=False)
+            else:
+                self._advance(record, *next(outputs))
+        for env_id, kind in {record.env_id: record.kind for record in batch}.items():
+            if kind == "close":
+                self._lstm.pop(env_id, None)
+
+    def _evaluate_recurrent(self, records: list[Experience]) -> tuple[list, list]:
+        """Query depth by depth: the d-th records of all envs in one batch, in stream order."""
+        positions: dict[Hashable, list[int]] = {}
+        for i, record in enumerate(records):
+            positions.setdefault(record.env_id, []).append(i)
+        values, terms = [0.0] * len(records), [0.0] * len(records)
+        for depth in range(max(map(len, positions.values()))):
+            layer = [ids[depth] for ids in positions.values() if len(ids) > depth]
+            states = []
+            for i in layer:
+                record = records[i]
+                if record.kind == "reset":  # episode start: fresh state, and done = 1 below
+                    states.append(self.evaluator.initial_lstm_state(1))
+                elif record.env_id in self._lstm:
+                    states.append(self._lstm[record.env_id])
+                else:
+                    raise _step_before_reset(record.env_id)
+            lstm_state = tuple(torch.cat(parts, dim=self._lstm_dim) for parts in zip(*states))
+            done = torch.tensor([float(records[i].kind == "reset") for i in layer])  # [B]
+            layer_values, layer_terms, next_state = self._query(
+                [records[i].obs for i in layer], lstm_state, done)
+            for j, i in enumerate(layer):
+                values[i], terms[i] = layer_values[j], layer_terms[j]
+                self._lstm[records[i].env_id] = tuple(
+                    part.narrow(self._lstm_dim, j, 1) for part in next_state)
+        return values, terms
+
+    def _query(self, obs: list, lstm_state: Any, done: Any) -> tuple[list, list, Any]:
+        """Values ``[B]`` and per-step policy scores ``[B]`` of a batch of observations."""
+        if self._policy_score is None:
+            value, extras = self.evaluator.get_value(obs, lstm_state, done)
+        else:
+            _, value, extras = self.evaluator.get_action_and_value(obs, lstm_state, done)
+        value = torch.as_tensor(value)
+        if value.numel() != len(obs):
+            raise ValueError(f"evaluator.get_value: expected one value per observation "
+                             f"([{len(obs)}, 1]), got {describe(value)}")
+        values = value.reshape(-1).float().cpu().tolist()
+        if self._policy_score is None:
+            return values, [0.0] * len(obs), extras.get("lstm_state")
+        terms = self._policy_score(extras, self.strategy).reshape(-1).float().cpu().tolist()
+        return values, terms, extras.get("lstm_state")
+
+    def _advance(self, record: Experience, value: float, term: float) -> None:
+        """Extend the env's open segment by one record; score it when it ends."""
+        env_id = record.env_id
+        if record.kind == "reset":
+            cut_short = self._segments.get(env_id)
+            if cut_short is not None:  # reset mid-episode: score as truncated there
+                self._score(cut_short, terminated=False)
+            self._segments[env_id] = _Segment(record.task, [value], [term], [])
+            return
+        segment = self._segments.get(env_id)
+        if segment is None:
+            raise _step_before_reset(env_id)
+        segment.rewards.append(float(record.reward))
+        segment.values.append(value)
+        segment.terms.append(term)
+        if record.terminated or record.truncated:
+            self._score(segment, terminated=bool(record.terminated))
+            del self._segments[env_id]
+        elif len(segment.rewards) == self.num_steps:
+            self._score(segment, terminated=False)
+            self._segments[env_id] = _Segment(segment.task, [value], [term], [])
+
+    def _score(self, segment: _Segment, terminated: bool) -> None:
+        steps = len(segment.rewards)
+        if steps == 0:
+            return
+        if self._policy_score is None:
+            bootstrap = 0.0 if terminated else segment.values[-1]
+            advantages = gae(segment.rewards, segment.values[:-1], bootstrap, self.gamma,
+                             self.gae_lambda)  # [T]
+            score = VALUE_SCORES[self.strategy](advantages)
+        else:
+            score = float(np.mean(segment.terms[:-1]))  # s_0 .. s_{T-1}: where actions were taken
+        self.table.record(self.task_space.index(segment.task), score, steps)
+
+
+def _step_before_reset(env_id: Hashable) -> ValueError:
+    return ValueError(f"experience: env {env_id!r} sent a step before a reset (every episode, "
+                      "and every stream after a terminal step, starts with a reset record)")

@@ -1,0 +1,148 @@
+"""The backend interface, and the episodes of some env slots that every backend runs.
+
+Usage (backends are private strategies: the runner builds them by name)::
+
+    backend = create_backend("thread", make_env, evaluator, num_envs=8, settings=settings)
+    records = backend.run(snapshot, stop, on_episode=None, background=True)
+    backend.close()
+
+:class:`Backend` is what the runner calls, from its own thread, one evaluation at a time;
+:class:`LocalEpisodes` is an evaluation agent and the envs of some slots in one process, which
+the thread backend holds for all slots and each process or Ray worker for its share.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import torch
+
+from ..protocols import AgentQueries, WeightedAgentQueries
+from ..rollout import (
+    EnvPool,
+    EpisodeRecord,
+    RolloutSettings,
+    StopFlag,
+    check_fit,
+    make_envs,
+    run_episodes,
+)
+from ..snapshot import Snapshot
+
+logger = logging.getLogger(__name__)
+
+
+class Backend(abc.ABC):
+    """Where one evaluation's episodes run; a subclass that lacks a method fails when built.
+
+    Args:
+        make_env: the env factory (one env, or a whole ``VectorEnv``).
+        evaluator: the evaluator whose weights are evaluated.
+        num_envs: env slots in all.
+        settings: what each evaluation runs.
+        vectorization_mode: ``"sync"`` or ``"async"`` (see :func:`~syllabus_eval.make_envs`).
+        set_task: the task hook of :func:`~syllabus_eval.make_envs`.
+        device: where the evaluation agent runs.
+    """
+
+    #: the backend-specific options of :class:`~syllabus_eval.EvalRunner` it takes
+    options: ClassVar[frozenset[str]] = frozenset()
+    #: where weight snapshots are put at trigger time
+    weights_device: torch.device
+
+    def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries, num_envs: int,
+                 settings: RolloutSettings, *, vectorization_mode: str = "sync",
+                 set_task: Callable[[gym.Env, Any], None] | None = None,
+                 device: str | torch.device | None = None) -> None:
+        self.make_env = make_env
+        self.num_envs = num_envs
+        self.settings = settings
+        self.vectorization_mode = vectorization_mode
+        self.set_task = set_task
+
+    @abc.abstractmethod
+    def run(self, snapshot: Snapshot, stop: threading.Event,
+            on_episode: Callable[[EpisodeRecord], None] | None,
+            background: bool) -> list[EpisodeRecord]:
+        """The records of one evaluation on ``snapshot``, in ``(env_index, episode_index)``
+        order.
+
+        ``background``: training goes on meanwhile (``trigger_eval``), rather than waiting
+        for the result (``evaluate``).
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Free what the backend holds (envs, workers); bounded in time."""
+
+
+class LocalEpisodes:
+    """An evaluation agent and the envs of some slots, in this process.
+
+    The envs are built (and checked against the agent) at construction, so that misfits fail
+    early, and rebuilt after an evaluation that failed.
+
+    Args:
+        make_env: the env factory.
+        evaluator: its detached copy (:meth:`~syllabus_eval.Evaluator.detached`) evaluates.
+        settings: what each evaluation runs.
+        num_slots: the evaluation's slots in all.
+        slots: the global indices of the slots run here (default: all ``num_slots``).
+        vectorization_mode, set_task: see :func:`~syllabus_eval.make_envs`.
+        device: where the evaluation agent runs (default: the evaluator's device).
+    """
+
+    def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries,
+                 settings: RolloutSettings, *, num_slots: int,
+                 slots: Sequence[int] | None = None, vectorization_mode: str = "sync",
+                 set_task: Callable[[gym.Env, Any], None] | None = None,
+                 device: str | torch.device | None = None) -> None:
+        # Evaluation runs on its own copy, which training never updates behind its back.
+        weighted = isinstance(evaluator, WeightedAgentQueries)
+        self.evaluator = evaluator.detached(device) if weighted else evaluator
+        self.device = torch.device(device if device is not None
+                                   else self.evaluator.device if weighted else "cpu")
+        self.make_env = make_env
+        self.settings = settings
+        self.num_slots = num_slots
+        self.slots = list(range(num_slots)) if slots is None else list(slots)
+        self.vectorization_mode = vectorization_mode
+        self.set_task = set_task
+        self._envs: EnvPool | gym.vector.VectorEnv | None = None
+        self._envs = self._build_envs()
+
+    def _build_envs(self) -> EnvPool | gym.vector.VectorEnv:
+        envs = make_envs(self.make_env, len(self.slots), self.vectorization_mode, self.set_task)
+        try:
+            check_fit(self.evaluator, envs, self.settings.deterministic)
+        except BaseException:
+            envs.close()
+            raise
+        return envs
+
+    def run(self, snapshot: Snapshot, stop: StopFlag | None,
+            on_episode: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
+        """The records of this share of one evaluation (see :func:`~syllabus_eval.run_episodes`)."""
+        if snapshot.weights is not None:
+            self.evaluator.load_weights(snapshot.weights, snapshot.version)
+        if self._envs is None:
+            self._envs = self._build_envs()
+        try:
+            return run_episodes(self.evaluator, self._envs, self.settings, slots=self.slots,
+                                num_slots=self.num_slots, stop=stop, on_episode=on_episode)
+        except BaseException:
+            self.close()  # an env may have broken mid-episode: build fresh ones next time
+            raise
+
+    def close(self) -> None:
+        envs, self._envs = self._envs, None
+        if envs is not None:
+            try:
+                envs.close()
+            except Exception:
+                logger.exception("closing the evaluation envs failed")

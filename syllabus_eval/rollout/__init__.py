@@ -1,0 +1,68 @@
+"""The episode engine: exact, unbiased evaluation episodes of any evaluator over vectorized envs.
+
+Usage::
+
+    from syllabus_eval import RolloutSettings, make_envs, run_episodes
+
+    envs = make_envs(lambda: gym.make("CartPole-v1"), num_envs=8)      # our own pool
+    settings = RolloutSettings(num_episodes=20, max_steps=500, seed=0)
+    episodes = run_episodes(evaluator, envs, settings)                   # 20 EpisodeRecords
+    envs.close()
+
+Three rooms: :mod:`~syllabus_eval.rollout.records` (what an evaluation runs and gives),
+:mod:`~syllabus_eval.rollout.envs` (env slots and the pool, :func:`make_envs`) and
+:mod:`~syllabus_eval.rollout.loop` (:func:`run_episodes`). Every backend of
+:class:`~syllabus_eval.EvalRunner` runs its episodes through :func:`run_episodes`. The rules
+below make each episode a function of where it runs, never of timing, so that episodes can be
+split across workers and merged.
+
+**Env slots, quotas and pausing.** ``N`` episodes over ``k`` env slots give slot ``i`` the
+fixed quota ``(N + i) // k`` (SB3 #402 / PR #447): never "the first N episodes to finish",
+which over-counts short episodes. A slot that met its quota is paused: its results are no
+longer counted and its recurrent state is sliced out of the batch (Habitat's ``pause_envs``).
+An :class:`EnvPool` of our own no longer steps a paused env; a Gymnasium vector env steps all
+its sub-envs, so a paused one gets its last action again and its results are dropped.
+
+**Seeding.** With ``seed`` set, slot ``i`` (its *global* index, see below) is reset with
+``seed + i`` at the start of its first episode and without a seed afterwards, so its env's own
+random stream carries on from episode to episode, as a single env that is reset with a seed
+once does. With deterministic actions (the default, see :class:`RolloutSettings`) slot ``i``'s
+episodes depend only on ``(seed, i, its quota, its tasks)``. (A vector env with one generator
+for all its sub-envs, such as Gymnasium's native ones, gets the single seed ``seed + i`` of its
+first slot instead.)
+
+**Tasks.** Episodes are numbered round by round: round ``j`` holds the ``j``-th episode of
+every slot that has one, in slot order, and episode number ``e`` runs ``tasks[e % len(tasks)]``
+(round robin over the quotas: each task gets ``N // T`` or ``N // T + 1`` of the ``N``
+episodes). The task reaches the env at its reset, as ``options={"task": task}``, or through the
+``set_task(env, task)`` hook of :func:`make_envs` for envs that take tasks another way.
+
+**A subset of slots.** ``run_episodes(..., slots=[4, 5, 6, 7], num_slots=8)`` runs global slots
+4 to 7 of an 8-slot evaluation on a 4-env pool: quotas, seeds and tasks follow the global
+indices, so the records of workers that each run a share of the slots, put together, are the
+records of one run over all of them (for stochastic actions see :class:`RolloutSettings`).
+
+**Autoreset.** Gymnasium 1.x vector envs come in two modes (``envs.metadata["autoreset_mode"]``).
+``NEXT_STEP`` (the default) resets a finished sub-env during the *next* step, which ignores
+the action and gives reward 0: that step is counted in no episode, and the recurrent state
+restarts after it, on the new episode's first observation. ``SAME_STEP`` resets a finished
+sub-env inside the step that ends its episode: that step's reward is the episode's last, its
+observation is the next episode's first, and its info is under ``info["final_info"]``; it is
+counted once (Gymnasium PR #1624 under-counts it). Episodes that ``max_steps`` cuts, and with
+tasks every episode, are reset by the loop through ``reset(options={"reset_mask": ...})``; a
+vector env that ignores the mask (Gymnasium's native ``CartPoleVectorEnv`` does) is caught
+rather than miscounted. ``DISABLED`` vector envs are refused.
+
+**Rewards.** An episode's return is the sum of the rewards the envs return. Wrappers applied
+inside the env factory are part of the env, so evaluate on raw rewards by leaving reward
+shaping (``NormalizeReward``, ``ClipReward``, ...) out of the evaluation env factory. Vector
+reward wrappers around a vector env you pass would silently change returns, so they are
+refused; apply the wrappers you want counted to each sub-env instead.
+"""
+
+from .envs import EnvPool, make_envs
+from .loop import StopFlag, check_fit, run_episodes
+from .records import EpisodeRecord, RolloutSettings, episode_quota, sort_records
+
+__all__ = ["EnvPool", "EpisodeRecord", "RolloutSettings", "StopFlag", "check_fit",
+           "episode_quota", "make_envs", "run_episodes", "sort_records"]

@@ -1,0 +1,321 @@
+"""The envs an evaluation runs on, seen as env slots that the episode loop steps and resets.
+
+Usage::
+
+    from syllabus_eval import make_envs
+
+    envs = make_envs(lambda: gym.make("CartPole-v1"), num_envs=8)   # an EnvPool of our own
+    envs = make_envs(lambda: gym.make_vec("CartPole-v1", 8), 8)      # a VectorEnv, as it is
+
+Two kinds of slots, one interface (``reset_slots``, ``step_slots``, ``observations``): an
+:class:`EnvPool` of single envs that steps only the active slots, and :class:`VectorSlots`, a
+Gymnasium vector env whose sub-envs are all stepped, with its autoreset mode read from its
+metadata (the rules are in :mod:`syllabus_eval.rollout`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
+from gymnasium.vector.utils import create_empty_array
+
+from ..errors import bad_argument, check_count
+
+
+class StepResult(NamedTuple):
+    """What stepping the active slots gave, one entry per active slot (``[A]``)."""
+
+    rewards: np.ndarray  # [A] float64
+    terminated: np.ndarray  # [A] bool
+    truncated: np.ndarray  # [A] bool
+    restarted: np.ndarray | None  # [A] bool: ended and already began the next (SAME_STEP)
+    reset_step: np.ndarray | None  # [A] bool: an autoreset step (NEXT_STEP), nothing to count
+    final_info: Callable[[int], dict]  # active position -> info of the episode's last step
+
+
+class EnvPool:
+    """``num_envs`` single envs of our own, stepped in this process; paused slots are not stepped.
+
+    Args:
+        envs: the envs, one per slot, with equal observation and action spaces.
+    """
+
+    autoresets = False  # a finished env waits for the loop to reset it
+
+    def __init__(self, envs: Sequence[gym.Env]) -> None:
+        if not envs or not all(isinstance(env, gym.Env) for env in envs):
+            raise bad_argument("envs", "a non-empty list of gymnasium.Env", envs)
+        self.envs = list(envs)
+        self.num_envs = len(self.envs)
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        for i, env in enumerate(self.envs):
+            if (env.observation_space != self.single_observation_space
+                    or env.action_space != self.single_action_space):
+                raise ValueError(f"envs[{i}]: expected the spaces of envs[0], got "
+                                 f"{env.observation_space} and {env.action_space}")
+        # [k, ...]: the latest observation of every slot
+        self.observations = create_empty_array(self.single_observation_space, self.num_envs,
+                                               fn=np.zeros)
+        self._put = _row_writer(self.observations)
+
+    def reset_slots(self, index: np.ndarray, seeds: list[int | None],
+                    options: dict | None) -> None:
+        for slot, seed in zip(index.tolist(), seeds):
+            obs, _ = self.envs[slot].reset(seed=seed, options=options)
+            self._put(slot, obs)
+
+    def step_slots(self, index: np.ndarray, actions: np.ndarray) -> StepResult:
+        count = len(index)
+        rewards = np.empty(count)
+        terminated = np.empty(count, dtype=bool)
+        truncated = np.empty(count, dtype=bool)
+        infos = []
+        envs, put = self.envs, self._put
+        for position, slot in enumerate(index.tolist()):
+            obs, rewards[position], terminated[position], truncated[position], info = \
+                envs[slot].step(actions[position])
+            put(slot, obs)
+            infos.append(info)
+        return StepResult(rewards, terminated, truncated, None, None, infos.__getitem__)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class VectorSlots:
+    """A Gymnasium vector env seen as slots: every sub-env is stepped, paused ones included.
+
+    Finished sub-envs reset themselves (autoreset). Masked resets (``options["reset_mask"]``)
+    are needed only for tasks and ``max_steps`` cuts; vector envs that ignore the mask (such as
+    Gymnasium's native ``CartPoleVectorEnv``) are caught, when the observations of sub-envs
+    outside the mask change, instead of being miscounted.
+    """
+
+    autoresets = True
+
+    def __init__(self, envs: VectorEnv) -> None:
+        mode = envs.metadata.get("autoreset_mode")
+        try:
+            mode = AutoresetMode(mode)
+        except ValueError:
+            raise bad_argument("envs.metadata['autoreset_mode']", "AutoresetMode.NEXT_STEP or "
+                               "SAME_STEP", mode) from None
+        if mode is AutoresetMode.DISABLED:
+            raise bad_argument("envs", "a vector env with NEXT_STEP or SAME_STEP autoreset",
+                               f"autoreset_mode {mode}")
+        _refuse_reward_wrappers(envs)
+        self.envs = envs
+        self.same_step = mode is AutoresetMode.SAME_STEP
+        self.num_envs = envs.num_envs
+        self.single_observation_space = envs.single_observation_space
+        self.single_action_space = envs.single_action_space
+        self.observations: Any = None
+        self._actions: np.ndarray | None = None  # [k, ...]: last action of every sub-env
+        self._autoresetting = np.zeros(self.num_envs, dtype=bool)  # [k] next step resets
+
+    def reset_slots(self, index: np.ndarray, seeds: list[int | None],
+                    options: dict | None) -> None:
+        every_seed: list[int | None] = [None] * self.num_envs
+        for slot, seed in zip(index, seeds):
+            every_seed[slot] = seed
+        if self.observations is None:
+            # The first reset is of every sub-env at once (a masked reset needs them reset
+            # once); a masked one below seeds again, so sub-envs start as if reset once with
+            # their seed and options.
+            self.observations, _ = self.envs.reset(seed=_seed_argument(every_seed))
+            if options is None and len(index) == self.num_envs:
+                return
+        mask = np.zeros(self.num_envs, dtype=bool)
+        mask[index] = True
+        before = self.observations
+        # A fresh dict: the vector env pops "reset_mask" from it.
+        self.observations, _ = self.envs.reset(seed=_seed_argument(every_seed),
+                                               options={**(options or {}), "reset_mask": mask})
+        self._autoresetting[mask] = False
+        if not _rows_equal(before, self.observations, np.flatnonzero(~mask)):
+            raise ValueError(
+                f"envs: expected a vector env that resets only the sub-envs in "
+                f"options['reset_mask'], got a {type(self.envs.unwrapped).__name__} that reset "
+                "others too; with it, use no tasks and max_steps=None (its own time limit), "
+                "or build it with vectorization_mode='sync'"
+            )
+
+    def step_slots(self, index: np.ndarray, actions: np.ndarray) -> StepResult:
+        if self._actions is None:  # sub-envs that never act repeat a valid action
+            self._actions = np.repeat(actions[:1], self.num_envs, axis=0)
+        every = len(index) == self.num_envs  # then index is 0 .. k - 1: no gathering
+        if every:
+            self._actions = actions
+        else:
+            self._actions[index] = actions
+        reset_step = self._autoresetting if every else self._autoresetting[index]
+        self.observations, rewards, terminated, truncated, infos = self.envs.step(self._actions)
+        if not self.same_step:
+            self._autoresetting = terminated | truncated
+        if not every:
+            rewards, terminated, truncated = rewards[index], terminated[index], truncated[index]
+        restarted = (terminated | truncated) if self.same_step else None
+
+        def final_info(position: int) -> dict:
+            if restarted is not None and restarted[position]:  # SAME_STEP: moved aside
+                return _unbatch_info(infos.get("final_info", {}), index[position])
+            return _unbatch_info(infos, index[position])
+
+        return StepResult(rewards, terminated, truncated, restarted,
+                     reset_step if reset_step.any() else None, final_info)
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _refuse_reward_wrappers(envs: VectorEnv) -> None:
+    layer = envs
+    while isinstance(layer, gym.vector.VectorWrapper):
+        if isinstance(layer, (gym.vector.VectorRewardWrapper,
+                              gym.wrappers.vector.NormalizeReward)):
+            raise ValueError(
+                f"envs: expected a vector env whose rewards are the sub-envs' own, got a "
+                f"{type(layer).__name__} wrapper: evaluation returns would be shaped; apply "
+                "the reward wrappers you want counted inside each sub-env"
+            )
+        layer = layer.env
+
+
+def _seed_argument(seeds: list[int | None]) -> int | list[int | None] | None:
+    """Seeds for ``VectorEnv.reset``: an int ``s`` when they are ``s, s + 1, ...`` (which vector
+    envs with a single generator, such as native ones, also take), else the list."""
+    first = seeds[0]
+    if first is None:
+        return None if all(seed is None for seed in seeds) else seeds
+    return first if seeds == list(range(first, first + len(seeds))) else seeds
+
+
+def _rows_equal(before: Any, after: Any, rows: np.ndarray) -> bool:
+    """Whether rows ``rows`` of two observation batches (arrays, dicts, tuples) are equal."""
+    if isinstance(before, dict):
+        return all(_rows_equal(before[key], after[key], rows) for key in before)
+    if isinstance(before, tuple):
+        return all(_rows_equal(b, a, rows) for b, a in zip(before, after))
+    return np.array_equal(before[rows], after[rows], equal_nan=before.dtype.kind == "f")
+
+
+def _unbatch_info(infos: dict, slot: int) -> dict:
+    """Sub-env ``slot``'s entries of a vector info dict (keys ``k`` with masks ``_k``)."""
+    info = {}
+    for key, value in infos.items():
+        if key.startswith("_"):
+            continue
+        mask = infos.get(f"_{key}")
+        if mask is not None and not mask[slot]:
+            continue
+        info[key] = _unbatch_info(value, slot) if isinstance(value, dict) else value[slot]
+    return info
+
+
+def _row_writer(batch: Any) -> Callable[[int, Any], None]:
+    """``put(row, obs)``: writes one env's observation into a batch (arrays, dicts, tuples)."""
+    if isinstance(batch, dict):
+        writers = {key: _row_writer(sub) for key, sub in batch.items()}
+        return lambda row, value: [put(row, value[key]) for key, put in writers.items()]
+    if isinstance(batch, tuple):
+        writers = [_row_writer(sub) for sub in batch]
+        return lambda row, value: [put(row, item) for put, item in zip(writers, value)]
+    return batch.__setitem__  # the hot path: one array
+
+
+def take_rows(batch: Any, rows: np.ndarray) -> Any:
+    """Rows ``rows`` of a batch (arrays, dicts, tuples)."""
+    if isinstance(batch, dict):
+        return {key: take_rows(sub, rows) for key, sub in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(take_rows(sub, rows) for sub in batch)
+    return batch[rows]
+
+
+class _TaskHook(gym.Wrapper):
+    """Hands the ``task`` reset option to ``set_task(env, task)`` before the env's reset."""
+
+    def __init__(self, env: gym.Env, set_task: Callable[[gym.Env, Any], None]) -> None:
+        super().__init__(env)
+        self._set_task = set_task
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> Any:
+        if options and "task" in options:
+            options = dict(options)
+            self._set_task(self.env, options.pop("task"))
+        return self.env.reset(seed=seed, options=options or None)
+
+
+class _HookedFactory:
+    """``make_env`` with the ``set_task`` hook around each env (picklable for subprocesses)."""
+
+    def __init__(self, make_env: Callable[[], gym.Env],
+                 set_task: Callable[[gym.Env, Any], None] | None) -> None:
+        self.make_env = make_env
+        self.set_task = set_task
+
+    def __call__(self, env: gym.Env | None = None) -> gym.Env:
+        env = self.make_env() if env is None else env
+        return env if self.set_task is None else _TaskHook(env, self.set_task)
+
+
+def make_envs(make_env: Callable[[], gym.Env | VectorEnv], num_envs: int = 8,
+              vectorization_mode: str = "sync",
+              set_task: Callable[[gym.Env, Any], None] | None = None) -> EnvPool | VectorEnv:
+    """The envs an evaluation runs on, from a factory.
+
+    Args:
+        make_env: returns one ``gymnasium.Env`` (``num_envs`` copies are made), or a whole
+            ``VectorEnv`` (used as it is; ``num_envs`` must match it).
+        num_envs: env slots.
+        vectorization_mode: ``"sync"``: an :class:`EnvPool` in this process, which does not
+            step paused slots; ``"async"``: a Gymnasium ``AsyncVectorEnv``, one process per env.
+        set_task: called as ``set_task(env, task)`` before each reset that starts an episode
+            with a task, in the process that holds the env, instead of passing the task in
+            the reset options.
+
+    Returns:
+        An :class:`EnvPool` or a vector env, for :func:`run_episodes`; the caller closes it.
+    """
+    if not callable(make_env):
+        raise bad_argument("make_env", "a callable returning a gymnasium Env or VectorEnv",
+                           make_env)
+    check_count("num_envs", num_envs)
+    if vectorization_mode not in ("sync", "async"):
+        raise bad_argument("vectorization_mode", "'sync' or 'async'", vectorization_mode)
+    if set_task is not None and not callable(set_task):
+        raise bad_argument("set_task", "a callable set_task(env, task) or None", set_task)
+    first = make_env()
+    if isinstance(first, VectorEnv):
+        if first.num_envs != num_envs:
+            first.close()
+            raise bad_argument("num_envs", f"{first.num_envs}, the size of the VectorEnv "
+                               "make_env returns", num_envs)
+        if set_task is not None:
+            first.close()
+            raise ValueError("set_task: expected None when make_env returns a VectorEnv (its "
+                             "sub-envs are out of reach); pass tasks in the reset options, or "
+                             "let make_env return a single env")
+        return first
+    if not isinstance(first, gym.Env):
+        raise bad_argument("make_env", "a callable returning a gymnasium Env or VectorEnv",
+                           first)
+    factory = _HookedFactory(make_env, set_task)
+    if vectorization_mode == "async":
+        first.close()  # each subprocess builds its own
+        return AsyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
+    return EnvPool([factory(first)] + [factory() for _ in range(num_envs - 1)])
+
+
+def as_slots(envs: EnvPool | VectorEnv) -> EnvPool | VectorSlots:
+    if isinstance(envs, EnvPool):
+        return envs
+    if isinstance(envs, VectorEnv):
+        return VectorSlots(envs)
+    raise bad_argument("envs", "an EnvPool or a gymnasium VectorEnv", envs)

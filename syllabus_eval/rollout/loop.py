@@ -1,0 +1,300 @@
+"""The episode loop: the counted episodes of some env slots, run by any evaluator.
+
+Usage::
+
+    from syllabus_eval import RolloutSettings, make_envs, run_episodes
+
+    envs = make_envs(lambda: gym.make("CartPole-v1"), num_envs=8)
+    episodes = run_episodes(evaluator, envs, RolloutSettings(num_episodes=20))
+    envs.close()
+
+The rules it follows (quotas, pausing, seeds, tasks, autoreset, shares of slots) are in
+:mod:`syllabus_eval.rollout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import VectorEnv
+from gymnasium.vector.utils import create_empty_array
+
+from ..errors import EvaluationCancelled, bad_argument, check_count, describe
+from ..protocols import AgentQueries, RecurrentAgentQueries, is_recurrent
+from .envs import EnvPool, StepResult, VectorSlots, as_slots, take_rows
+from .records import EpisodeRecord, RolloutSettings, episode_number, episode_quota, sort_records
+
+
+class StopFlag(Protocol):
+    """What :func:`run_episodes` asks before each step (a ``threading.Event`` is one)."""
+
+    def is_set(self) -> bool: ...
+
+
+def check_fit(evaluator: AgentQueries, envs: EnvPool | VectorEnv,
+              deterministic: bool | None = True) -> None:
+    """Raise a clear ``ValueError`` when the envs' spaces do not fit the evaluator.
+
+    Asks the evaluator for the action of one all-zero observation of the env's single
+    observation space and checks the action's shape against the single action space.
+    """
+    obs_space = envs.single_observation_space
+    action_space = envs.single_action_space
+    probe = create_empty_array(obs_space, 1, fn=np.zeros)  # [1, ...]
+    lstm_state, done = _initial_state(evaluator, 1)
+    try:
+        action, _ = evaluator.get_action(probe, lstm_state, done, deterministic=deterministic)
+    except Exception as error:
+        raise ValueError(
+            f"envs: the env's single_observation_space {obs_space} does not fit "
+            f"{type(evaluator).__name__}: a query on one observation of it raised {error!r}"
+        ) from error
+    action = _to_numpy(action)
+    expected = (1, *(action_space.shape or ()))
+    if action.shape != expected or (isinstance(action_space, spaces.Discrete)
+                                    and not action_space.contains(action[0])):
+        raise ValueError(
+            f"envs: the env's single_action_space {action_space} does not fit "
+            f"{type(evaluator).__name__}: for one observation it gave an action "
+            f"{describe(action)} (expected shape {expected})"
+        )
+
+
+def run_episodes(
+    evaluator: AgentQueries,
+    envs: EnvPool | VectorEnv,
+    settings: RolloutSettings,
+    *,
+    slots: Sequence[int] | None = None,
+    num_slots: int | None = None,
+    stop: StopFlag | None = None,
+    on_episode: Callable[[EpisodeRecord], None] | None = None,
+) -> list[EpisodeRecord]:
+    """Run the counted episodes of ``envs``' slots and return their records.
+
+    Args:
+        evaluator: anything with ``get_action(state, lstm_state, done, *, deterministic)``
+            returning ``(action, extras)``; recurrent ones
+            (:class:`~syllabus_eval.RecurrentAgentQueries` with ``is_lstm``) also
+            ``initial_lstm_state(batch_size)`` and ``extras["lstm_state"]``.
+        envs: an :class:`EnvPool` or a Gymnasium vector env (``NEXT_STEP`` or ``SAME_STEP``
+            autoreset); it is reset here and stays open.
+        settings: episodes, step limit, determinism, seed, tasks, success key.
+        slots: the global slot index of each env of ``envs`` (default ``0 .. k - 1``).
+        num_slots: the evaluation's total number of slots (default: ``len(slots)``).
+        stop: anything with ``is_set()`` (a ``threading.Event``), asked before every step;
+            once set, the loop raises :class:`~syllabus_eval.EvaluationCancelled`.
+        on_episode: called with each record as its episode ends (progress bars).
+
+    Returns:
+        The records of every counted episode, ordered by ``(env_index, episode_index)``.
+    """
+    loop = _Loop(evaluator, as_slots(envs), settings, slots, num_slots, on_episode)
+    while loop.active.size:
+        if stop is not None and stop.is_set():
+            raise EvaluationCancelled("the evaluation was stopped before its episodes ended")
+        step = loop.act()
+        ended, cut, fresh = loop.count(step)
+        if ended.any():
+            fresh = loop.end_episodes(step, ended, cut, fresh)
+        if loop.done is not None:
+            loop.restart_recurrent(fresh)
+    return sort_records(loop.records)
+
+
+class _Loop:
+    """The state of one :func:`run_episodes` call; arrays marked ``[A]`` have one entry per
+    active slot, and are sliced like the recurrent state when slots pause."""
+
+    def __init__(self, evaluator: AgentQueries, pool: EnvPool | VectorSlots,
+                 settings: RolloutSettings, slots: Sequence[int] | None,
+                 num_slots: int | None, on_episode: Callable[[EpisodeRecord], None] | None
+                 ) -> None:
+        k = pool.num_envs
+        global_slots = np.arange(k) if slots is None else np.asarray(slots, dtype=np.int64)
+        if global_slots.shape != (k,) or len(set(global_slots.tolist())) != k:
+            raise bad_argument("slots", f"{k} distinct global slot indices, one per env", slots)
+        num_slots = k if num_slots is None else num_slots
+        check_count("num_slots", num_slots)
+        if global_slots.min() < 0 or global_slots.max() >= num_slots:
+            raise bad_argument("slots", f"indices in [0, {num_slots})", slots)
+        if settings.tasks is not None and isinstance(pool, VectorSlots) and pool.same_step:
+            raise ValueError("tasks: a SAME_STEP vector env resets finished sub-envs before the "
+                             "next task is known; use NEXT_STEP autoreset or an env factory")
+        self.evaluator, self.pool, self.settings = evaluator, pool, settings
+        self.on_episode = on_episode
+        self.num_slots = num_slots
+        self.slot_ids = global_slots.tolist()  # [k] global index of each local slot
+        self.quotas = [episode_quota(settings.num_episodes, num_slots, i)
+                       for i in self.slot_ids]  # [k]
+        self.episode = [0] * k  # [k] the running episode of each slot
+        # Reset by hand what does not restart by itself: our pool's envs, and every episode
+        # that needs its task passed at reset (and episodes that max_steps cuts).
+        self.reset_by_hand = not pool.autoresets or settings.tasks is not None
+        self.max_steps = settings.max_steps or np.iinfo(np.int64).max
+        self.records: list[EpisodeRecord] = []
+
+        # Sub-envs of a vector env are all stepped, so all need a first reset; a pool's idle
+        # ones are never touched.
+        self.active = np.flatnonzero(self.quotas)  # [A] slots still counting episodes
+        self.reset(self.active if isinstance(pool, EnvPool) else np.arange(k), first=True)
+        self.returns = np.zeros(self.active.size)  # [A] float64
+        self.lengths = np.zeros(self.active.size, dtype=np.int64)  # [A]
+        self.lstm_state, self.done = _initial_state(evaluator, self.active.size)
+
+    # --- the steps of the loop ---------------------------------------------------------------
+
+    def act(self) -> StepResult:
+        """Ask the agent for the active slots' actions and step them."""
+        pool, active = self.pool, self.active
+        obs = pool.observations if active.size == pool.num_envs else take_rows(
+            pool.observations, active)
+        action, extras = self.evaluator.get_action(obs, self.lstm_state, self.done,
+                                                   deterministic=self.settings.deterministic)
+        actions = _to_numpy(action)  # [A, ...]
+        if len(actions) != active.size:
+            raise ValueError(f"evaluator: expected {active.size} actions, one per active env, "
+                             f"got {describe(actions)}")
+        if self.lstm_state is not None:
+            self.lstm_state = extras.get("lstm_state")
+        return pool.step_slots(active, actions)
+
+    def count(self, step: StepResult) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Add the step to the running episodes: which ended ``[A]``, which of those
+        ``max_steps`` cut ``[A]``, and which observations begin an episode (``[A]`` or None)."""
+        fresh = step.reset_step  # an autoreset step is no step of any episode
+        if fresh is None:
+            self.returns += step.rewards
+            self.lengths += 1
+            ended = step.terminated | step.truncated  # [A]
+        else:
+            counted = ~fresh
+            self.returns += step.rewards * counted
+            self.lengths += counted
+            ended = counted & (step.terminated | step.truncated)
+        cut = self.lengths >= self.max_steps  # [A]
+        if cut.any():
+            cut &= ~ended  # the env's own ending comes first
+            ended = ended | cut  # [A]: the done boundary
+        return ended, cut, fresh
+
+    def end_episodes(self, step: StepResult, ended: np.ndarray, cut: np.ndarray,
+                     fresh: np.ndarray | None) -> np.ndarray | None:
+        """Record the episodes that ended, start their slots' next ones, pause the slots
+        that met their quota; the observations that now begin an episode (``[A]`` or None)."""
+        restarted, by_hand, paused = [], [], []  # active positions
+        for p in np.flatnonzero(ended).tolist():
+            slot = self.active[p]
+            self._record(slot, p, step, bool(cut[p]))
+            if self.episode[slot] == self.quotas[slot]:
+                paused.append(p)
+            elif step.restarted is not None and step.restarted[p]:
+                restarted.append(p)
+            elif self.reset_by_hand or cut[p]:
+                by_hand.append(p)
+            # else a NEXT_STEP autoreset comes with the next step, which marks it fresh
+        if by_hand:
+            self.reset(self.active[by_hand])
+        if self.done is not None and (restarted or by_hand):
+            fresh = np.zeros(self.active.size, dtype=bool) if fresh is None else fresh.copy()
+            fresh[restarted + by_hand] = True
+        if paused:
+            keep = np.ones(self.active.size, dtype=bool)  # [A]
+            keep[paused] = False
+            self.active, self.returns, self.lengths = (
+                self.active[keep], self.returns[keep], self.lengths[keep])
+            if self.done is not None:
+                fresh = None if fresh is None else fresh[keep]
+                self.lstm_state = _keep_rows(self.evaluator, self.lstm_state,
+                                             np.flatnonzero(keep))
+        return fresh
+
+    def restart_recurrent(self, fresh: np.ndarray | None) -> None:
+        """A recurrent agent's next inputs: ``done`` where an episode begins, and the initial
+        state in those rows."""
+        if fresh is None:
+            self.done = np.zeros(self.active.size, dtype=np.float32)
+            return
+        self.done = fresh.astype(np.float32)
+        if fresh.any():
+            self.lstm_state = _restart_rows(self.evaluator, self.lstm_state,
+                                            np.flatnonzero(fresh))
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _record(self, slot: int, position: int, step: StepResult, cut: bool) -> None:
+        task_id = self.task_of(slot)
+        success = step.final_info(position).get(self.settings.success_key)
+        record = EpisodeRecord(
+            env_index=self.slot_ids[slot], episode_index=self.episode[slot],
+            reward=float(self.returns[position]), length=int(self.lengths[position]),
+            terminated=bool(step.terminated[position]),
+            truncated=bool(step.truncated[position] or cut),
+            task=None if task_id is None else self.settings.tasks[task_id],
+            success=None if success is None else bool(success))
+        self.records.append(record)
+        if self.on_episode is not None:
+            self.on_episode(record)
+        self.episode[slot] += 1
+        self.returns[position], self.lengths[position] = 0.0, 0
+
+    def task_of(self, slot: int) -> int | None:
+        """An index into the tasks, for the slot's running episode (``None``: no tasks)."""
+        tasks = self.settings.tasks
+        if tasks is None:
+            return None
+        number = episode_number(self.settings.num_episodes, self.num_slots,
+                                self.slot_ids[slot], self.episode[slot])
+        return number % len(tasks)
+
+    def reset(self, index: np.ndarray, first: bool = False) -> None:
+        """Reset slots ``index`` for their running episode: one reset call per task, since a
+        vector env passes one options dict to all it resets."""
+        settings, tasks = self.settings, self.settings.tasks
+        task_ids = [self.task_of(slot) for slot in index]
+        for task_id in dict.fromkeys(task_ids):
+            group = index[[t == task_id for t in task_ids]]
+            seeds = [settings.seed + self.slot_ids[slot]
+                     if first and settings.seed is not None else None for slot in group]
+            self.pool.reset_slots(group, seeds, None if task_id is None
+                                  else {"task": tasks[task_id]})
+
+
+def _initial_state(evaluator: AgentQueries, batch_size: int
+                   ) -> tuple[Any, np.ndarray | None]:
+    """The recurrent state and done flags ([B] float32, all 1: episodes start) of B envs."""
+    if not is_recurrent(evaluator):
+        return None, None
+    return evaluator.initial_lstm_state(batch_size), np.ones(batch_size, dtype=np.float32)
+
+
+def _to_numpy(action: Any) -> np.ndarray:
+    if isinstance(action, torch.Tensor):
+        if action.device.type == "cpu" and not action.requires_grad:
+            return action.numpy()  # the hot path: no copy
+        return action.detach().cpu().numpy()
+    return np.asarray(action)
+
+
+def _restart_rows(evaluator: RecurrentAgentQueries, lstm_state: tuple, rows: np.ndarray
+                  ) -> tuple:
+    """``lstm_state`` with rows ``rows`` (active positions) back at the initial state."""
+    dim = evaluator.lstm_batch_dim
+    fresh = evaluator.initial_lstm_state(len(rows))
+    restarted = []
+    for tensor, initial in zip(lstm_state, fresh):
+        index = torch.as_tensor(rows, device=tensor.device)
+        restarted.append(tensor.index_copy(dim, index, initial.to(tensor)))
+    return tuple(restarted)
+
+
+def _keep_rows(evaluator: RecurrentAgentQueries, lstm_state: tuple, rows: np.ndarray
+               ) -> tuple:
+    """``lstm_state`` of the active positions ``rows`` only: paused envs are sliced out."""
+    dim = evaluator.lstm_batch_dim
+    return tuple(t.index_select(dim, torch.as_tensor(rows, device=t.device))
+                 for t in lstm_state)

@@ -1,0 +1,120 @@
+"""What one evaluation runs and what it gives: settings, episode records, quotas.
+
+Usage::
+
+    from syllabus_eval import RolloutSettings, episode_quota
+
+    settings = RolloutSettings(num_episodes=20, max_steps=500, seed=0, tasks=["a", "b"])
+    episode_quota(20, 8, slot=7)     # 3: slot i of k runs (N + i) // k episodes
+
+The rules behind the numbers are in :mod:`syllabus_eval.rollout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import bad_argument, check_count, check_flag
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeRecord:
+    """One finished evaluation episode.
+
+    Attributes:
+        env_index: the global index of the env slot that ran it.
+        episode_index: ``j`` for the slot's ``j``-th episode (from 0).
+        reward: the episode's return, the sum of the env's rewards.
+        length: steps in the episode (reset steps are not steps).
+        terminated: the env ended the episode (a terminal state).
+        truncated: the episode was cut short, by the env or by ``max_steps``.
+        task: the task it ran (``None`` without tasks).
+        success: the ``success_key`` entry of the last step's info, ``None`` if absent.
+    """
+
+    env_index: int
+    episode_index: int
+    reward: float
+    length: int
+    terminated: bool
+    truncated: bool
+    task: Any = None
+    success: bool | None = None
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """What one evaluation runs; shared by every backend and worker.
+
+    Args:
+        num_episodes: ``N``, the episodes counted, spread over the slots by fixed quotas.
+        max_steps: steps after which an episode is cut short (``truncated``); ``None``: no
+            limit beyond the env's own.
+        deterministic: greedy actions (``True``, the default, as SB3's ``evaluate_policy``),
+            sampled actions (``False``), or the evaluator's own default (``None``). Episodes are
+            reproducible and identical across backends with greedy actions; sampled actions
+            are so only when the evaluator's sampler is seeded and batches are split the same
+            way (PyTorch's global generator is shared with training, so it is not re-seeded).
+        seed: slot ``i`` is first reset with ``seed + i``; ``None``: unseeded resets.
+        tasks: tasks assigned to episodes round robin (see :mod:`syllabus_eval.rollout`);
+            ``None``: none.
+        success_key: the info key read at the last step of an episode for its success.
+    """
+
+    num_episodes: int
+    max_steps: int | None = 1000
+    deterministic: bool | None = True
+    seed: int | None = 0
+    tasks: Sequence[Any] | None = None
+    success_key: str = "success"
+
+    def __post_init__(self) -> None:
+        check_count("num_episodes", self.num_episodes)
+        if self.max_steps is not None:
+            check_count("max_steps", self.max_steps)
+        check_flag("deterministic", self.deterministic, none_ok=True)
+        if self.seed is not None and (isinstance(self.seed, bool)
+                                      or not isinstance(self.seed, (int, np.integer))):
+            raise bad_argument("seed", "an int or None", self.seed)
+        if self.tasks is not None:
+            if isinstance(self.tasks, (str, bytes)) or not isinstance(self.tasks, Sequence) \
+                    or not self.tasks:
+                raise bad_argument("tasks", "a non-empty list of tasks or None", self.tasks)
+            names = [str(task) for task in self.tasks]
+            if len(set(names)) != len(names):
+                raise bad_argument("tasks", "tasks with distinct names (metrics are keyed by "
+                                   "str(task))", names)
+            object.__setattr__(self, "tasks", tuple(self.tasks))
+        if not isinstance(self.success_key, str):
+            raise bad_argument("success_key", "an info key (str)", self.success_key)
+
+
+def episode_quota(num_episodes: int, num_slots: int, slot: int) -> int:
+    """Episodes counted on env slot ``slot`` of ``num_slots``: ``(N + i) // k``."""
+    return (num_episodes + slot) // num_slots
+
+
+def episode_number(num_episodes: int, num_slots: int, slot: int, episode: int) -> int:
+    """The round-by-round number of the ``episode``-th episode of ``slot`` (the rule for
+    tasks in :mod:`syllabus_eval.rollout`).
+
+    Quotas are ``q`` or ``q + 1`` (``q = N // k``) and the last ``N % k`` slots have ``q + 1``:
+    rounds before ``q`` are full, round ``q`` holds only those last slots.
+    """
+    full_rounds, extra = divmod(num_episodes, num_slots)
+    number = episode * num_slots + slot
+    return number - (num_slots - extra) if episode == full_rounds else number
+
+
+def sort_records(records: Iterable[EpisodeRecord]) -> list[EpisodeRecord]:
+    """Records in ``(env_index, episode_index)`` order: the order of every result, so that the
+    same episodes give the same numbers however they were gathered."""
+    return sorted(records, key=_record_order)
+
+
+def _record_order(record: EpisodeRecord) -> tuple[int, int]:
+    return record.env_index, record.episode_index

@@ -1,0 +1,82 @@
+"""What one evaluation runs on, taken when it is triggered: the weights, their version, the step.
+
+Usage::
+
+    from syllabus_eval.snapshot import take_snapshot
+
+    snapshot = take_snapshot(evaluator, agent, device="cpu", step=40_000)
+    snapshot.weights        # a private state dict: later training does not change it
+    snapshot.version        # the weights' version (optimizer steps), None for a state dict
+    snapshot.step           # the training step it was triggered at (result.step)
+
+The runner takes one per trigger and hands it to its backend, which loads it into the
+evaluation agent (``load_weights(snapshot.weights, snapshot.version)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import bad_argument
+from .protocols import AgentQueries, WeightedAgentQueries
+from .weights import versioned_snapshot
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The weights one evaluation runs on, read once, at trigger time.
+
+    Attributes:
+        weights: a private state dict on the evaluation device; ``None``: the evaluation
+            agent's own weights (an evaluator without weights, or a factory's in a worker).
+        version: the version of those weights (the training agent's optimizer steps, as
+            ``weights_version`` counts them); ``None`` when unknown (a state dict).
+        step: the training step the evaluation was triggered at (``None`` if not given).
+    """
+
+    weights: dict[str, torch.Tensor] | None = None
+    version: int | None = None
+    step: int | None = None
+
+
+def take_snapshot(evaluator: AgentQueries,
+                  weights: nn.Module | Mapping[str, torch.Tensor] | None,
+                  device: str | torch.device, step: int | None = None) -> Snapshot:
+    """The :class:`Snapshot` of ``weights`` (``None``: the evaluator's training agent, now).
+
+    Raises:
+        ValueError: ``weights`` do not have the keys and shapes of the evaluator's agent, or
+            the evaluator has no weights to load.
+    """
+    weighted = isinstance(evaluator, WeightedAgentQueries)
+    if weights is None:
+        source = evaluator.training_agent if weighted else None
+        if source is None:
+            return Snapshot(step=step)
+        return Snapshot(*versioned_snapshot(source, device), step)
+    if not isinstance(weights, (nn.Module, Mapping)):
+        raise bad_argument("weights", "an nn.Module, a state dict or None", weights)
+    agent = evaluator.agent if weighted else None
+    if not isinstance(agent, nn.Module):
+        raise bad_argument("weights", f"None: {type(evaluator).__name__} has no weights to "
+                           "load", weights)
+    state, version = versioned_snapshot(weights, device)
+    expected = {k: tuple(v.shape) for k, v in agent.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        raise ValueError(f"weights: expected the keys and shapes of {type(agent).__name__}'s "
+                         f"state dict, got weights that differ: {_differences(expected, got)}")
+    return Snapshot(state, version, step)
+
+
+def _differences(expected: dict[str, tuple], got: dict[str, tuple]) -> str:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    parts = [f"missing {missing}"] * bool(missing) + [f"unexpected {unexpected}"] * bool(
+        unexpected) + [f"{k}: {expected[k]} vs {got[k]}" for k in shapes]
+    return "; ".join(parts)
