@@ -8,11 +8,11 @@ PIP    := $(PY) -m pip install -q -c constraints.txt
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[dev,ray]'
+	$(PIP) -e '.[dev,ray,tensorboard]'
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed
-	$(PIP) -e '.[dev,ray,bench]'
+	$(PIP) -e '.[dev,ray,tensorboard,bench]'
 	touch $@
 
 demo: $(VENV)/.installed

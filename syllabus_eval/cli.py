@@ -17,15 +17,15 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import torch
 
 from .backends import BACKENDS
+from .checkpoints import Checkpoint, load_checkpoint
 
 ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
 
@@ -70,12 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved agent on a Gymnasium env")
-    evaluate.add_argument("--env", required=True, help="a Gymnasium env id")
+    env = evaluate.add_mutually_exclusive_group(required=True)
+    env.add_argument("--env", help="a Gymnasium env id")
+    env.add_argument("--make-env", help="module:function returning one env, e.g. the training "
+                     "script's own factory with its wrappers")
     evaluate.add_argument("--agent", help="module:Class of a CleanRL-style agent, built as "
                           "Class(envs)")
     evaluate.add_argument("--adapter", default="cleanrl",
                           help=f"one of {', '.join(ADAPTERS)}, or module:Class of an Evaluator")
-    evaluate.add_argument("--checkpoint", help="a state dict saved with torch.save")
+    evaluate.add_argument("--checkpoint", help="a checkpoint save_best wrote (weights and "
+                          "observation normalisation), or a state dict saved with torch.save")
     evaluate.add_argument("--lstm", action="store_true", help="the agent is recurrent")
     evaluate.add_argument("--episodes", type=_positive, default=20)
     evaluate.add_argument("--num-envs", type=_positive, default=8)
@@ -108,11 +112,35 @@ def _load_attribute(spec: str, option: str) -> Any:
         raise UsageError(f"{option}: module {module_name!r} has no {name!r}") from None
 
 
-def _check_env(env_id: str) -> None:
+def _env_factory(args: argparse.Namespace, normalize: bool = False) -> Callable[[], gym.Env]:
+    """The evaluation env factory of ``--env`` or ``--make-env`` (picklable for workers).
+
+    With an ``--env`` id and a checkpoint that carries observation statistics, the env gets a
+    ``NormalizeObservation`` to take them (``--make-env`` brings its own).
+    """
+    if args.make_env is not None:
+        factory = _load_attribute(args.make_env, "--make-env")
+        if not callable(factory):
+            raise UsageError(f"--make-env: {args.make_env} is not callable")
+        return factory
     try:
-        gym.make(env_id).close()
+        gym.make(args.env).close()
     except gym.error.Error as error:
-        raise UsageError(f"--env: no Gymnasium environment {env_id!r} ({error})") from None
+        raise UsageError(f"--env: no Gymnasium environment {args.env!r} ({error})") from None
+    return partial(_normalized_env, args.env) if normalize else partial(gym.make, args.env)
+
+
+def _normalized_env(env_id: str) -> gym.Env:
+    return gym.wrappers.NormalizeObservation(gym.make(env_id))
+
+
+def _load_checkpoint(args: argparse.Namespace) -> Checkpoint | None:
+    if args.checkpoint is None:
+        return None
+    try:
+        return load_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"--checkpoint: {error}") from None
 
 
 def _build_evaluator(args: argparse.Namespace) -> Any:
@@ -122,7 +150,9 @@ def _build_evaluator(args: argparse.Namespace) -> Any:
         adapter = getattr(adapters, ADAPTERS[args.adapter])
     else:
         adapter = _load_attribute(args.adapter, "--adapter")
-    probe = gym.make_vec(args.env, num_envs=1)
+    checkpoint = _load_checkpoint(args)
+    normalize = checkpoint is not None and checkpoint.obs_norm is not None
+    probe = gym.vector.SyncVectorEnv([_env_factory(args, normalize)])
     try:
         if args.adapter == "dummy":
             return adapter(probe.single_action_space, seed=args.seed)
@@ -135,15 +165,11 @@ def _build_evaluator(args: argparse.Namespace) -> Any:
             raise UsageError(f"--agent: {args.agent}(envs) failed: {error!r}") from None
     finally:
         probe.close()
-    if args.checkpoint is not None:
-        path = Path(args.checkpoint)
-        if not path.is_file():
-            raise UsageError(f"--checkpoint: no such file {str(path)!r}")
+    if checkpoint is not None:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            agent.load_state_dict(state)
+            agent.load_state_dict(checkpoint.state_dict)
         except Exception as error:
-            raise UsageError(f"--checkpoint: {str(path)!r} does not fit "
+            raise UsageError(f"--checkpoint: {args.checkpoint!r} does not fit "
                              f"{type(agent).__name__}: {error}") from None
     kwargs = {"is_lstm": True} if args.lstm else {}
     return adapter(agent, **kwargs)
@@ -162,16 +188,18 @@ def _evaluate(args: argparse.Namespace) -> int:
                               ("--agent", args.agent)):
             if value:
                 raise UsageError(f"{option}: not used by --adapter dummy (random actions)")
-    _check_env(args.env)
+    checkpoint = _load_checkpoint(args)
+    obs_norm = None if checkpoint is None else checkpoint.obs_norm
+    make_env = _env_factory(args, normalize=obs_norm is not None)
     evaluator = _build_evaluator(args)
     # Picklable factories: process and Ray workers build their env and evaluator from them.
     workers = {} if args.backend == "thread" else {"evaluator_fn": partial(_build_evaluator,
                                                                           args)}
-    with EvalRunner(partial(gym.make, args.env), evaluator, num_envs=args.num_envs,
+    with EvalRunner(make_env, evaluator, num_envs=args.num_envs,
                     num_episodes=args.episodes, max_steps=args.max_steps, backend=args.backend,
                     deterministic=args.deterministic, seed=args.seed, tasks=tasks,
                     progress=sys.stderr.isatty(), **workers) as runner:
-        result = runner.evaluate()
+        result = runner.evaluate(obs_norm=obs_norm)
     metrics = dict(result)
     print(format_table([[k, f"{v:.4g}"] for k, v in metrics.items() if "/task/" not in k],
                        ["metric", "value"]))

@@ -8,9 +8,12 @@ Usage::
     wandb.log(result)                 # the metrics: {"eval/reward": ..., ...}
     result.episodes[0].length         # the per-episode records stay available
 
-Metrics (DESIGN.md): ``eval/reward`` (mean return), ``eval/reward_std`` (population standard
-deviation), ``eval/episode_length`` (mean), ``eval/num_episodes``, ``eval/fps`` (counted env
-steps per second of the evaluation's wall-clock time), ``eval/step`` (when given),
+Metrics (DESIGN.md): ``eval/reward`` (mean return: the raw return where the env records episode
+statistics, see :class:`~syllabus_eval.EpisodeRecord`), ``eval/wrapped_reward`` (the mean of
+what the agent received, only where reward wrappers made it differ), ``eval/reward_std``
+(population standard deviation), ``eval/episode_length`` (mean), ``eval/num_episodes``,
+``eval/fps`` (counted env steps per second of the evaluation's wall-clock time), ``eval/step``
+(when given),
 ``eval/success`` (the success rate over the episodes whose last info reported one; absent when
 none did), per task ``eval/task/<task>/reward``, ``.../success``, ``.../episode_length`` and
 ``.../num_episodes``, and the ``metrics_fn(episodes)`` keys under ``eval/``. Records are taken
@@ -48,6 +51,7 @@ class EvalResult(dict):
         weights_version: the version of the weights evaluated (the training agent's optimizer
             steps, as ``Evaluator.weights_version`` counts them; ``None`` when unknown).
         on_result_error: the exception ``on_result`` raised for this result, if any.
+        is_best: whether it beat every earlier result of its runner (``best_metric``).
     """
 
     def __init__(self, metrics: Mapping[str, float | int], episodes: Iterable[EpisodeRecord],
@@ -56,6 +60,7 @@ class EvalResult(dict):
         self.episodes: tuple[EpisodeRecord, ...] = tuple(episodes)
         self.step = step
         self.weights_version: int | None = None
+        self.is_best: bool | None = None  # set by the runner when it ranks results
         self.on_result_error: BaseException | None = None
 
     @property
@@ -108,6 +113,9 @@ def _group_metrics(prefix: str, episodes: list[EpisodeRecord]) -> dict[str, floa
     reported = [r.success for r in episodes if r.success is not None]
     if reported:
         group[prefix + "success"] = float(np.mean(reported))
+    if any(r.wrapped_reward is not None for r in episodes):  # reward wrappers changed them
+        group[prefix + "wrapped_reward"] = float(np.mean(
+            [r.reward if r.wrapped_reward is None else r.wrapped_reward for r in episodes]))
     return group
 
 

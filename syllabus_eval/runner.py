@@ -4,30 +4,32 @@ Usage::
 
     from syllabus_eval import EvalRunner
     from syllabus_eval.adapters import CleanRLEvaluator
+    from syllabus_eval.loggers import JSONLinesLogger
 
     with EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent), num_envs=8,
-                    num_episodes=20, on_result=wandb.log) as runner:
-        for step in range(total_steps):
-            ...                                           # train
-            if step % 10_000 == 0:
-                runner.trigger_eval(agent, step=step)     # snapshot now, evaluate meanwhile
-            if (result := runner.poll()) is not None:     # None while it runs
-                print(result["eval/reward"])
-        metrics = runner.evaluate(agent, step=step)       # blocking
+                    num_episodes=20, eval_every=10_000, save_best="runs/best.pt",
+                    on_result=[print, JSONLinesLogger("runs/eval.jsonl")]) as runner:
+        for step in range(0, total_steps, num_envs):
+            ...                                        # train
+            runner.maybe_trigger(agent, step=step)     # every 10,000 env steps, meanwhile
+            if runner.should_stop:
+                break
+        runner.final_eval(agent, step=step)            # the last policy, blocking
 
-Every evaluation, blocking or not, runs on the runner's own thread, one at a time, in trigger
-order. The weights are snapshotted when the evaluation is triggered (never later) and put on
-the evaluation device; training goes on meanwhile. Results are :class:`EvalResult`: the flat
+The runner is the facade of evaluation; it composes a backend (where episodes run,
+:mod:`syllabus_eval.backends`), a job queue (the runner's thread: evaluations one at a time, in
+trigger order, :mod:`syllabus_eval.jobs`), a schedule in env steps (:mod:`syllabus_eval.schedule`)
+and what happens to each result (the best model, early stopping and the callbacks,
+:mod:`syllabus_eval.tracking`). The weights, and the observation statistics given as
+``obs_norm``, are snapshotted when the evaluation is triggered (never later) and put on the
+evaluation device; training goes on meanwhile. Results are :class:`EvalResult`: the flat
 metrics dict, with the per-episode records on ``.episodes`` and the trigger step on ``.step``.
 
 With the ``"thread"`` backend the evaluation shares the GIL with training: a background
 evaluation pauses a moment each env step so that the training thread gets the GIL back at once
 (see :mod:`syllabus_eval.backends.thread`), and runs slower for it; blocking ones run at full
-speed. Envs that are heavy in Python still take their share of the interpreter. The
-``"process"`` and ``"ray"`` backends run the episodes in worker processes or Ray actors instead
-(:mod:`syllabus_eval.backends.pool`): no GIL is shared, envs and evaluators are built there
-from factories, one evaluation's env slots can be split over several workers, and workers that
-die are restarted::
+speed. The ``"process"`` and ``"ray"`` backends run the episodes in worker processes or Ray
+actors instead (:mod:`syllabus_eval.backends.pool`)::
 
     runner = EvalRunner(make_env, evaluator, num_envs=8, backend="process",
                         evaluator_fn=make_evaluator, num_workers=2, timeout=600)
@@ -35,15 +37,10 @@ die are restarted::
 
 from __future__ import annotations
 
-import logging
-import queue
+import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral
 from typing import Any
 
@@ -53,28 +50,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backends import create_backend
-from .errors import EvaluationCancelled, EvaluationError, bad_argument
+from .errors import bad_argument
+from .jobs import BUSY_POLICIES, Job, JobQueue
 from .protocols import AgentQueries
 from .results import EvalResult, MetricsFn, summarize
 from .rollout import RolloutSettings
+from .schedule import EvalSchedule
 from .snapshot import Snapshot, take_snapshot
+from .tracking import Callback, ResultTracker
 
-logger = logging.getLogger(__name__)
-
-BUSY_POLICIES = ("error", "queue", "skip")
-
-
-@dataclass
-class _Job:
-    """One triggered evaluation."""
-
-    snapshot: Snapshot  # taken at trigger time
-    blocking: bool
-    future: Future = field(default_factory=Future)
-
-    @property
-    def step(self) -> int | None:
-        return self.snapshot.step
+Weights = nn.Module | Mapping[str, torch.Tensor] | None
 
 
 class EvalRunner:
@@ -82,10 +67,11 @@ class EvalRunner:
 
     Args:
         make_env: returns one ``gymnasium.Env`` (``num_envs`` copies are made) or a whole
-            ``VectorEnv`` of ``num_envs`` sub-envs. Reward wrappers inside it count: leave
-            reward shaping out to evaluate raw returns.
+            ``VectorEnv`` of ``num_envs`` sub-envs. Wrappers inside it are part of the env:
+            the training script's own factory is right (reward wrappers: see
+            :class:`~syllabus_eval.EpisodeRecord` for which return is reported).
         evaluator: the agent's :class:`~syllabus_eval.Evaluator` (any object with its
-            ``get_action``). Evaluations run on ``evaluator.detached(device)``, a private copy;
+            query methods). Evaluations run on ``evaluator.detached(device)``, a private copy;
             with the process and Ray backends, on the ``evaluator_fn`` evaluators of the
             workers, and this one only gives the weights (when :meth:`evaluate` gets none).
         num_envs: env slots; slot ``i`` runs ``(num_episodes + i) // num_envs`` episodes.
@@ -95,14 +81,25 @@ class EvalRunner:
             ``"process"`` (spawned worker processes) or ``"ray"`` (Ray actors; needs
             ``pip install 'syllabus-eval[ray]'``). The options below marked *process, ray*
             are refused by backends that do not take them.
-        busy_policy: what :meth:`trigger_eval` does while an evaluation is pending:
-            ``"error"`` raises ``RuntimeError``, ``"queue"`` runs it afterwards, ``"skip"``
-            drops it and returns ``False``.
-        on_result: called with each :class:`EvalResult`, on the runner's thread, before
-            :meth:`wait` returns it. An exception it raises is logged, kept on
-            ``result.on_result_error`` and does not stop the runner. The evaluation counts as
-            pending until it returns.
+        busy_policy: what a trigger does while an evaluation is pending: ``"error"`` raises
+            ``RuntimeError``, ``"queue"`` runs it afterwards, ``"skip"`` drops it (counted in
+            :attr:`skipped`). Default: ``"skip"`` with ``eval_every``, else ``"error"``.
+        on_result: a callable or a list of them, each called with every
+            :class:`EvalResult`, on the runner's thread, before :meth:`wait` returns it (the
+            loggers of :mod:`syllabus_eval.loggers`, ``wandb.log``, ...). An exception one
+            raises is logged, kept on ``result.on_result_error`` and stops neither the others
+            nor the runner. The evaluation counts as pending until they return.
         metrics_fn: ``metrics_fn(episodes) -> {name: number}``, extra metrics under ``eval/``.
+        eval_every: env steps between the evaluations :meth:`maybe_trigger` starts (see
+            :mod:`syllabus_eval.schedule`); ``None``: no schedule.
+        save_best: a path: each new best result's snapshot is written there (weights,
+            observation statistics, step and metrics, :mod:`syllabus_eval.checkpoints`).
+        best_metric: the metric that ranks results (default ``"eval/reward"``).
+        best_mode: ``"max"`` (higher is better, the default) or ``"min"``.
+        on_new_best: called with each new best result (before ``on_result``).
+        stop_reward: ``(threshold, k)``: :attr:`should_stop` after ``k`` consecutive results
+            whose ``best_metric`` is at or beyond ``threshold``.
+        stop_patience: :attr:`should_stop` after this many results without a new best.
         deterministic: greedy actions (default), sampled (``False``) or the evaluator's default
             (``None``); see :class:`RolloutSettings`.
         seed: slot ``i`` starts each evaluation reset with ``seed + i`` (default 0: every
@@ -154,10 +151,17 @@ class EvalRunner:
         num_episodes: int = 20,
         max_steps: int | None = 1000,
         backend: str = "thread",
-        busy_policy: str = "error",
-        on_result: Callable[[EvalResult], Any] | None = None,
+        busy_policy: str | None = None,
+        on_result: Callback | Sequence[Callback] | None = None,
         metrics_fn: MetricsFn | None = None,
         *,
+        eval_every: int | None = None,
+        save_best: str | os.PathLike | None = None,
+        best_metric: str = "eval/reward",
+        best_mode: str = "max",
+        on_new_best: Callback | None = None,
+        stop_reward: tuple[float, int] | None = None,
+        stop_patience: int | None = None,
         deterministic: bool | None = True,
         seed: int | None = 0,
         tasks: list[Any] | None = None,
@@ -180,19 +184,25 @@ class EvalRunner:
         if not isinstance(evaluator, AgentQueries):
             raise bad_argument("evaluator", "an Evaluator (an object with get_action, "
                                "get_value and get_action_and_value)", evaluator)
+        self.schedule = None if eval_every is None else EvalSchedule(eval_every)
+        if busy_policy is None:
+            busy_policy = "error" if self.schedule is None else "skip"
         if busy_policy not in BUSY_POLICIES:
             raise ValueError(f"busy_policy: expected one of {', '.join(map(repr, BUSY_POLICIES))}"
                              f", got {busy_policy!r}")
-        for name, value in (("on_result", on_result), ("metrics_fn", metrics_fn)):
-            if value is not None and not callable(value):
-                raise bad_argument(name, "a callable or None", value)
+        if metrics_fn is not None and not callable(metrics_fn):
+            raise bad_argument("metrics_fn", "a callable or None", metrics_fn)
+        self.tracker = ResultTracker(on_result, save_best=save_best, best_metric=best_metric,
+                                     best_mode=best_mode, on_new_best=on_new_best,
+                                     stop_reward=stop_reward, stop_patience=stop_patience)
         settings = RolloutSettings(num_episodes, max_steps, deterministic, seed, tasks,
                                    success_key)
         self.busy_policy = busy_policy
-        self.on_result = on_result
         self.metrics_fn = metrics_fn
         self.progress = progress
         self.settings = settings
+        self._skipped = 0  # triggers dropped by busy_policy="skip"
+        self._last_job: Job | None = None  # the latest evaluation triggered
         # Only the worker options that were given: each backend refuses those it does not take.
         options = {name: value for name, value in (
             ("env_fn", env_fn), ("evaluator_fn", evaluator_fn), ("init_fn", init_fn),
@@ -203,18 +213,17 @@ class EvalRunner:
             backend, make_env, evaluator, num_envs, settings,
             vectorization_mode=vectorization_mode, set_task=set_task, device=device, **options)
         self._evaluator = evaluator
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._unclaimed: deque[_Job] = deque()  # background results not yet polled
-        self._busy = 0  # evaluations queued or running
-        self._stop = threading.Event()
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        self._jobs = JobQueue(self._run, self._backend.close)
+
+    @property
+    def on_result(self) -> list[Callback]:
+        """The callbacks each result is given (a list; append to it to add one)."""
+        return self.tracker.callbacks
 
     # --- triggering --------------------------------------------------------------------------
 
-    def evaluate(self, weights: nn.Module | Mapping[str, torch.Tensor] | None = None,
-                 step: int | None = None) -> EvalResult:
+    def evaluate(self, weights: Weights = None, step: int | None = None, *,
+                 obs_norm: Any = None) -> EvalResult:
         """Evaluate now and return the result (blocking).
 
         Runs on the runner's thread like every evaluation. While a background evaluation is
@@ -225,14 +234,17 @@ class EvalRunner:
             weights: the agent's weights (a module or a state dict); ``None``: the training
                 agent the evaluator was built on, as it is now.
             step: the training step, carried by the result (``eval/step``).
+            obs_norm: the training envs (or their statistics) whose observation normalisation
+                the agent was trained behind: read now, applied frozen to the evaluation
+                envs' own ``NormalizeObservation`` (:mod:`syllabus_eval.normalization`).
         """
-        job = self._submit(weights, step, blocking=True)
-        wait_futures([job.future])
-        return self._outcome(job)
+        job = self._submit(weights, step, obs_norm, blocking=True, busy_policy=self.busy_policy)
+        return self._jobs.outcome(job)
 
-    def trigger_eval(self, weights: nn.Module | Mapping[str, torch.Tensor] | None = None,
-                     step: int | None = None) -> bool:
-        """Start an evaluation in the background; the weights are snapshotted now.
+    def trigger_eval(self, weights: Weights = None, step: int | None = None, *,
+                     obs_norm: Any = None) -> bool:
+        """Start an evaluation in the background; the weights (and ``obs_norm``, as in
+        :meth:`evaluate`) are snapshotted now.
 
         Returns:
             ``True`` if it was started or queued, ``False`` if skipped (``busy_policy="skip"``).
@@ -240,13 +252,55 @@ class EvalRunner:
         Raises:
             RuntimeError: an evaluation is pending and ``busy_policy="error"``.
         """
-        return self._submit(weights, step, blocking=False) is not None
+        return self._submit(weights, step, obs_norm, blocking=False,
+                            busy_policy=self.busy_policy) is not None
+
+    def maybe_trigger(self, weights: Weights = None, step: int | None = None, *,
+                      obs_norm: Any = None) -> bool:
+        """:meth:`trigger_eval` when an evaluation is due at ``step`` (``eval_every``).
+
+        Due when ``step`` has crossed a multiple of ``eval_every`` since the last due step
+        (never ``step % eval_every == 0``); several multiples crossed at once give one
+        evaluation, at ``step``. A due evaluation that finds the runner busy follows
+        ``busy_policy`` (by default, with a schedule, it is skipped and counted in
+        :attr:`skipped`). Costs one comparison when nothing is due: call it every step.
+
+        Returns:
+            Whether an evaluation was started or queued.
+        """
+        schedule = self.schedule
+        if type(step) is int and schedule is not None and step < schedule.next_due:
+            return False  # the common case, first: a training loop asks every step
+        if schedule is None:
+            raise ValueError("eval_every: maybe_trigger needs a schedule, "
+                             "EvalRunner(..., eval_every=N); got None")
+        if step is None or isinstance(step, bool) or not isinstance(step, Integral):
+            raise bad_argument("step", "an int: the training step (env steps so far)", step)
+        if not schedule.due(step):
+            return False
+        return self.trigger_eval(weights, step, obs_norm=obs_norm)
+
+    def final_eval(self, weights: Weights = None, step: int | None = None, *,
+                   obs_norm: Any = None) -> EvalResult:
+        """One blocking evaluation of the last policy, at the end of training (TorchRL #4415).
+
+        It runs after the evaluations still pending, whatever ``busy_policy`` says. When the
+        latest evaluation was triggered at this very ``step``, that one is the final
+        evaluation: it is waited for and returned (and no longer returned by :meth:`poll`).
+        """
+        last = self._last_job
+        if last is not None and step is not None and last.step == step:
+            self._jobs.claim(last)
+            return self._jobs.outcome(last)
+        job = self._submit(weights, step, obs_norm, blocking=True, busy_policy="queue")
+        return self._jobs.outcome(job)
+
+    # --- results -----------------------------------------------------------------------------
 
     @property
     def pending(self) -> bool:
         """Whether an evaluation is queued or running."""
-        with self._lock:
-            return self._busy > 0
+        return self._jobs.pending
 
     def poll(self) -> EvalResult | None:
         """The oldest background result not yet returned; ``None`` while it runs (or if none).
@@ -254,11 +308,7 @@ class EvalRunner:
         Raises:
             EvaluationError: that evaluation failed; the original exception is its cause.
         """
-        with self._lock:
-            if not self._unclaimed or not self._unclaimed[0].future.done():
-                return None
-            job = self._unclaimed.popleft()
-        return self._outcome(job)
+        return self._jobs.poll()
 
     def wait(self, timeout: float | None = None) -> EvalResult | None:
         """Block until the oldest background evaluation not yet returned is done; return it.
@@ -273,17 +323,39 @@ class EvalRunner:
             TimeoutError: it is still running after ``timeout`` seconds (it goes on).
             EvaluationError: it failed; the original exception (and traceback) is its cause.
         """
-        with self._lock:
-            if not self._unclaimed:
-                return None
-            job = self._unclaimed[0]
-        if not wait_futures([job.future], timeout).done:
-            raise TimeoutError(f"the evaluation triggered at step {job.step} is still running "
-                               f"after {timeout}s")
-        with self._lock:
-            if self._unclaimed and self._unclaimed[0] is job:
-                self._unclaimed.popleft()
-        return self._outcome(job)
+        return self._jobs.wait(timeout)
+
+    @property
+    def skipped(self) -> int:
+        """Triggers dropped because an evaluation was pending (``busy_policy="skip"``)."""
+        return self._skipped
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether ``stop_reward`` or ``stop_patience`` says training may stop."""
+        return self.tracker.should_stop
+
+    @property
+    def best(self) -> float | None:
+        """The best ``best_metric`` so far (``None`` before the first result)."""
+        return self.tracker.best
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule, the best result and the stopping counters, to resume a run with
+        :meth:`load_state_dict` (plain numbers: JSON or ``torch.save`` will do). Evaluations
+        still pending are not in it: take it after :meth:`wait` to include them."""
+        return {"schedule": None if self.schedule is None else self.schedule.state_dict(),
+                "skipped": self._skipped, "results": self.tracker.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Carry on from :meth:`state_dict` of an earlier runner (a resumed run)."""
+        if not isinstance(state, Mapping) or not {"schedule", "skipped", "results"} <= set(
+                state):
+            raise bad_argument("state", "what EvalRunner.state_dict() returned", state)
+        if state["schedule"] is not None and self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        self.tracker.load_state_dict(state["results"])
+        self._skipped = int(state["skipped"])
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -299,20 +371,7 @@ class EvalRunner:
             gone); ``False`` if the thread was still inside an env step or agent query after
             ``timeout`` seconds (it ends, and closes the envs, when that call returns).
         """
-        with self._lock:
-            self._closed = True
-            thread = self._thread
-        self._stop.set()
-        self._jobs.put(None)  # wakes the idle thread; jobs queued before it are cancelled
-        if thread is None:
-            self._backend.close()
-            return True
-        thread.join(timeout)
-        if thread.is_alive():
-            logger.warning("EvalRunner.shutdown: the evaluation thread is still inside a call "
-                           "after %ss; it will end when that call returns", timeout)
-            return False
-        return True
+        return self._jobs.shutdown(timeout)
 
     def __enter__(self) -> EvalRunner:
         return self
@@ -320,111 +379,40 @@ class EvalRunner:
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    # --- the runner's thread -----------------------------------------------------------------
+    # --- on the caller's thread, then on the runner's ----------------------------------------
 
-    def _submit(self, weights: Any, step: int | None, blocking: bool) -> _Job | None:
+    def _submit(self, weights: Weights, step: int | None, obs_norm: Any, *, blocking: bool,
+                busy_policy: str) -> Job | None:
         if step is not None and (isinstance(step, bool) or not isinstance(step, Integral)):
             raise bad_argument("step", "an int (the training step) or None", step)
-        with self._lock:
-            self._check_open()
-            if self._busy and self.busy_policy != "queue":
-                if self.busy_policy == "skip" and not blocking:
-                    return None
-                raise RuntimeError(
-                    f"EvalRunner: an evaluation is still pending (busy_policy="
-                    f"{self.busy_policy!r}); wait() for it, or use busy_policy='queue'")
-            self._busy += 1  # reserved before the snapshot, which may wait for a step
-        try:
-            job = _Job(self._snapshot(weights, step), blocking)
-        except BaseException:
-            with self._lock:
-                self._busy -= 1
-            raise
-        with self._lock:
-            if self._closed:  # shut down during the snapshot: its thread may be gone already
-                self._busy -= 1
-                self._check_open()
-            if not blocking:
-                self._unclaimed.append(job)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, daemon=True,
-                                                name="syllabus-eval-runner")
-                self._thread.start()
-            self._jobs.put(job)  # under the lock: before shutdown's stop signal, or not at all
+        job = self._jobs.submit(lambda: self._snapshot(weights, step, obs_norm), blocking,
+                                busy_policy)
+        if job is None:
+            self._skipped += 1
+        else:
+            self._last_job = job
         return job
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("EvalRunner: shut down; create a new runner to evaluate")
+    def _snapshot(self, weights: Weights, step: int | None, obs_norm: Any = None) -> Snapshot:
+        """The weights (and observation statistics) as they are now, on the evaluation
+        device."""
+        return take_snapshot(self._evaluator, weights, self._backend.weights_device, step,
+                             obs_norm)
 
-    def _snapshot(self, weights: Any, step: int | None) -> Snapshot:
-        """The weights as they are now, on the evaluation device."""
-        return take_snapshot(self._evaluator, weights, self._backend.weights_device, step)
-
-    def _work(self) -> None:
-        try:
-            while (job := self._jobs.get()) is not None:
-                if self._stop.is_set():
-                    self._finish(job, error=EvaluationCancelled(
-                        "the runner was shut down before this evaluation started"))
-                else:
-                    self._run(job)
-            while (job := self._get_nowait()) is not None:  # triggered during shutdown
-                self._finish(job, error=EvaluationCancelled("the runner was shut down"))
-        finally:
-            self._backend.close()
-
-    def _get_nowait(self) -> _Job | None:
-        try:
-            return self._jobs.get_nowait()
-        except queue.Empty:
-            return None
-
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: Job, stop: threading.Event) -> EvalResult:
         bar = None
         if job.blocking and self.progress:
             bar = tqdm(total=self.settings.num_episodes, desc="evaluation", unit="episode",
                        leave=False)
         try:
             start = time.perf_counter()
-            records = self._backend.run(job.snapshot, self._stop,
-                                        bar and (lambda _: bar.update()), not job.blocking)
+            records = self._backend.run(job.snapshot, stop, bar and (lambda _: bar.update()),
+                                        not job.blocking)
             result = summarize(records, step=job.step, elapsed=time.perf_counter() - start,
                                metrics_fn=self.metrics_fn)
-            result.weights_version = job.snapshot.version
-        except BaseException as error:
-            self._finish(job, error=error)
-            return
         finally:
             if bar is not None:
                 bar.close()
-        if self.on_result is not None:
-            try:
-                self.on_result(result)
-            except Exception as error:
-                result.on_result_error = error
-                logger.exception("on_result raised for the evaluation at step %s; the runner "
-                                 "goes on (the error is on result.on_result_error)", job.step)
-        self._finish(job, result=result)
-
-    def _finish(self, job: _Job, result: EvalResult | None = None,
-                error: BaseException | None = None) -> None:
-        with self._lock:
-            self._busy -= 1  # before the future: whoever wait()s may trigger at once
-        if error is not None:
-            if not job.blocking and not isinstance(error, EvaluationCancelled):
-                # A loop that only listens to on_result would otherwise not hear of it until
-                # it next calls poll() or wait().
-                logger.error("the background evaluation at step %s failed (poll() and wait() "
-                             "raise it): %r", job.step, error)
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)
-
-    def _outcome(self, job: _Job) -> EvalResult:
-        error = job.future.exception()
-        if error is not None:
-            raise EvaluationError(f"the evaluation triggered at step {job.step} failed: "
-                                  f"{error!r}") from error
-        return job.future.result()
-
+        result.weights_version = job.snapshot.version
+        self.tracker.take(result, job.snapshot)
+        return result

@@ -1,27 +1,31 @@
-"""What one evaluation runs on, taken when it is triggered: the weights, their version, the step.
+"""What one evaluation runs on, taken when it is triggered: weights, version, step, normalisation.
 
 Usage::
 
     from syllabus_eval.snapshot import take_snapshot
 
-    snapshot = take_snapshot(evaluator, agent, device="cpu", step=40_000)
+    snapshot = take_snapshot(evaluator, agent, device="cpu", step=40_000, obs_norm=envs)
     snapshot.weights        # a private state dict: later training does not change it
     snapshot.version        # the weights' version (optimizer steps), None for a state dict
     snapshot.step           # the training step it was triggered at (result.step)
+    snapshot.obs_norm       # the training envs' observation statistics, read with them
 
 The runner takes one per trigger and hands it to its backend, which loads it into the
-evaluation agent (``load_weights(snapshot.weights, snapshot.version)``).
+evaluation agent (``load_weights(snapshot.weights, snapshot.version)``) and its statistics into
+the evaluation envs (:mod:`syllabus_eval.normalization`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import bad_argument
+from .normalization import ObsNormStats, read_obs_norm
 from .protocols import AgentQueries, WeightedAgentQueries
 from .weights import versioned_snapshot
 
@@ -36,28 +40,33 @@ class Snapshot:
         version: the version of those weights (the training agent's optimizer steps, as
             ``weights_version`` counts them); ``None`` when unknown (a state dict).
         step: the training step the evaluation was triggered at (``None`` if not given).
+        obs_norm: the observation statistics to evaluate with, frozen (``None``: none).
     """
 
     weights: dict[str, torch.Tensor] | None = None
     version: int | None = None
     step: int | None = None
+    obs_norm: ObsNormStats | None = None
 
 
 def take_snapshot(evaluator: AgentQueries,
                   weights: nn.Module | Mapping[str, torch.Tensor] | None,
-                  device: str | torch.device, step: int | None = None) -> Snapshot:
-    """The :class:`Snapshot` of ``weights`` (``None``: the evaluator's training agent, now).
+                  device: str | torch.device, step: int | None = None,
+                  obs_norm: Any = None) -> Snapshot:
+    """The :class:`Snapshot` of ``weights`` (``None``: the evaluator's training agent, now)
+    and of ``obs_norm`` (any source :func:`~syllabus_eval.normalization.read_obs_norm` takes).
 
     Raises:
         ValueError: ``weights`` do not have the keys and shapes of the evaluator's agent, or
-            the evaluator has no weights to load.
+            the evaluator has no weights to load; ``obs_norm`` holds no statistics.
     """
+    stats = None if obs_norm is None else read_obs_norm(obs_norm)
     weighted = isinstance(evaluator, WeightedAgentQueries)
     if weights is None:
         source = evaluator.training_agent if weighted else None
         if source is None:
-            return Snapshot(step=step)
-        return Snapshot(*versioned_snapshot(source, device), step)
+            return Snapshot(step=step, obs_norm=stats)
+        return Snapshot(*versioned_snapshot(source, device), step, stats)
     if not isinstance(weights, (nn.Module, Mapping)):
         raise bad_argument("weights", "an nn.Module, a state dict or None", weights)
     agent = evaluator.agent if weighted else None
@@ -70,7 +79,7 @@ def take_snapshot(evaluator: AgentQueries,
     if got != expected:
         raise ValueError(f"weights: expected the keys and shapes of {type(agent).__name__}'s "
                          f"state dict, got weights that differ: {_differences(expected, got)}")
-    return Snapshot(state, version, step)
+    return Snapshot(state, version, step, stats)
 
 
 def _differences(expected: dict[str, tuple], got: dict[str, tuple]) -> str:

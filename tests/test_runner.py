@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from types import SimpleNamespace
 
 import gymnasium as gym
 import pytest
@@ -14,46 +13,10 @@ import torch
 from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.demo.agents import MLPAgent
-from tests.fake_envs import ActionRewardEnv, EndlessEnv, GatedEnv, LengthEnv, TaskEnv
+from tests.fake_envs import EndlessEnv, LengthEnv, TaskEnv
+from tests.gates import SPACES, set_action
 
 CARTPOLE = lambda: gym.make("CartPole-v1")  # noqa: E731
-SPACES = SimpleNamespace(single_observation_space=ActionRewardEnv.observation_space,
-                         single_action_space=ActionRewardEnv.action_space)
-
-
-def set_action(agent: MLPAgent, action: int) -> None:
-    """Make the agent's greedy action ``action`` whatever it sees (5 steps: return 5 * it)."""
-    with torch.no_grad():
-        agent.actor[-1].bias.copy_(torch.tensor([10.0, 0.0] if action == 0 else [0.0, 10.0]))
-
-
-@pytest.fixture
-def agent() -> MLPAgent:
-    agent = MLPAgent(SPACES)
-    set_action(agent, 1)
-    return agent
-
-
-class Gate:
-    """Envs whose steps wait until the test opens the gate (and crash on request)."""
-
-    def __init__(self) -> None:
-        self.open, self.stepping, self.crash = (threading.Event() for _ in range(3))
-
-    def make_env(self) -> gym.Env:
-        return GatedEnv(ActionRewardEnv(), self.open, self.stepping, self.crash)
-
-    def runner(self, agent: MLPAgent, **kwargs) -> EvalRunner:
-        kwargs = {"num_envs": 2, "num_episodes": 4, **kwargs}
-        return EvalRunner(self.make_env, CleanRLEvaluator(agent), **kwargs)
-
-
-@pytest.fixture
-def gate() -> Gate:
-    gate = Gate()
-    yield gate
-    gate.open.set()  # never leave an evaluation waiting
-
 
 @pytest.fixture(autouse=True)
 def no_runner_thread_left():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from syllabus_eval.adapters import CleanRLEvaluator
@@ -90,3 +91,19 @@ def hang_when_started_again(folder: str) -> None:
 
 def cartpole_vector_env() -> gym.vector.VectorEnv:
     return gym.make_vec("CartPole-v1", num_envs=4)
+
+
+def normalized_cartpole() -> gym.Env:
+    """CartPole behind NormalizeObservation, as CleanRL's continuous make_env builds envs."""
+    return gym.wrappers.NormalizeObservation(gym.make("CartPole-v1"))
+
+
+def trained_envs(steps: int = 60, vector: type = gym.vector.SyncVectorEnv
+                 ) -> gym.vector.VectorEnv:
+    """Training envs whose sub-envs' statistics have moved apart (different seeds)."""
+    envs = vector([normalized_cartpole] * 2)
+    envs.reset(seed=[0, 100])
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        envs.step(rng.integers(0, 2, 2))
+    return envs

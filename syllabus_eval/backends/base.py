@@ -16,12 +16,14 @@ from __future__ import annotations
 import abc
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
 
+from ..normalization import ObsNormStats, apply_obs_norm, normalizes_observations
 from ..protocols import AgentQueries, WeightedAgentQueries
 from ..rollout import (
     EnvPool,
@@ -113,6 +115,7 @@ class LocalEpisodes:
         self.slots = list(range(num_slots)) if slots is None else list(slots)
         self.vectorization_mode = vectorization_mode
         self.set_task = set_task
+        self._norm_checked = False
         self._envs: EnvPool | gym.vector.VectorEnv | None = None
         self._envs = self._build_envs()
 
@@ -133,11 +136,26 @@ class LocalEpisodes:
         if self._envs is None:
             self._envs = self._build_envs()
         try:
+            self._normalize(snapshot.obs_norm)
             return run_episodes(self.evaluator, self._envs, self.settings, slots=self.slots,
                                 num_slots=self.num_slots, stop=stop, on_episode=on_episode)
         except BaseException:
             self.close()  # an env may have broken mid-episode: build fresh ones next time
             raise
+
+    def _normalize(self, stats: ObsNormStats | None) -> None:
+        """The snapshot's observation statistics into the envs, frozen; without any, a warning
+        (once) for envs that would normalise with statistics of their own."""
+        if stats is not None:
+            apply_obs_norm(self._envs, stats)
+        elif not self._norm_checked:
+            self._norm_checked = True
+            if normalizes_observations(self._envs):
+                warnings.warn(
+                    "the evaluation envs normalise observations (NormalizeObservation) with "
+                    "statistics of their own, which move while they evaluate: pass the "
+                    "training envs as obs_norm= when triggering evaluations (CleanRL PR #556)",
+                    RuntimeWarning, stacklevel=2)
 
     def close(self) -> None:
         envs, self._envs = self._envs, None

@@ -94,34 +94,33 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
                                 temperature=0.5) as plr, \
             EvalRunner(CartPoleTasks, evaluator, num_envs=len(TASKS),
                        num_episodes=eval_episodes * len(TASKS), max_steps=None,
-                       backend=backend, busy_policy="skip", tasks=TASKS, seed=seed,
+                       backend=backend, eval_every=eval_every, tasks=TASKS, seed=seed,
+                       save_best=out / "best.pt",
                        on_result=lambda result: evaluations.append(dict(result)),
                        **runner_options) as runner:
         envs = gym.vector.SyncVectorEnv(
             [lambda: CurriculumWrapper(CartPoleTasks(), plr) for _ in range(num_envs)])
         trainer = PPOTrainer(envs, agent, PPOConfig(), seed=seed)
-        runner.trigger_eval(agent, step=0)
-        next_eval = eval_every
+        runner.trigger_eval(agent, step=0)  # the untrained agent, for the plot's first point
         bar = tqdm(total=steps, unit="step", disable=not progress, desc="demo")
         recent: list[float] = []
         for stats in trainer.iterate(steps):
             priorities.append((stats.global_step, dict(zip(TASKS, plr.distribution()))))
             recent = (recent + stats.episode_returns)[-50:]
-            if stats.global_step >= next_eval:
-                runner.trigger_eval(agent, step=stats.global_step)  # skipped while busy
-                next_eval += eval_every
+            runner.maybe_trigger(agent, step=stats.global_step)  # due: every eval_every
             bar.update(stats.global_step - bar.n)
             postfix = {"train_return": f"{np.mean(recent):.0f}" if recent else "-"}
             if evaluations:
                 postfix["eval_return"] = f"{evaluations[-1]['eval/reward']:.0f}"
             bar.set_postfix(postfix)
         bar.close()
+        runner.final_eval(agent, step=trainer.global_step)  # after the pending ones
         while runner.wait() is not None:  # drain the background results (errors raise here)
             pass
-        runner.evaluate(agent, step=trainer.global_step)  # the final, blocking evaluation
         envs.close()
         final_priorities = dict(zip(TASKS, plr.distribution()))
         scored = plr.scored_steps()
+        skipped, best = runner.skipped, runner.best
 
     final = evaluations[-1]
     summary = {
@@ -142,6 +141,7 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
                              "steps scored by PLR"]))
     first = evaluations[0]["eval/reward"]
     echo(f"\nevaluation return {first:.1f} at step 0 -> {final['eval/reward']:.1f} at step "
-         f"{final['eval/step']} ({len(evaluations)} evaluations, {summary['seconds']:.0f} s)")
+         f"{final['eval/step']} ({len(evaluations)} evaluations, {skipped} skipped while one "
+         f"ran, {summary['seconds']:.0f} s); best {best:.1f}, saved as {out / 'best.pt'}")
     echo(f"wrote {out / 'metrics.json'} and {out / 'demo.png'}")
     return summary

@@ -14,6 +14,7 @@ The rules it follows (quotas, pausing, seeds, tasks, autoreset, shares of slots)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -228,14 +229,20 @@ class _Loop:
 
     def _record(self, slot: int, position: int, step: StepResult, cut: bool) -> None:
         task_id = self.task_of(slot)
-        success = step.final_info(position).get(self.settings.success_key)
+        info = step.final_info(position)
+        success = info.get(self.settings.success_key)
+        summed = float(self.returns[position])
+        recorded = _recorded_return(info)
         record = EpisodeRecord(
             env_index=self.slot_ids[slot], episode_index=self.episode[slot],
-            reward=float(self.returns[position]), length=int(self.lengths[position]),
+            reward=summed if recorded is None else recorded,
+            length=int(self.lengths[position]),
             terminated=bool(step.terminated[position]),
             truncated=bool(step.truncated[position] or cut),
             task=None if task_id is None else self.settings.tasks[task_id],
-            success=None if success is None else bool(success))
+            success=None if success is None else bool(success),
+            wrapped_reward=None if recorded is None or math.isclose(
+                recorded, summed, rel_tol=1e-6, abs_tol=1e-9) else summed)
         self.records.append(record)
         if self.on_episode is not None:
             self.on_episode(record)
@@ -270,6 +277,14 @@ def _initial_state(evaluator: AgentQueries, batch_size: int
     if not is_recurrent(evaluator):
         return None, None
     return evaluator.initial_lstm_state(batch_size), np.ones(batch_size, dtype=np.float32)
+
+
+def _recorded_return(info: dict) -> float | None:
+    """The raw return ``RecordEpisodeStatistics`` put in an episode's last info, if any."""
+    episode = info.get("episode")
+    if isinstance(episode, dict) and "r" in episode:
+        return float(np.asarray(episode["r"]).reshape(-1)[0])
+    return None
 
 
 def _to_numpy(action: Any) -> np.ndarray:

@@ -28,12 +28,17 @@ class EpisodeRecord:
     Attributes:
         env_index: the global index of the env slot that ran it.
         episode_index: ``j`` for the slot's ``j``-th episode (from 0).
-        reward: the episode's return, the sum of the env's rewards.
+        reward: the episode's return: the raw return the env recorded, when it records
+            episode statistics (``RecordEpisodeStatistics``: ``info["episode"]["r"]`` at the
+            episode's end), else the sum of the rewards the env returned.
         length: steps in the episode (reset steps are not steps).
         terminated: the env ended the episode (a terminal state).
         truncated: the episode was cut short, by the env or by ``max_steps``.
         task: the task it ran (``None`` without tasks).
         success: the ``success_key`` entry of the last step's info, ``None`` if absent.
+        wrapped_reward: the sum of the rewards the agent received, where it differs from
+            ``reward`` (reward wrappers outside ``RecordEpisodeStatistics``, SB3 #181);
+            ``None`` where they agree.
     """
 
     env_index: int
@@ -44,6 +49,7 @@ class EpisodeRecord:
     truncated: bool
     task: Any = None
     success: bool | None = None
+    wrapped_reward: float | None = None
 
 
 @dataclass(frozen=True)

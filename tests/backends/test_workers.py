@@ -28,6 +28,7 @@ from syllabus_eval import (
     cli,
 )
 from tests.fake_envs import LengthEnv
+from tests.gates import start_ray
 from tests.workers import (
     INIT_VARIABLE,
     cartpole,
@@ -42,19 +43,6 @@ from tests.workers import (
 )
 
 WAIT = 60  # seconds any wait may take in these tests: a hang fails, it never blocks the suite
-
-
-def start_ray(ray) -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             namespace="syllabus-eval-tests")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    start_ray(ray)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(params=["process", "ray"])

@@ -1,0 +1,161 @@
+"""Scheduled evaluations in env steps: crossing multiples (never step % N), busy runners that
+skip and count, the final evaluation, and a schedule carried across a resumed run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from syllabus_eval.schedule import EvalSchedule
+from tests.gates import set_action
+
+
+def crossings(steps: list[int], every: int) -> list[int]:
+    """The steps at which an evaluation is due: first step beyond each crossed multiple."""
+    due, last = [], 0
+    for step in steps:
+        if step // every > last // every:
+            due.append(step)
+        last = step if step // every > last // every else last
+    return due
+
+
+class TestEvalSchedule:
+    @pytest.mark.parametrize("increment", [8, 1000, 4096])
+    def test_a_jumping_counter_triggers_once_per_crossed_group(self, increment):
+        schedule = EvalSchedule(every=1000)
+        steps = list(range(increment, 50_000, increment))
+        due = [step for step in steps if schedule.due(step)]
+        assert due == crossings(steps, 1000)
+        # every multiple of 1000 crossed exactly once, in groups
+        assert len(due) == len({step // 1000 for step in steps if step >= 1000})
+
+    def test_step_modulo_would_miss_them(self):
+        steps = range(8 * 3, 50_000, 8 * 3)  # 8 envs x 3 steps: never a multiple of 1000 + 0
+        schedule = EvalSchedule(every=1000)
+        assert sum(schedule.due(step) for step in steps) == 49
+        assert sum(step % 1000 == 0 for step in steps) == 16  # what `step % N == 0` catches
+
+    def test_several_intervals_at_once_give_one(self):
+        schedule = EvalSchedule(every=100)
+        assert [schedule.due(s) for s in (50, 450, 460, 499, 500)] == [
+            False, True, False, False, True]
+
+    def test_resumed_with_another_interval(self):
+        schedule = EvalSchedule(every=100)
+        assert schedule.due(250)
+        other = EvalSchedule(every=1000)
+        other.load_state_dict(schedule.state_dict())
+        assert not other.due(999) and other.due(1000)
+
+    @pytest.mark.parametrize("every", [0, -5, 2.5, "10", True])
+    def test_bad_interval(self, every):
+        with pytest.raises(ValueError, match="eval_every: expected an integer >= 1"):
+            EvalSchedule(every)
+
+
+class TestMaybeTrigger:
+    def test_triggers_in_the_background_when_due(self, agent, gate):
+        gate.open.set()
+        with gate.runner(agent, eval_every=1000, busy_policy="queue") as runner:
+            started = [runner.maybe_trigger(agent, step=step)
+                       for step in range(4096, 20_000, 4096)]
+            assert started == [True] * 4
+            results = [runner.wait(30) for _ in range(4)]
+        assert [r.step for r in results] == [4096, 8192, 12288, 16384]
+
+    def test_a_busy_runner_skips_and_counts(self, agent, gate):
+        with gate.runner(agent, eval_every=10) as runner:
+            assert runner.busy_policy == "skip"  # the default with a schedule
+            assert runner.maybe_trigger(agent, step=10)  # held at the gate
+            assert not runner.maybe_trigger(agent, step=20)
+            assert not runner.maybe_trigger(agent, step=35)
+            assert not runner.maybe_trigger(agent, step=38)  # not due: not a skip
+            assert runner.skipped == 2
+            gate.open.set()
+            assert runner.wait(30).step == 10
+            assert runner.maybe_trigger(agent, step=40)
+            assert runner.wait(30).step == 40 and runner.skipped == 2
+
+    def test_busy_policy_error_is_kept_when_asked(self, agent, gate):
+        with gate.runner(agent, eval_every=10, busy_policy="error") as runner:
+            runner.maybe_trigger(agent, step=10)
+            with pytest.raises(RuntimeError, match="still pending"):
+                runner.maybe_trigger(agent, step=20)
+            gate.open.set()
+
+    def test_weights_are_snapshotted_when_due(self, agent, gate):
+        with gate.runner(agent, eval_every=100) as runner:
+            runner.maybe_trigger(agent, step=100)
+            set_action(agent, 0)  # training moves on while the evaluation waits
+            gate.open.set()
+            assert runner.wait(30)["eval/reward"] == 5.0
+
+    @pytest.mark.parametrize("step, message", [
+        (None, "step: expected an int"), (1.5, "step: expected an int"),
+        (True, "step: expected an int")])
+    def test_bad_steps(self, agent, gate, step, message):
+        with gate.runner(agent, eval_every=100) as runner, \
+                pytest.raises(ValueError, match=message):
+            runner.maybe_trigger(agent, step=step)
+
+    def test_without_a_schedule(self, agent, gate):
+        with gate.runner(agent) as runner, pytest.raises(ValueError, match="eval_every"):
+            runner.maybe_trigger(agent, step=100)
+
+
+class TestFinalEval:
+    def test_runs_once_after_the_pending_ones(self, agent, gate):
+        with gate.runner(agent, eval_every=100) as runner:
+            runner.maybe_trigger(agent, step=100)
+            gate.open.set()
+            final = runner.final_eval(agent, step=150)  # waits for step 100's, then runs
+            assert final.step == 150 and not runner.pending
+            assert runner.wait(30).step == 100
+            assert runner.final_eval(agent, step=150) is final  # that step: evaluated already
+
+    def test_the_last_trigger_at_that_step_is_the_final_one(self, agent, gate):
+        with gate.runner(agent, eval_every=100) as runner:
+            assert runner.maybe_trigger(agent, step=200)
+            set_action(agent, 0)
+            gate.open.set()
+            final = runner.final_eval(agent, step=200)
+            assert final["eval/reward"] == 5.0  # the snapshot of the trigger, not re-run
+            assert runner.poll() is None and runner.wait() is None  # claimed by final_eval
+
+
+class TestResume:
+    def test_the_schedule_and_the_best_carry_over(self, agent, gate):
+        gate.open.set()
+        with gate.runner(agent, eval_every=100) as runner:
+            runner.maybe_trigger(agent, step=150)
+            runner.wait(30)
+            state = runner.state_dict()
+        assert state["schedule"]["next_due"] == 200 and state["results"]["best"] == 5.0
+        with gate.runner(agent, eval_every=100) as resumed:
+            resumed.load_state_dict(state)
+            assert not resumed.maybe_trigger(agent, step=199)
+            assert resumed.maybe_trigger(agent, step=200)
+            assert resumed.wait(30).is_best is False  # 5.0 again: no better than before
+
+    def test_bad_state(self, agent, gate):
+        with gate.runner(agent, eval_every=100) as runner, \
+                pytest.raises(ValueError, match="state: expected what EvalRunner.state_dict"):
+            runner.load_state_dict({"schedule": None})
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's periodic-evaluation example, executed verbatim."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Periodic evaluation during training"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    runner = namespace["runner"]
+    assert runner.pending is False
+    lines = (tmp_path / "runs" / "eval.jsonl").read_text().splitlines()
+    assert len(lines) >= 2  # scheduled evaluations landed, then the final one
+    assert (tmp_path / "runs" / "best.pt").is_file()
