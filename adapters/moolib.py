@@ -10,6 +10,8 @@ Usage::
 kept), ``reward`` (float32), ``done`` (bool) and ``prev_action`` (int64); queries use T = 1.
 Pass either plain observations (``reward`` and ``prev_action`` are then 0: the first step of an
 episode) or a full input dict with a ``state`` key and any of ``reward`` and ``prev_action``.
+The episode loop of :class:`~syllabus_eval.EvalRunner` hands each env's previous action and
+reward over (:meth:`MoolibEvaluator.with_previous_step`), as the model sees them in training.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class MoolibEvaluator(Evaluator):
                             f"{type(model).__name__} has none")
         is_lstm = len(model.initial_state(1)) > 0
         super().__init__(model, device, preprocess_obs, copy_agent, is_lstm=is_lstm, **kwargs)
+
+    def with_previous_step(self, obs: Any, prev_action: Any, prev_reward: Any) -> dict:
+        """The input dict of ``obs`` with each env's previous action and reward (what the
+        episode loop passes; :class:`~syllabus_eval.PreviousStepQueries`)."""
+        return {"state": obs, "prev_action": prev_action, "reward": prev_reward}
 
     def initial_lstm_state(self, batch_size: int) -> LSTMState:
         return tuple(t.to(self.device) for t in self.agent.initial_state(batch_size))

@@ -16,10 +16,12 @@ Usage::
     isinstance(ConstantPolicy(), AgentQueries)   # True
     is_recurrent(ConstantPolicy())               # False: it has no is_lstm
 
-Every :class:`~syllabus_eval.Evaluator` meets all three protocols. Code that takes an
-evaluator is typed with the narrowest one it uses: curricula with :class:`AgentQueries` (and
-:class:`RecurrentAgentQueries` for recurrent agents), the episode loop the same, the runner
-and its backends with :class:`WeightedAgentQueries` where they copy or load weights.
+Every :class:`~syllabus_eval.Evaluator` meets the first three protocols; adapters of agents
+that read the previous action and reward (moolib) also meet :class:`PreviousStepQueries`.
+Code that takes an evaluator is typed with the narrowest one it uses: curricula with
+:class:`AgentQueries` (and :class:`RecurrentAgentQueries` for recurrent agents), the episode
+loop the same (and :class:`PreviousStepQueries` where an agent reads its previous step), the
+runner and its backends with :class:`WeightedAgentQueries` where they copy or load weights.
 """
 
 from __future__ import annotations
@@ -91,6 +93,17 @@ class WeightedAgentQueries(AgentQueries, Protocol):
     def load_weights(self, weights: nn.Module | Mapping[str, torch.Tensor],
                      version: int | None = None) -> None:
         """Use ``weights`` (a module or a state dict) for the next queries."""
+        ...
+
+
+@runtime_checkable
+class PreviousStepQueries(AgentQueries, Protocol):
+    """Queries of an agent that also reads each env's previous action and reward (moolib's
+    ``Net``, TorchBeast's models): the episode loop hands them over at every step."""
+
+    def with_previous_step(self, obs: Any, prev_action: Any, prev_reward: Any) -> Any:
+        """The ``state`` to query with: ``obs`` ``[B, ...]`` with the action ``[B, ...]`` and
+        reward ``[B]`` each env got at its previous step (zeros at an episode's start)."""
         ...
 
 

@@ -50,7 +50,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backends import create_backend
-from .errors import bad_argument
+from .errors import bad_argument, check_number
 from .jobs import BUSY_POLICIES, Job, JobQueue
 from .protocols import AgentQueries
 from .results import EvalResult, MetricsFn, summarize
@@ -105,8 +105,18 @@ class EvalRunner:
         seed: slot ``i`` starts each evaluation reset with ``seed + i`` (default 0: every
             evaluation sees the same start states); ``None``: unseeded.
         tasks: tasks assigned to episodes round robin, passed as the reset option ``"task"``.
+        suites: ``{name: [tasks]}``: each evaluation runs every suite on the same snapshot,
+            each with its own ``num_episodes``, reported under ``eval/<name>/...`` (per task
+            inside each), with ``eval/generalization_gap`` (``train`` minus ``test`` mean
+            return) when both are given. Instead of ``tasks``. Rank results by a suite's
+            metric then, e.g. ``best_metric="eval/test/reward"``.
         set_task: ``set_task(env, task)``, called before each reset instead of the option.
         success_key: the info key giving an episode's success at its last step.
+        info_keys: ``{key: "last" | "sum" | "mean" | "max" | "min"}``: info entries reduced
+            over each episode, reported as ``eval/info/<key>`` (and per task and suite; how
+            many episodes lacked one as ``.../missing``) and on each record's ``info``.
+        ci: the confidence level of the intervals every mean gets (bootstrap for returns,
+            Wilson for success rates; seeded by ``seed``); ``None``: none.
         vectorization_mode: ``"sync"`` (our env pool, in the runner's thread) or ``"async"``
             (a Gymnasium ``AsyncVectorEnv``).
         device: the evaluation device (default: the evaluator's; in workers: that of the
@@ -165,8 +175,11 @@ class EvalRunner:
         deterministic: bool | None = True,
         seed: int | None = 0,
         tasks: list[Any] | None = None,
+        suites: Mapping[str, Sequence[Any]] | None = None,
         set_task: Callable[[gym.Env, Any], None] | None = None,
         success_key: str = "success",
+        info_keys: Mapping[str, str] | None = None,
+        ci: float | None = 0.95,
         vectorization_mode: str = "sync",
         device: str | torch.device | None = None,
         progress: bool = False,
@@ -195,12 +208,15 @@ class EvalRunner:
         self.tracker = ResultTracker(on_result, save_best=save_best, best_metric=best_metric,
                                      best_mode=best_mode, on_new_best=on_new_best,
                                      stop_reward=stop_reward, stop_patience=stop_patience)
-        settings = RolloutSettings(num_episodes, max_steps, deterministic, seed, tasks,
-                                   success_key)
+        if ci is not None:
+            check_number("ci", ci, 0.0, 1.0, low_open=True, high_open=True)
+        self.plan = _plan(suites, tasks, num_episodes=num_episodes, max_steps=max_steps,
+                          deterministic=deterministic, seed=seed, success_key=success_key,
+                          info_keys=info_keys)
         self.busy_policy = busy_policy
         self.metrics_fn = metrics_fn
         self.progress = progress
-        self.settings = settings
+        self.ci = ci
         self._skipped = 0  # triggers dropped by busy_policy="skip"
         self._last_job: Job | None = None  # the latest evaluation triggered
         # Only the worker options that were given: each backend refuses those it does not take.
@@ -210,7 +226,7 @@ class EvalRunner:
             ("address", address), ("num_cpus", num_cpus), ("num_gpus", num_gpus),
             ("ray_kwargs", ray_kwargs)) if value is not None}
         self._backend = create_backend(
-            backend, make_env, evaluator, num_envs, settings,
+            backend, make_env, evaluator, num_envs, self.plan,
             vectorization_mode=vectorization_mode, set_task=set_task, device=device, **options)
         self._evaluator = evaluator
         self._jobs = JobQueue(self._run, self._backend.close)
@@ -402,17 +418,32 @@ class EvalRunner:
     def _run(self, job: Job, stop: threading.Event) -> EvalResult:
         bar = None
         if job.blocking and self.progress:
-            bar = tqdm(total=self.settings.num_episodes, desc="evaluation", unit="episode",
-                       leave=False)
+            bar = tqdm(total=sum(settings.num_episodes for settings in self.plan),
+                       desc="evaluation", unit="episode", leave=False)
         try:
             start = time.perf_counter()
             records = self._backend.run(job.snapshot, stop, bar and (lambda _: bar.update()),
                                         not job.blocking)
+            settings = self.plan[0]
             result = summarize(records, step=job.step, elapsed=time.perf_counter() - start,
-                               metrics_fn=self.metrics_fn)
+                               metrics_fn=self.metrics_fn, ci=self.ci, seed=settings.seed,
+                               info_keys=settings.info_keys)
         finally:
             if bar is not None:
                 bar.close()
         result.weights_version = job.snapshot.version
         self.tracker.take(result, job.snapshot)
         return result
+
+
+def _plan(suites: Mapping[str, Sequence[Any]] | None, tasks: Sequence[Any] | None,
+          **settings: Any) -> tuple[RolloutSettings, ...]:
+    """The settings of each suite (one, without suites), checked."""
+    if suites is None:
+        return (RolloutSettings(tasks=tasks, **settings),)
+    if tasks is not None:
+        raise bad_argument("tasks", "None with suites (each suite names its tasks)", tasks)
+    if not isinstance(suites, Mapping) or not suites:
+        raise bad_argument("suites", "a non-empty dict {suite name: [tasks]}", suites)
+    return tuple(RolloutSettings(tasks=suite_tasks, suite=name, **settings)
+                 for name, suite_tasks in suites.items())

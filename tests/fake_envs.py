@@ -209,3 +209,31 @@ def ground_truth(make_env: Any, settings: RolloutSettings, num_slots: int,
 def as_tuples(records: list) -> list[tuple]:
     return [(r.env_index, r.episode_index, r.reward, r.length, r.terminated, r.truncated,
              r.success) for r in records]
+
+
+class PreviousStepEnv(gym.Env):
+    """Rewards the action ``(last action + last reward) % 3`` (both 0 at an episode's start)
+    with ``1 + t % 2`` at step ``t``, any other action with 0: an agent that sees its true
+    previous action and reward scores ``1 + 2 + 1 + ...`` over 6 steps (9) and succeeds."""
+
+    observation_space = spaces.Box(0, 255, (2, 8, 8), np.uint8)
+    action_space = spaces.Discrete(3)
+    length = 6
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t, self.last_action, self.last_reward, self.all_right = 0, 0, 0.0, True
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        right = int(action) == (self.last_action + int(self.last_reward)) % 3
+        reward = float(1 + self.t % 2) if right else 0.0
+        self.all_right &= right
+        self.last_action, self.last_reward = int(action), reward
+        terminated = self.t >= self.length
+        info = {"success": self.all_right} if terminated else {}
+        return self._obs(), reward, terminated, False, info
+
+    def _obs(self) -> np.ndarray:
+        return np.full((2, 8, 8), self.t, dtype=np.uint8)

@@ -89,3 +89,22 @@ class TearProbe(nn.Module):
 
     def loss(self) -> torch.Tensor:
         return -sum(w.sum() for w in self.weights)  # SGD(lr=1) adds exactly 1 everywhere
+
+
+class EchoNet(nn.Module):
+    """A moolib-contract model that acts ``(prev_action + reward) % A``: its actions are right
+    only if it is handed each env's true previous action and reward (``PreviousStepEnv``)."""
+
+    def __init__(self, num_actions: int = 3) -> None:
+        super().__init__()
+        self.num_actions = num_actions
+        self.scale = nn.Parameter(torch.ones(()))  # weights to sync, of no consequence
+
+    def initial_state(self, batch_size: int = 1) -> tuple:
+        return ()
+
+    def forward(self, inputs: dict, core_state: tuple = ()):
+        T, B = inputs["prev_action"].shape
+        echo = (inputs["prev_action"] + inputs["reward"].round().long()) % self.num_actions
+        logits = F.one_hot(echo, self.num_actions).float() * 10 * self.scale  # [T, B, A]
+        return dict(policy_logits=logits, baseline=torch.zeros(T, B), action=echo), core_state

@@ -41,14 +41,23 @@ class TestDemo:
                   "--out", str(tmp_path), "--no-progress")
         assert run.returncode == 0, run.stderr
         assert "PLR probability" in run.stdout and "evaluation return" in run.stdout
+        assert "held out" in run.stdout and "generalization gap" in run.stdout
         metrics = json.loads((tmp_path / "metrics.json").read_text())
         steps = [e["eval/step"] for e in metrics["evaluations"]]
         assert steps[0] == 0 and steps[-1] == 2048 and steps == sorted(steps)
         final = metrics["final"]
         assert final == metrics["evaluations"][-1]
-        assert final["eval/num_episodes"] == 50  # 10 per task, 5 tasks
-        tasks = {key.split("/")[2] for key in final if key.startswith("eval/task/")}
+        assert final["eval/train/num_episodes"] == 50  # 10 per task, 5 tasks
+        assert final["eval/test/num_episodes"] == 50  # the same quota, held-out tasks
+        tasks = {key.split("/")[3] for key in final if key.startswith("eval/train/task/")}
         assert tasks == {"standard", "long-pole", "short-pole", "heavy-pole", "weak-push"}
+        held_out = {key.split("/")[3] for key in final if key.startswith("eval/test/task/")}
+        assert held_out == {"longer-pole", "heavy-cart", "strong-push"}
+        assert final["eval/test/reward_ci_low"] <= final["eval/test/reward"] <= final[
+            "eval/test/reward_ci_high"]
+        assert final["eval/generalization_gap"] == pytest.approx(
+            final["eval/train/reward"] - final["eval/test/reward"])
+        assert (tmp_path / "best.pt").is_file()
         for record in metrics["priorities"]:
             assert sum(record["probabilities"].values()) == pytest.approx(1.0)
         image = matplotlib.image.imread(tmp_path / "demo.png")

@@ -24,14 +24,17 @@ EPISODES = [
 
 class TestMetrics:
     def test_flat_metrics(self):
-        result = summarize(EPISODES, step=100, elapsed=2.0)
+        result = summarize(EPISODES, step=100, elapsed=2.0, ci=None)
         assert result == pytest.approx({
             "eval/reward": 4.0, "eval/reward_std": float(np.std([1, 3, 5, 7])),
+            "eval/reward_iqm": 4.0,  # the middle two of 1, 3, 5, 7
             "eval/episode_length": 5.0, "eval/num_episodes": 4, "eval/fps": 10.0,
             "eval/step": 100, "eval/success": 1 / 3,
             "eval/task/easy/reward": 3.0, "eval/task/easy/episode_length": 4.0,
+            "eval/task/easy/reward_std": 2.0, "eval/task/easy/reward_iqm": 3.0,
             "eval/task/easy/num_episodes": 2, "eval/task/easy/success": 0.5,
             "eval/task/hard/reward": 5.0, "eval/task/hard/episode_length": 6.0,
+            "eval/task/hard/reward_std": 2.0, "eval/task/hard/reward_iqm": 5.0,
             "eval/task/hard/num_episodes": 2, "eval/task/hard/success": 0.0,
         })
         assert isinstance(result, dict) and isinstance(result, EvalResult)
@@ -43,9 +46,9 @@ class TestMetrics:
         assert result == summarize(EPISODES)  # the order they came in does not matter
 
     def test_no_step_no_tasks_no_success(self):
-        result = summarize([record(0, 0, 2.0, 3)])
-        assert set(result) == {"eval/reward", "eval/reward_std", "eval/episode_length",
-                               "eval/num_episodes"}
+        result = summarize([record(0, 0, 2.0, 3)], ci=None)
+        assert set(result) == {"eval/reward", "eval/reward_std", "eval/reward_iqm",
+                               "eval/episode_length", "eval/num_episodes"}
 
     def test_no_episodes(self):
         with pytest.raises(ValueError, match="episodes: expected at least one"):

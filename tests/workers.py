@@ -12,10 +12,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.adapters import CleanRLEvaluator, MoolibEvaluator
 from syllabus_eval.demo.agents import MLPAgent
-from tests.fake_envs import LengthEnv
-from tests.models import fake_envs
+from tests.fake_envs import LengthEnv, TaskEnv
+from tests.models import EchoNet, fake_envs
 
 INIT_VARIABLE = "SYLLABUS_EVAL_TEST_INIT"
 
@@ -107,3 +107,13 @@ def trained_envs(steps: int = 60, vector: type = gym.vector.SyncVectorEnv
     for _ in range(steps):
         envs.step(rng.integers(0, 2, 2))
     return envs
+
+
+def echo_evaluator() -> MoolibEvaluator:
+    """A moolib evaluator whose actions show whether it got its previous action and reward."""
+    return MoolibEvaluator(EchoNet())
+
+
+def task_evaluator() -> CleanRLEvaluator:
+    """An evaluator for TaskEnv, whose returns depend on the task only."""
+    return CleanRLEvaluator(MLPAgent(fake_envs(TaskEnv.observation_space, TaskEnv.action_space)))

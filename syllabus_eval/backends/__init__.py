@@ -24,7 +24,7 @@ only by those who use it. Options that only some backends take (the worker optio
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -52,14 +52,15 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def create_backend(name: str, make_env: Callable[[], Any], evaluator: AgentQueries,
-                   num_envs: int, settings: RolloutSettings, *,
+                   num_envs: int, plan: Sequence[RolloutSettings], *,
                    vectorization_mode: str = "sync",
                    set_task: Callable[[gym.Env, Any], None] | None = None,
                    device: str | torch.device | None = None, **options: Any) -> Backend:
     """The backend ``name``, built with the options it takes (``ValueError`` for others).
 
-    ``options`` are the backend-specific ones that were given (``num_workers``, ``env_fn``,
-    ...); the other arguments go to every backend.
+    ``plan`` holds the settings of each evaluation suite (one without suites), run in order on
+    the same snapshot. ``options`` are the backend-specific ones that were given
+    (``num_workers``, ``env_fn``, ...); the other arguments go to every backend.
     """
     cls = backend_class(name)
     for option in options:
@@ -69,7 +70,7 @@ def create_backend(name: str, make_env: Callable[[], Any], evaluator: AgentQueri
             raise ValueError(f"{option}: not an option of backend={name!r} (only of "
                              f"{' and '.join(map(repr, takers))}); leave it out, or choose one "
                              "of those backends")
-    return cls(make_env, evaluator, num_envs, settings, vectorization_mode=vectorization_mode,
+    return cls(make_env, evaluator, num_envs, tuple(plan), vectorization_mode=vectorization_mode,
                set_task=set_task, device=device, **options)
 
 

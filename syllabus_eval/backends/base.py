@@ -2,7 +2,7 @@
 
 Usage (backends are private strategies: the runner builds them by name)::
 
-    backend = create_backend("thread", make_env, evaluator, num_envs=8, settings=settings)
+    backend = create_backend("thread", make_env, evaluator, num_envs=8, plan=[settings])
     records = backend.run(snapshot, stop, on_episode=None, background=True)
     backend.close()
 
@@ -46,7 +46,7 @@ class Backend(abc.ABC):
         make_env: the env factory (one env, or a whole ``VectorEnv``).
         evaluator: the evaluator whose weights are evaluated.
         num_envs: env slots in all.
-        settings: what each evaluation runs.
+        plan: what each evaluation runs: the settings of each suite, in order.
         vectorization_mode: ``"sync"`` or ``"async"`` (see :func:`~syllabus_eval.make_envs`).
         set_task: the task hook of :func:`~syllabus_eval.make_envs`.
         device: where the evaluation agent runs.
@@ -58,12 +58,12 @@ class Backend(abc.ABC):
     weights_device: torch.device
 
     def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries, num_envs: int,
-                 settings: RolloutSettings, *, vectorization_mode: str = "sync",
+                 plan: tuple[RolloutSettings, ...], *, vectorization_mode: str = "sync",
                  set_task: Callable[[gym.Env, Any], None] | None = None,
                  device: str | torch.device | None = None) -> None:
         self.make_env = make_env
         self.num_envs = num_envs
-        self.settings = settings
+        self.plan = plan
         self.vectorization_mode = vectorization_mode
         self.set_task = set_task
 
@@ -71,8 +71,7 @@ class Backend(abc.ABC):
     def run(self, snapshot: Snapshot, stop: threading.Event,
             on_episode: Callable[[EpisodeRecord], None] | None,
             background: bool) -> list[EpisodeRecord]:
-        """The records of one evaluation on ``snapshot``, in ``(env_index, episode_index)``
-        order.
+        """The records of one evaluation on ``snapshot`` (in any order: results sort them).
 
         ``background``: training goes on meanwhile (``trigger_eval``), rather than waiting
         for the result (``evaluate``).
@@ -92,7 +91,7 @@ class LocalEpisodes:
     Args:
         make_env: the env factory.
         evaluator: its detached copy (:meth:`~syllabus_eval.Evaluator.detached`) evaluates.
-        settings: what each evaluation runs.
+        plan: what each evaluation runs: the settings of each suite, in order.
         num_slots: the evaluation's slots in all.
         slots: the global indices of the slots run here (default: all ``num_slots``).
         vectorization_mode, set_task: see :func:`~syllabus_eval.make_envs`.
@@ -100,7 +99,7 @@ class LocalEpisodes:
     """
 
     def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries,
-                 settings: RolloutSettings, *, num_slots: int,
+                 plan: tuple[RolloutSettings, ...], *, num_slots: int,
                  slots: Sequence[int] | None = None, vectorization_mode: str = "sync",
                  set_task: Callable[[gym.Env, Any], None] | None = None,
                  device: str | torch.device | None = None) -> None:
@@ -110,7 +109,7 @@ class LocalEpisodes:
         self.device = torch.device(device if device is not None
                                    else self.evaluator.device if weighted else "cpu")
         self.make_env = make_env
-        self.settings = settings
+        self.plan = plan
         self.num_slots = num_slots
         self.slots = list(range(num_slots)) if slots is None else list(slots)
         self.vectorization_mode = vectorization_mode
@@ -122,7 +121,7 @@ class LocalEpisodes:
     def _build_envs(self) -> EnvPool | gym.vector.VectorEnv:
         envs = make_envs(self.make_env, len(self.slots), self.vectorization_mode, self.set_task)
         try:
-            check_fit(self.evaluator, envs, self.settings.deterministic)
+            check_fit(self.evaluator, envs, self.plan[0].deterministic)
         except BaseException:
             envs.close()
             raise
@@ -130,15 +129,17 @@ class LocalEpisodes:
 
     def run(self, snapshot: Snapshot, stop: StopFlag | None,
             on_episode: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
-        """The records of this share of one evaluation (see :func:`~syllabus_eval.run_episodes`)."""
+        """The records of this share of one evaluation, each suite of the plan in turn (see
+        :func:`~syllabus_eval.run_episodes`)."""
         if snapshot.weights is not None:
             self.evaluator.load_weights(snapshot.weights, snapshot.version)
         if self._envs is None:
             self._envs = self._build_envs()
         try:
             self._normalize(snapshot.obs_norm)
-            return run_episodes(self.evaluator, self._envs, self.settings, slots=self.slots,
-                                num_slots=self.num_slots, stop=stop, on_episode=on_episode)
+            return [record for settings in self.plan for record in run_episodes(
+                self.evaluator, self._envs, settings, slots=self.slots,
+                num_slots=self.num_slots, stop=stop, on_episode=on_episode)]
         except BaseException:
             self.close()  # an env may have broken mid-episode: build fresh ones next time
             raise

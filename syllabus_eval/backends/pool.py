@@ -114,14 +114,14 @@ class PooledBackend(Backend):
     weights_device = torch.device("cpu")  # state dicts travel between processes on the CPU
 
     def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries, num_envs: int,
-                 settings: RolloutSettings, *, vectorization_mode: str = "sync",
+                 plan: tuple[RolloutSettings, ...], *, vectorization_mode: str = "sync",
                  set_task: Callable[[gym.Env, Any], None] | None = None,
                  device: str | torch.device | None = None,
                  env_fn: Callable[[], Any] | None = None,
                  evaluator_fn: Callable[[], Any] | None = None,
                  init_fn: Callable[[], Any] | None = None, num_workers: int = 1,
                  max_restarts: int = 2, timeout: float | None = None) -> None:
-        super().__init__(make_env, evaluator, num_envs, settings,
+        super().__init__(make_env, evaluator, num_envs, plan,
                          vectorization_mode=vectorization_mode, set_task=set_task)
         if evaluator_fn is None:
             raise ValueError(
@@ -142,7 +142,7 @@ class PooledBackend(Backend):
         if vectorization_mode not in ("sync", "async"):
             raise bad_argument("vectorization_mode", "'sync' or 'async'", vectorization_mode)
         spec = WorkerSpec(make_env if env_fn is None else env_fn, evaluator_fn, init_fn,
-                          settings, num_envs, vectorization_mode, set_task, device)
+                          plan, num_envs, vectorization_mode, set_task, device)
         self._spec = self._serialize_spec(spec, env_fn_given=env_fn is not None)
         # Contiguous blocks of slots: worker w runs slots shares[w] of the num_envs.
         self.shares = [part.tolist() for part in np.array_split(np.arange(num_envs),
@@ -265,7 +265,6 @@ class PooledBackend(Backend):
             self._abort(list(busy.values()), job, gently=not isinstance(
                 error, (EvaluationCancelled, TimeoutError)))
             raise
-        # Shares are contiguous blocks of slots, each in order: in worker order, all are.
         return [record for index in sorted(shares) for record in shares[index]]
 
     def _events(self, workers: Iterable[Any], stop: threading.Event | None,
@@ -357,7 +356,7 @@ class PooledBackend(Backend):
                 ("env_fn", spec.env_fn, "env factory"),
                 ("evaluator_fn", spec.evaluator_fn, "evaluator factory"),
                 ("init_fn", spec.init_fn, "callable"), ("set_task", spec.set_task, "callable"),
-                ("tasks", spec.settings.tasks, "list of tasks")):
+                ("tasks", [settings.tasks for settings in spec.plan], "list of tasks")):
             try:
                 self._dumps(value)
             except Exception as error:

@@ -28,9 +28,9 @@ class ThreadBackend(Backend):
     """Runs the episode loop in the runner's daemon thread, on a detached copy of the agent."""
 
     def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries, num_envs: int,
-                 settings: RolloutSettings, **options: Any) -> None:
-        super().__init__(make_env, evaluator, num_envs, settings, **options)
-        self.episodes = LocalEpisodes(make_env, evaluator, settings, num_slots=num_envs,
+                 plan: tuple[RolloutSettings, ...], **options: Any) -> None:
+        super().__init__(make_env, evaluator, num_envs, plan, **options)
+        self.episodes = LocalEpisodes(make_env, evaluator, plan, num_slots=num_envs,
                                       vectorization_mode=self.vectorization_mode,
                                       set_task=self.set_task, device=options.get("device"))
         self.weights_device = self.episodes.device

@@ -102,7 +102,7 @@ class WorkerSpec:
     env_fn: Callable[[], Any]
     evaluator_fn: Callable[[], Any]
     init_fn: Callable[[], Any] | None
-    settings: RolloutSettings
+    plan: tuple[RolloutSettings, ...]
     num_envs: int
     vectorization_mode: str
     set_task: Callable[[gym.Env, Any], None] | None
@@ -119,7 +119,7 @@ class WorkerSpec:
         env_fn = self.env_fn
         if len(slots) != self.num_envs:  # a share: its env slots are built one by one
             env_fn = partial(_one_env, env_fn, len(slots), self.num_envs)
-        return LocalEpisodes(env_fn, evaluator, self.settings, num_slots=self.num_envs,
+        return LocalEpisodes(env_fn, evaluator, self.plan, num_slots=self.num_envs,
                              slots=slots, vectorization_mode=self.vectorization_mode,
                              set_task=self.set_task, device=self.device)
 

@@ -7,8 +7,9 @@ Usage::
     ...
     info["task"], info["success"]   # success: the episode ran to its time limit (500 steps)
 
-Tasks change CartPole's physics (pole length and mass, push force), which changes how hard
-balancing is; the task stays until a reset names another one.
+Tasks change CartPole's physics (pole length and mass, cart mass, push force), which changes
+how hard balancing is; the task stays until a reset names another one. The demo trains on
+:data:`CARTPOLE_TASKS` and reports :data:`HELD_OUT_TASKS` as a held-out ``test`` suite.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 from syllabus_eval.errors import bad_argument
 
-#: task name -> CartPole attributes it sets
+#: task name -> CartPole attributes it sets: the tasks the demo trains on ...
 CARTPOLE_TASKS: dict[str, dict[str, float]] = {
     "standard": {},
     "long-pole": {"length": 1.0},
@@ -28,6 +29,13 @@ CARTPOLE_TASKS: dict[str, dict[str, float]] = {
     "heavy-pole": {"masspole": 0.5},
     "weak-push": {"force_mag": 5.0},
 }
+#: ... and held-out variants it never trains on, its ``test`` suite
+HELD_OUT_TASKS: dict[str, dict[str, float]] = {
+    "longer-pole": {"length": 0.75},
+    "heavy-cart": {"masscart": 2.0},
+    "strong-push": {"force_mag": 15.0},
+}
+_ALL_TASKS = {**CARTPOLE_TASKS, **HELD_OUT_TASKS}
 
 
 class CartPoleTasks(CartPoleEnv):
@@ -45,14 +53,15 @@ class CartPoleTasks(CartPoleEnv):
         super().__init__(**kwargs)
         self.time_limit = time_limit
         self._elapsed = 0
-        self._defaults = {k: getattr(self, k) for k in ("length", "masspole", "force_mag")}
+        self._defaults = {k: getattr(self, k)
+                          for k in ("length", "masspole", "masscart", "force_mag")}
         self.task = task
         self._apply(task)
 
     def _apply(self, task: str) -> None:
-        if task not in CARTPOLE_TASKS:
-            raise bad_argument("task", f"one of {sorted(CARTPOLE_TASKS)}", task)
-        for name, value in {**self._defaults, **CARTPOLE_TASKS[task]}.items():
+        if task not in _ALL_TASKS:
+            raise bad_argument("task", f"one of {sorted(_ALL_TASKS)}", task)
+        for name, value in {**self._defaults, **_ALL_TASKS[task]}.items():
             setattr(self, name, value)
         # CartPole derives these at construction; keep them consistent with the task.
         self.total_mass = self.masspole + self.masscart

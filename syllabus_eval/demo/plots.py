@@ -1,4 +1,5 @@
-"""The demo's plot: evaluation return per task and PLR's task probabilities over training.
+"""The demo's plot: evaluation return of training and held-out tasks, and PLR's task
+probabilities over training.
 
 Usage::
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from syllabus_eval.report import draw_curve, pyplot, save_figure
+
 
 def _trailing_mean(values: Sequence[float], window: int) -> list[float]:
     sums = np.cumsum([0.0, *values])
@@ -22,27 +25,24 @@ def _trailing_mean(values: Sequence[float], window: int) -> list[float]:
 def plot_training(evaluations: Sequence[Mapping[str, float]],
                   priorities: Sequence[tuple[int, Mapping[str, float]]],
                   path: str | Path) -> Path:
-    """Evaluation return per task and curriculum task probabilities over training steps.
+    """Evaluation return (the ``train`` and held-out ``test`` suites with their confidence
+    bands, and each training task) and curriculum task probabilities over training steps.
 
     Args:
-        evaluations: metrics dicts with ``eval/step``, ``eval/reward`` and per-task rewards.
+        evaluations: metrics dicts with ``eval/step`` and the ``train`` and ``test`` suites'
+            rewards (``eval/train/...``, ``eval/test/...``), per task inside ``train``.
         priorities: ``(step, {task: probability})`` pairs.
         path: the PNG to write.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    steps = [m["eval/step"] for m in evaluations]
-    top.plot(steps, [m["eval/reward"] for m in evaluations], "k-o", lw=2, label="all tasks")
+    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(8, 7), sharex=True)
+    draw_curve(top, evaluations, "eval/train/", "training tasks", color="k", marker="o", lw=2)
+    draw_curve(top, evaluations, "eval/test/", "held-out tasks", color="tab:red", marker="s",
+               lw=2)
     tasks = list(priorities[0][1]) if priorities else []
     for task in tasks:
-        key = f"eval/task/{task}/reward"
-        top.plot(steps, [m.get(key, float("nan")) for m in evaluations], "-", alpha=0.7,
-                 label=task)
-    top.set_ylabel("evaluation return")
+        draw_curve(top, [{k: v for k, v in m.items() if "_ci_" not in k} for m in evaluations],
+                   f"eval/train/task/{task}/", task, alpha=0.7, lw=1, ls="--")
+    top.set_ylabel("evaluation return\n(bands: 95% bootstrap intervals)")
     top.legend(fontsize="small", ncol=3)
     top.grid(alpha=0.3)
     # PLR's distribution jumps at every update (the latest score sets the ranks): a trailing
@@ -58,9 +58,4 @@ def plot_training(evaluations: Sequence[Mapping[str, float]],
         bottom.grid(alpha=0.3)
     bottom.set_ylabel(f"sampling probability\n(mean of the last {window} updates)")
     bottom.set_xlabel("training env steps")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

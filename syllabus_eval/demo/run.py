@@ -36,11 +36,12 @@ from syllabus_eval.report import format_table
 from syllabus_eval.runner import EvalRunner
 
 from .agents import MLPAgent
-from .envs import CARTPOLE_TASKS, CartPoleTasks
+from .envs import CARTPOLE_TASKS, HELD_OUT_TASKS, CartPoleTasks
 from .plots import plot_training
 from .ppo import PPOConfig, PPOTrainer
 
 TASKS = list(CARTPOLE_TASKS)
+HELD_OUT = list(HELD_OUT_TASKS)
 
 
 def _spaces() -> SimpleNamespace:
@@ -94,8 +95,9 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
                                 temperature=0.5) as plr, \
             EvalRunner(CartPoleTasks, evaluator, num_envs=len(TASKS),
                        num_episodes=eval_episodes * len(TASKS), max_steps=None,
-                       backend=backend, eval_every=eval_every, tasks=TASKS, seed=seed,
-                       save_best=out / "best.pt",
+                       backend=backend, eval_every=eval_every, seed=seed,
+                       suites={"train": TASKS, "test": HELD_OUT},
+                       save_best=out / "best.pt", best_metric="eval/test/reward",
                        on_result=lambda result: evaluations.append(dict(result)),
                        **runner_options) as runner:
         envs = gym.vector.SyncVectorEnv(
@@ -111,7 +113,7 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
             bar.update(stats.global_step - bar.n)
             postfix = {"train_return": f"{np.mean(recent):.0f}" if recent else "-"}
             if evaluations:
-                postfix["eval_return"] = f"{evaluations[-1]['eval/reward']:.0f}"
+                postfix["eval_return"] = f"{evaluations[-1]['eval/train/reward']:.0f}"
             bar.set_postfix(postfix)
         bar.close()
         runner.final_eval(agent, step=trainer.global_step)  # after the pending ones
@@ -134,14 +136,26 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     plot_training(evaluations, priorities, out / "demo.png")
-    rows = [[task, f"{final[f'eval/task/{task}/reward']:.1f}",
-             f"{final[f'eval/task/{task}/success']:.0%}", f"{final_priorities[task]:.2f}",
-             scored.get(task, 0)] for task in TASKS]
-    echo(format_table(rows, ["task", "eval return", "success", "PLR probability",
-                             "steps scored by PLR"]))
-    first = evaluations[0]["eval/reward"]
-    echo(f"\nevaluation return {first:.1f} at step 0 -> {final['eval/reward']:.1f} at step "
-         f"{final['eval/step']} ({len(evaluations)} evaluations, {skipped} skipped while one "
-         f"ran, {summary['seconds']:.0f} s); best {best:.1f}, saved as {out / 'best.pt'}")
+    rows = [[task, suite, _with_interval(final, f"eval/{suite}/task/{task}/reward"),
+             f"{final[f'eval/{suite}/task/{task}/success']:.0%}",
+             f"{final_priorities[task]:.2f}" if suite == "train" else "held out",
+             scored.get(task, 0) if suite == "train" else "-"]
+            for suite, tasks in (("train", TASKS), ("test", HELD_OUT)) for task in tasks]
+    echo(format_table(rows, ["task", "suite", "eval return (95% interval)", "success",
+                             "PLR probability", "steps scored by PLR"]))
+    first = evaluations[0]["eval/train/reward"]
+    echo(f"\ntraining tasks: evaluation return {first:.1f} at step 0 -> "
+         f"{_with_interval(final, 'eval/train/reward')} at step {final['eval/step']}; "
+         f"held-out tasks {_with_interval(final, 'eval/test/reward')} (generalization gap "
+         f"{final['eval/generalization_gap']:.1f})")
+    echo(f"{len(evaluations)} evaluations, {skipped} skipped while one ran, "
+         f"{summary['seconds']:.0f} s; best held-out return {best:.1f}, saved as "
+         f"{out / 'best.pt'}")
     echo(f"wrote {out / 'metrics.json'} and {out / 'demo.png'}")
     return summary
+
+
+def _with_interval(metrics: dict[str, float], key: str) -> str:
+    """``mean [low, high]`` of a reward metric and its confidence interval."""
+    return (f"{metrics[key]:.1f} [{metrics[key + '_ci_low']:.1f}, "
+            f"{metrics[key + '_ci_high']:.1f}]")

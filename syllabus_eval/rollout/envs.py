@@ -16,25 +16,105 @@ metadata (the rules are in :mod:`syllabus_eval.rollout`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 from gymnasium.vector.utils import create_empty_array
 
-from ..errors import bad_argument, check_count
+from ..errors import bad_argument, check_count, describe
 
 
-class StepResult(NamedTuple):
-    """What stepping the active slots gave, one entry per active slot (``[A]``)."""
+class StepResult:
+    """What stepping the active slots gave, one entry per active slot (``[A]``).
 
-    rewards: np.ndarray  # [A] float64
-    terminated: np.ndarray  # [A] bool
-    truncated: np.ndarray  # [A] bool
-    restarted: np.ndarray | None  # [A] bool: ended and already began the next (SAME_STEP)
-    reset_step: np.ndarray | None  # [A] bool: an autoreset step (NEXT_STEP), nothing to count
-    final_info: Callable[[int], dict]  # active position -> info of the episode's last step
+    Attributes:
+        rewards: ``[A]`` float64.
+        terminated, truncated: ``[A]`` bool.
+        restarted: ``[A]`` bool: ended and already began the next episode (``SAME_STEP``);
+            ``None`` for the other kinds of slots.
+        reset_step: ``[A]`` bool: an autoreset step (``NEXT_STEP``), no step of any episode;
+            ``None`` where there is none.
+    """
+
+    __slots__ = ("reset_step", "restarted", "rewards", "terminated", "truncated")
+
+    def __init__(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+                 restarted: np.ndarray | None = None, reset_step: np.ndarray | None = None
+                 ) -> None:
+        self.rewards, self.terminated, self.truncated = rewards, terminated, truncated
+        self.restarted, self.reset_step = restarted, reset_step
+
+    def final_info(self, position: int) -> dict:
+        """The info of the step at active ``position`` (the last of its episode, if it ended)."""
+        raise NotImplementedError
+
+    def info_values(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``info[key]`` of this step's info at each active position, as float64 ``[A]``, and
+        where it is present ``[A]`` bool."""
+        raise NotImplementedError
+
+
+class _PoolStep(StepResult):
+    """A step of an :class:`EnvPool`: one info dict per active slot."""
+
+    __slots__ = ("infos",)
+
+    def __init__(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+                 infos: list[dict]) -> None:
+        super().__init__(rewards, terminated, truncated)
+        self.infos = infos
+
+    def final_info(self, position: int) -> dict:
+        return self.infos[position]
+
+    def info_values(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        present = np.fromiter((key in info for info in self.infos), bool, len(self.infos))
+        values = np.zeros(len(self.infos))
+        for position in np.flatnonzero(present).tolist():
+            values[position] = _number(self.infos[position][key], key)
+        return values, present
+
+
+class _VectorStep(StepResult):
+    """A step of :class:`VectorSlots`: the vector env's batched info (``key``, mask ``_key``)."""
+
+    __slots__ = ("index", "infos")
+
+    def __init__(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+                 restarted: np.ndarray | None, reset_step: np.ndarray | None, infos: dict,
+                 index: np.ndarray | None) -> None:
+        super().__init__(rewards, terminated, truncated, restarted, reset_step)
+        self.infos, self.index = infos, index  # index None: every sub-env is active
+
+    def final_info(self, position: int) -> dict:
+        slot = position if self.index is None else self.index[position]
+        if self.restarted is not None and self.restarted[position]:  # SAME_STEP: moved aside
+            return _unbatch_info(self.infos.get("final_info", {}), slot)
+        return _unbatch_info(self.infos, slot)
+
+    def info_values(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        values, present = self._batched(self.infos, key)
+        if self.restarted is not None and self.restarted.any():
+            # SAME_STEP: the top-level info of a restarted sub-env is its reset's
+            ended_values, ended_present = self._batched(self.infos.get("final_info", {}), key)
+            values = np.where(self.restarted, ended_values, values)
+            present = np.where(self.restarted, ended_present, present)
+        return values, present
+
+    def _batched(self, infos: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
+        count = len(self.rewards)
+        if key not in infos:
+            return np.zeros(count), np.zeros(count, dtype=bool)
+        try:
+            values = np.asarray(infos[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise _not_a_number(key, infos[key]) from None
+        present = np.asarray(infos.get(f"_{key}", np.ones(len(values), dtype=bool)))
+        if self.index is not None:
+            values, present = values[self.index], present[self.index]
+        return np.where(present, values, 0.0), present.astype(bool)
 
 
 class EnvPool:
@@ -81,7 +161,7 @@ class EnvPool:
                 envs[slot].step(actions[position])
             put(slot, obs)
             infos.append(info)
-        return StepResult(rewards, terminated, truncated, None, None, infos.__getitem__)
+        return _PoolStep(rewards, terminated, truncated, infos)
 
     def close(self) -> None:
         for env in self.envs:
@@ -161,14 +241,9 @@ class VectorSlots:
         if not every:
             rewards, terminated, truncated = rewards[index], terminated[index], truncated[index]
         restarted = (terminated | truncated) if self.same_step else None
-
-        def final_info(position: int) -> dict:
-            if restarted is not None and restarted[position]:  # SAME_STEP: moved aside
-                return _unbatch_info(infos.get("final_info", {}), index[position])
-            return _unbatch_info(infos, index[position])
-
-        return StepResult(rewards, terminated, truncated, restarted,
-                     reset_step if reset_step.any() else None, final_info)
+        return _VectorStep(rewards, terminated, truncated, restarted,
+                           reset_step if reset_step.any() else None, infos,
+                           None if every else index)
 
     def close(self) -> None:
         self.envs.close()
@@ -216,6 +291,18 @@ def _unbatch_info(infos: dict, slot: int) -> dict:
             continue
         info[key] = _unbatch_info(value, slot) if isinstance(value, dict) else value[slot]
     return info
+
+
+def _number(value: Any, key: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _not_a_number(key, value) from None
+
+
+def _not_a_number(key: str, value: Any) -> ValueError:
+    return ValueError(f"info_keys: expected info[{key!r}] to be a number (or a batch of them), "
+                      f"got {describe(value)}")
 
 
 def _row_writer(batch: Any) -> Callable[[int, Any], None]:

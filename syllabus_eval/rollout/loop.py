@@ -25,8 +25,9 @@ from gymnasium.vector import VectorEnv
 from gymnasium.vector.utils import create_empty_array
 
 from ..errors import EvaluationCancelled, bad_argument, check_count, describe
-from ..protocols import AgentQueries, RecurrentAgentQueries, is_recurrent
+from ..protocols import AgentQueries, PreviousStepQueries, RecurrentAgentQueries, is_recurrent
 from .envs import EnvPool, StepResult, VectorSlots, as_slots, take_rows
+from .infos import InfoReducer
 from .records import EpisodeRecord, RolloutSettings, episode_number, episode_quota, sort_records
 
 
@@ -102,8 +103,8 @@ def run_episodes(
         ended, cut, fresh = loop.count(step)
         if ended.any():
             fresh = loop.end_episodes(step, ended, cut, fresh)
-        if loop.done is not None:
-            loop.restart_recurrent(fresh)
+        if loop.tracks_starts:
+            loop.start_episodes(fresh)
     return sort_records(loop.records)
 
 
@@ -143,9 +144,19 @@ class _Loop:
         # ones are never touched.
         self.active = np.flatnonzero(self.quotas)  # [A] slots still counting episodes
         self.reset(self.active if isinstance(pool, EnvPool) else np.arange(k), first=True)
-        self.returns = np.zeros(self.active.size)  # [A] float64
-        self.lengths = np.zeros(self.active.size, dtype=np.int64)  # [A]
-        self.lstm_state, self.done = _initial_state(evaluator, self.active.size)
+        size = self.active.size
+        self.returns = np.zeros(size)  # [A] float64
+        self.lengths = np.zeros(size, dtype=np.int64)  # [A]
+        self.lstm_state, self.done = _initial_state(evaluator, size)
+        self.infos = None if not settings.info_keys else InfoReducer(settings.info_keys, size)
+        # For agents that read their previous action and reward (Habitat's pause_envs slices
+        # prev_actions too): [A, ...] and [A], zeros at an episode's start.
+        self.previous = isinstance(evaluator, PreviousStepQueries)
+        if self.previous:
+            self.prev_actions = create_empty_array(pool.single_action_space, size, fn=np.zeros)
+            self.prev_rewards = np.zeros(size, dtype=np.float32)
+        # Which observations begin an episode matters to recurrent agents and to the above.
+        self.tracks_starts = self.done is not None or self.previous
 
     # --- the steps of the loop ---------------------------------------------------------------
 
@@ -154,6 +165,8 @@ class _Loop:
         pool, active = self.pool, self.active
         obs = pool.observations if active.size == pool.num_envs else take_rows(
             pool.observations, active)
+        if self.previous:
+            obs = self.evaluator.with_previous_step(obs, self.prev_actions, self.prev_rewards)
         action, extras = self.evaluator.get_action(obs, self.lstm_state, self.done,
                                                    deterministic=self.settings.deterministic)
         actions = _to_numpy(action)  # [A, ...]
@@ -162,13 +175,18 @@ class _Loop:
                              f"got {describe(actions)}")
         if self.lstm_state is not None:
             self.lstm_state = extras.get("lstm_state")
-        return pool.step_slots(active, actions)
+        step = pool.step_slots(active, actions)
+        if self.previous:
+            self.prev_actions = np.array(actions, dtype=self.prev_actions.dtype)
+            self.prev_rewards = step.rewards.astype(np.float32)
+        return step
 
     def count(self, step: StepResult) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Add the step to the running episodes: which ended ``[A]``, which of those
         ``max_steps`` cut ``[A]``, and which observations begin an episode (``[A]`` or None)."""
         fresh = step.reset_step  # an autoreset step is no step of any episode
         if fresh is None:
+            counted = None
             self.returns += step.rewards
             self.lengths += 1
             ended = step.terminated | step.truncated  # [A]
@@ -177,6 +195,8 @@ class _Loop:
             self.returns += step.rewards * counted
             self.lengths += counted
             ended = counted & (step.terminated | step.truncated)
+        if self.infos is not None:
+            self.infos.add(step, counted)
         cut = self.lengths >= self.max_steps  # [A]
         if cut.any():
             cut &= ~ended  # the env's own ending comes first
@@ -200,30 +220,43 @@ class _Loop:
             # else a NEXT_STEP autoreset comes with the next step, which marks it fresh
         if by_hand:
             self.reset(self.active[by_hand])
-        if self.done is not None and (restarted or by_hand):
+        if self.tracks_starts and (restarted or by_hand):
             fresh = np.zeros(self.active.size, dtype=bool) if fresh is None else fresh.copy()
             fresh[restarted + by_hand] = True
         if paused:
-            keep = np.ones(self.active.size, dtype=bool)  # [A]
-            keep[paused] = False
-            self.active, self.returns, self.lengths = (
-                self.active[keep], self.returns[keep], self.lengths[keep])
-            if self.done is not None:
-                fresh = None if fresh is None else fresh[keep]
-                self.lstm_state = _keep_rows(self.evaluator, self.lstm_state,
-                                             np.flatnonzero(keep))
+            fresh = self._pause(paused, fresh)
         return fresh
 
-    def restart_recurrent(self, fresh: np.ndarray | None) -> None:
-        """A recurrent agent's next inputs: ``done`` where an episode begins, and the initial
-        state in those rows."""
+    def start_episodes(self, fresh: np.ndarray | None) -> None:
+        """The next inputs of agents that see episode starts: ``done`` where an episode
+        begins and the initial recurrent state in those rows; no previous action or reward."""
+        starts = np.flatnonzero(fresh) if fresh is not None else None
+        if self.previous and starts is not None and starts.size:
+            self.prev_actions[starts] = 0
+            self.prev_rewards[starts] = 0.0
+        if self.done is None:
+            return
         if fresh is None:
             self.done = np.zeros(self.active.size, dtype=np.float32)
             return
         self.done = fresh.astype(np.float32)
-        if fresh.any():
-            self.lstm_state = _restart_rows(self.evaluator, self.lstm_state,
-                                            np.flatnonzero(fresh))
+        if starts.size:
+            self.lstm_state = _restart_rows(self.evaluator, self.lstm_state, starts)
+
+    def _pause(self, paused: list[int], fresh: np.ndarray | None) -> np.ndarray | None:
+        """Slice the active positions ``paused`` out of everything kept per active slot."""
+        keep = np.ones(self.active.size, dtype=bool)  # [A]
+        keep[paused] = False
+        rows = np.flatnonzero(keep)
+        self.active, self.returns, self.lengths = (
+            self.active[keep], self.returns[keep], self.lengths[keep])
+        if self.infos is not None:
+            self.infos.keep(rows)
+        if self.previous:
+            self.prev_actions, self.prev_rewards = self.prev_actions[rows], self.prev_rewards[rows]
+        if self.done is not None:
+            self.lstm_state = _keep_rows(self.evaluator, self.lstm_state, rows)
+        return None if fresh is None else fresh[keep]
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -242,7 +275,11 @@ class _Loop:
             task=None if task_id is None else self.settings.tasks[task_id],
             success=None if success is None else bool(success),
             wrapped_reward=None if recorded is None or math.isclose(
-                recorded, summed, rel_tol=1e-6, abs_tol=1e-9) else summed)
+                recorded, summed, rel_tol=1e-6, abs_tol=1e-9) else summed,
+            info={} if self.infos is None else self.infos.episode(position),
+            suite=self.settings.suite)
+        if self.infos is not None:
+            self.infos.restart(position)
         self.records.append(record)
         if self.on_episode is not None:
             self.on_episode(record)

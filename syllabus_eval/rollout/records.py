@@ -12,8 +12,8 @@ The rules behind the numbers are in :mod:`syllabus_eval.rollout`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,9 @@ class EpisodeRecord:
         wrapped_reward: the sum of the rewards the agent received, where it differs from
             ``reward`` (reward wrappers outside ``RecordEpisodeStatistics``, SB3 #181);
             ``None`` where they agree.
+        info: the ``info_keys`` of :class:`RolloutSettings`, each reduced over the episode's
+            steps; a key the episode never reported is absent.
+        suite: the evaluation suite it belongs to (``None`` without suites).
     """
 
     env_index: int
@@ -50,6 +53,11 @@ class EpisodeRecord:
     task: Any = None
     success: bool | None = None
     wrapped_reward: float | None = None
+    info: Mapping[str, float] = field(default_factory=dict, hash=False)
+    suite: str | None = None
+
+
+INFO_REDUCTIONS = ("last", "sum", "mean", "max", "min")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ class RolloutSettings:
         tasks: tasks assigned to episodes round robin (see :mod:`syllabus_eval.rollout`);
             ``None``: none.
         success_key: the info key read at the last step of an episode for its success.
+        info_keys: ``{key: reduction}``: info entries each episode reports, reduced over its
+            steps with ``"last"``, ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` (the steps
+            that have the key; an episode without it is not counted for it).
+        suite: the name of the evaluation suite these settings run (``None``: no suites).
     """
 
     num_episodes: int
@@ -77,6 +89,8 @@ class RolloutSettings:
     seed: int | None = 0
     tasks: Sequence[Any] | None = None
     success_key: str = "success"
+    info_keys: Mapping[str, str] | None = None
+    suite: str | None = None
 
     def __post_init__(self) -> None:
         check_count("num_episodes", self.num_episodes)
@@ -97,6 +111,20 @@ class RolloutSettings:
             object.__setattr__(self, "tasks", tuple(self.tasks))
         if not isinstance(self.success_key, str):
             raise bad_argument("success_key", "an info key (str)", self.success_key)
+        if self.info_keys is not None:
+            if not isinstance(self.info_keys, Mapping):
+                raise bad_argument("info_keys", "a dict {info key: reduction}", self.info_keys)
+            for key, reduction in self.info_keys.items():
+                if not isinstance(key, str) or "/" in key or not key:
+                    raise bad_argument("info_keys", "info keys that are names without '/'",
+                                       key)
+                if reduction not in INFO_REDUCTIONS:
+                    raise bad_argument(f"info_keys[{key!r}]", f"one of "
+                                       f"{list(INFO_REDUCTIONS)}", reduction)
+            object.__setattr__(self, "info_keys", dict(self.info_keys))
+        if self.suite is not None and (not isinstance(self.suite, str) or not self.suite
+                                       or "/" in self.suite):
+            raise bad_argument("suite", "a suite name without '/'", self.suite)
 
 
 def episode_quota(num_episodes: int, num_slots: int, slot: int) -> int:
@@ -117,10 +145,11 @@ def episode_number(num_episodes: int, num_slots: int, slot: int, episode: int) -
 
 
 def sort_records(records: Iterable[EpisodeRecord]) -> list[EpisodeRecord]:
-    """Records in ``(env_index, episode_index)`` order: the order of every result, so that the
-    same episodes give the same numbers however they were gathered."""
+    """Records in ``(suite, env_index, episode_index)`` order: the order of every result, so
+    that the same episodes give the same numbers however they were gathered (seeded resampling
+    included)."""
     return sorted(records, key=_record_order)
 
 
-def _record_order(record: EpisodeRecord) -> tuple[int, int]:
-    return record.env_index, record.episode_index
+def _record_order(record: EpisodeRecord) -> tuple[str, int, int]:
+    return record.suite or "", record.env_index, record.episode_index
