@@ -4,7 +4,10 @@
 
 For each agent and batch size: the raw ``agent.get_value(x)`` under ``torch.no_grad()`` against
 ``CleanRLEvaluator.get_value(x)`` (same input tensor, same thread), with the training weights
-unchanged between calls and with an optimizer step's worth of change before every call. Then,
+unchanged between calls and with an optimizer step's worth of change before every call, and
+``CleanRLEvaluator(agent, compile=True)`` (its query hooks compiled with torch.compile's
+defaults; compiling happens in the untimed warm-up, and a second batch size recompiles with
+dynamic shapes, as it would in use). Then,
 like for like, on the same observations as the numpy array an env returns (the input
 Syllabus-RL is made for): ours, and Syllabus-RL's ``CleanRLEvaluator`` (when ``syllabus-rl``
 is installed) in its default set-up and with ``copy_agent=False``. Every figure is the median
@@ -45,6 +48,7 @@ ATARI = SimpleNamespace(single_observation_space=spaces.Box(0, 255, (4, 84, 84),
 def measure(name: str, agent: torch.nn.Module, x: torch.Tensor, calls: int, rounds: int
             ) -> list[str]:
     ours = CleanRLEvaluator(agent)
+    compiled = CleanRLEvaluator(agent, compile=True)
     obs = x.numpy()  # the same observations as the numpy array an env returns
 
     def raw() -> None:
@@ -52,6 +56,7 @@ def measure(name: str, agent: torch.nn.Module, x: torch.Tensor, calls: int, roun
             agent.get_value(x)
 
     candidates = {"raw": raw, "ours": lambda: ours.get_value(x),
+                  "ours, compile=True": lambda: compiled.get_value(x),
                   "ours, numpy": lambda: ours.get_value(obs)}
     if SyllabusEvaluator is not None:
         # Numpy input, which it is made for: its _prepare_state calls np.stack, which would
@@ -78,7 +83,8 @@ def measure(name: str, agent: torch.nn.Module, x: torch.Tensor, calls: int, roun
         return f"{median_ratio(samples[name], samples['raw']):.2f}x"
 
     return [name, str(x.shape[0]), f"{statistics.median(same['raw']) * 1e6:.1f}",
-            ratio(same, "ours"), ratio(changed, "ours"), ratio(same, "ours, numpy"),
+            ratio(same, "ours"), ratio(changed, "ours"), ratio(same, "ours, compile=True"),
+            ratio(same, "ours, numpy"),
             ratio(same, "syllabus"), ratio(same, "syllabus in place")]
 
 
@@ -96,7 +102,8 @@ def main() -> None:
                      max(calls // 10, 5), rounds) for batch in (1, 32)]
     print("get_value cost relative to the raw forward under no_grad (lower is better)\n")
     print(format_table(rows, ["agent", "batch", "raw us/call", "ours, same weights",
-                              "ours, changed weights", "ours, numpy obs", "Syllabus-RL",
+                              "ours, changed weights", "ours, compile=True",
+                              "ours, numpy obs", "Syllabus-RL",
                               "Syllabus-RL, copy_agent=False"]))
 
 

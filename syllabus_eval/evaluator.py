@@ -13,11 +13,17 @@ Each public method is a template that (1) refreshes the private copy if the trai
 changed, (2) prepares observations (``_prepare_state``), (3) prepares recurrent state and done
 flags (``_prepare_lstm``), (4) puts the agent in eval mode, (5) calls the adapter's hook under
 ``torch.no_grad()``, and (6) restores the previous mode. Adapters override only the hooks.
+
+A custom evaluator written for Syllabus keeps its hooks as they are: ``_prepare_lstm(self,
+lstm_state, done)`` returning ``(lstm_state, done)``, ``_set_eval_mode(self)`` and
+``_set_train_mode(self)`` are called that way, and ``self._preprocess_obs`` is there to call
+(see :class:`Evaluator`).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,7 +37,14 @@ from torch import nn
 from .errors import bad_argument, check_flag, check_number, describe
 from .inputs import TensorTree, as_batch, batch_size_of, check_against_space
 from .protocols import AgentQueries, LSTMState
-from .weights import WeightSource, snapshot_state_dict, weight_source
+from .weights import (
+    WeightSource,
+    snapshot_state_dict,
+    unwrap_compiled,
+    weight_source,
+    without_compile_prefix,
+    without_compiled_submodules,
+)
 
 __all__ = ["AgentInputs", "AgentQueries", "Evaluator", "LSTMState"]
 
@@ -48,15 +61,61 @@ class AgentInputs:
 
 
 _TEMPLATES = ("get_action", "get_value", "get_action_and_value")
+_QUERY_HOOKS = tuple("_" + name for name in _TEMPLATES)  # what compile=True compiles
+# The hooks a subclass may write in either of two forms: ours, and that of Syllabus's
+# custom-evaluator template (positional arguments after self, and how each is written). The
+# form is read once, at class creation; queries then only look at a flag.
+_HOOK_FORMS = {
+    "_prepare_state": ((1, "_prepare_state(self, state)"),),
+    "_prepare_lstm": ((3, "_prepare_lstm(self, lstm_state, done, batch_size)"),
+                      (2, "_prepare_lstm(self, lstm_state, done) -> (lstm_state, done)")),
+    "_set_eval_mode": ((0, "_set_eval_mode(self) -> previous modes"),
+                       (0, "_set_eval_mode(self), returning nothing")),
+    "_set_train_mode": ((1, "_set_train_mode(self, previous)"),
+                        (0, "_set_train_mode(self)")),
+}
+_FROM_QUERY = object()  # _set_train_mode() without an argument: what the running query saved
 # Layers whose behaviour depends on train/eval mode.
 _MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
+
+
+class _NoPreprocessing:
+    """``_preprocess_obs`` when none was given: callable (the identity) and false, so that
+    Syllabus-style code that tests it (``if self._preprocess_obs:``) skips it, and code that
+    tests ``is not None`` or just calls it gets the observations back unchanged."""
+
+    __slots__ = ()
+
+    def __call__(self, state: Any) -> Any:
+        return state
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<no preprocess_obs>"
+
+
+_NO_PREPROCESSING = _NoPreprocessing()
 
 
 class Evaluator:
     """Base class: thread-safe, consistent queries of a (possibly training) agent.
 
+    Subclasses override the hooks (``_get_action``, ``_get_value``, ``_get_action_and_value``,
+    and where needed ``_prepare_state``, ``_prepare_lstm``, ``_set_eval_mode``,
+    ``_set_train_mode``), never the public templates. Two hooks may also be written as in
+    Syllabus's custom-evaluator template, and are then called that way: ``_prepare_lstm(self,
+    lstm_state, done)`` (without the batch size) and ``_set_train_mode(self)`` (without the
+    previous modes: the override decides what it sets; ours restores them). ``_set_eval_mode``
+    may then return nothing. Which form a class uses is read from its signatures when the
+    class is created; a signature of neither form is a ``TypeError`` then. The base hooks also
+    take Syllabus's calls through ``super()``: ``super()._prepare_lstm(lstm_state, done)`` and
+    ``super()._set_train_mode()`` use the running query's batch size and saved modes.
+
     Args:
-        agent: the training agent (an ``nn.Module``); ``None`` for agents without weights.
+        agent: the training agent (an ``nn.Module``, or one ``torch.compile`` made, whose
+            wrapped module is then the training agent); ``None`` for agents without weights.
         device: where queries run; default: the agent's device (CPU without parameters).
         preprocess_obs: called on raw observations before they become tensors (e.g. frozen
             observation normalisation from the training run).
@@ -70,10 +129,29 @@ class Evaluator:
             ``False``: only :meth:`load_weights` changes the copy (for processes and actors
             that receive state dicts).
         sync_timeout: seconds an in-place query waits for a running optimizer step.
+        compile: compile the queries on the private copy with ``torch.compile``: ``True``
+            (torch's defaults) or a dict of its keyword arguments, e.g. ``{"mode":
+            "max-autotune"}``, ``{"dynamic": True}``. What is compiled is the adapter's hooks
+            (``_get_action``, ``_get_value``, ``_get_action_and_value``) on this evaluator,
+            the agent's code they call included: adapters call the agent's methods
+            (``agent.get_value``), which compiling the module alone would leave eager. Weight
+            refreshes copy into the tensors the compiled code reads, and do not recompile.
+            The first query of each kind compiles (seconds), a new batch size once more (then
+            shapes are dynamic); on CPU it may be slower than eager (see the README).
+            Needs ``copy_agent=True``: the training agent is never changed.
+
+    Attributes:
+        compile_options: the ``torch.compile`` keyword arguments the query hooks were compiled
+            with (``{}`` for ``compile=True``); ``None``: they run eager.
+        _preprocess_obs: the name Syllabus's template calls ``preprocess_obs`` by; always
+            callable: without one, an identity that is false (``if self._preprocess_obs:``).
     """
 
     obs_dtype: torch.dtype | None = torch.float32
     lstm_batch_dim: int = 1  # the batch dimension of each recurrent-state tensor
+    # The form each two-form hook is written in (see _HOOK_FORMS), set per class.
+    _lstm_gets_batch_size: bool = True
+    _train_mode_gets_previous: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -86,6 +164,9 @@ class Evaluator:
                 "queries consistent and thread-safe; override the hooks "
                 f"{', '.join('_' + name for name in overridden)} instead"
             )
+        forms = {name: _hook_form(cls, name) for name in _HOOK_FORMS}
+        cls._lstm_gets_batch_size = forms["_prepare_lstm"] == 0
+        cls._train_mode_gets_previous = forms["_set_train_mode"] == 0
 
     def __init__(
         self,
@@ -99,9 +180,13 @@ class Evaluator:
         observation_space: spaces.Space | None = None,
         auto_sync: bool = True,
         sync_timeout: float = 10.0,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         if agent is not None and not isinstance(agent, nn.Module):
             raise bad_argument("agent", "a torch.nn.Module (or None)", agent)
+        if agent is not None:
+            # A compiled agent holds no weights of its own: the module it wraps trains.
+            agent = unwrap_compiled(agent)
         if preprocess_obs is not None and not callable(preprocess_obs):
             raise bad_argument("preprocess_obs", "a callable or None", preprocess_obs)
         if observation_space is not None and not isinstance(observation_space, spaces.Space):
@@ -115,6 +200,7 @@ class Evaluator:
         self.deterministic = deterministic
         self.observation_space = observation_space
         self.sync_timeout = check_number("sync_timeout", sync_timeout, 0, low_open=True)
+        self.compile_options = _compile_options(compile, agent is not None and copy_agent)
         self.weights_version = 0  # optimizer steps behind the weights queries use
         self._lock = threading.Lock()  # one query at a time on the query agent
         self._query_mode = _QueryMode(self.device)
@@ -123,6 +209,9 @@ class Evaluator:
         self._synced_version = -1
         self._warned_inplace = False
         self._lstm_layout_cache: list | None = None  # filled by the first recurrent query
+        # What the running query hands Syllabus-style hooks' super() calls (see the class).
+        self._batch_size: int | None = None
+        self._previous_mode: Any = None
 
         self.agent: nn.Module | None = None  # what queries run on
         self._copy_tensors: list[torch.Tensor] = []  # the private copy's, in source order
@@ -184,27 +273,34 @@ class Evaluator:
             obs = self._prepare_state(state)  # 2.
             batch_size = (obs.shape[0] if type(obs) is torch.Tensor and obs.dim()
                           else batch_size_of(obs, "state"))
-            lstm_state, done = self._prepare_lstm(lstm_state, done, batch_size)  # 3.
+            if self._lstm_gets_batch_size:
+                lstm_state, done = self._prepare_lstm(lstm_state, done, batch_size)  # 3.
+            else:  # Syllabus's form, without the batch size (super() finds it here)
+                self._batch_size = batch_size
+                lstm_state, done = self._prepare_lstm(lstm_state, done)
             if deterministic is None:
                 deterministic = self.deterministic
             else:
                 check_flag("deterministic", deterministic)
             inputs = AgentInputs(obs, lstm_state, done, batch_size, deterministic)
-            if self._live_source is None:
+            live = self._live_source  # copy_agent=False: optimizer steps wait for the query
+            if live is not None:
+                self._warn_inplace_once()
+                live.begin_read(self.sync_timeout)
+                self.weights_version = live.steps
+            try:
                 previous = self._set_eval_mode()  # 4.
                 try:
                     answer = hook(inputs)  # 5.
                 finally:
-                    self._set_train_mode(previous)  # 6.
-            else:
-                self._warn_inplace_once()
-                with self._live_source.reading(self.sync_timeout):
-                    self.weights_version = self._live_source.steps
-                    previous = self._set_eval_mode()
-                    try:
-                        answer = hook(inputs)
-                    finally:
-                        self._set_train_mode(previous)
+                    if self._train_mode_gets_previous:
+                        self._set_train_mode(previous)  # 6.
+                    else:  # Syllabus's form: the override decides (super() restores these)
+                        self._previous_mode = previous
+                        self._set_train_mode()
+            finally:
+                if live is not None:
+                    live.end_read()
             shape = getattr(answer[0], "shape", None)  # a tensor (or array) of [B, ...]
             if shape is not None and (not shape or shape[0] != batch_size):
                 raise ValueError(
@@ -228,6 +324,18 @@ class Evaluator:
         value, _, value_extras = self._get_value(inputs)
         return action, value, next_state, {**value_extras, **extras}
 
+    @property
+    def _preprocess_obs(self) -> Callable[[Any], Any]:
+        # Syllabus's name for preprocess_obs (its template's _prepare_state calls it): one
+        # attribute behind both names, so that setting either changes what queries use.
+        return _NO_PREPROCESSING if self.preprocess_obs is None else self.preprocess_obs
+
+    @_preprocess_obs.setter
+    def _preprocess_obs(self, function: Callable[[Any], Any] | None) -> None:
+        if function is not None and not callable(function):
+            raise bad_argument("_preprocess_obs", "a callable or None", function)
+        self.preprocess_obs = None if function is _NO_PREPROCESSING else function
+
     def _prepare_state(self, state: Any) -> TensorTree:
         """Observations to tensors on ``device`` (after the user's ``preprocess_obs``)."""
         if self.preprocess_obs is not None:
@@ -237,9 +345,15 @@ class Evaluator:
             check_against_space(obs, self.observation_space, "state")
         return obs
 
-    def _prepare_lstm(self, lstm_state: Any, done: Any, batch_size: int
+    def _prepare_lstm(self, lstm_state: Any, done: Any, batch_size: int | None = None
                       ) -> tuple[LSTMState | None, torch.Tensor | None]:
-        """Validate and place the recurrent state and done flags (``[B]`` float32)."""
+        """Validate and place the recurrent state and done flags (``[B]`` float32).
+
+        ``batch_size``: the observations'; omitted in Syllabus's two-argument call from an
+        override (``super()._prepare_lstm(lstm_state, done)``): the running query's.
+        """
+        if batch_size is None:
+            batch_size = self._batch_size
         if not self.is_lstm:
             if lstm_state is not None:
                 raise bad_argument("lstm_state", "None for a feedforward agent (is_lstm=False)",
@@ -312,8 +426,14 @@ class Evaluator:
         agent.eval()
         return modes
 
-    def _set_train_mode(self, previous: Any) -> None:
-        """Restore the modes saved by :meth:`_set_eval_mode`: never force train mode."""
+    def _set_train_mode(self, previous: Any = _FROM_QUERY) -> None:
+        """Restore the modes saved by :meth:`_set_eval_mode`: never force train mode.
+
+        Without ``previous`` (Syllabus's ``super()._set_train_mode()`` from an override), the
+        modes the running query saved.
+        """
+        if previous is _FROM_QUERY:
+            previous = self._previous_mode
         if previous is not None:
             for module, mode in zip(self.agent.modules(), previous):
                 module.training = mode
@@ -325,7 +445,8 @@ class Evaluator:
         """Hand the evaluator new weights explicitly (a module or a state dict).
 
         Args:
-            weights: a module of the agent's class or its ``state_dict()``.
+            weights: a module of the agent's class or its ``state_dict()`` (compiled or not:
+                the ``_orig_mod.`` that ``torch.compile`` adds to keys is taken out).
             version: reported as ``extras["weights_version"]``; default: previous + 1.
         """
         if not self.copy_agent or self.agent is None:
@@ -333,7 +454,9 @@ class Evaluator:
         if isinstance(weights, nn.Module):
             # Read with optimizer steps held off: it may be a module another thread trains.
             weights = snapshot_state_dict(weights, self.device, self.sync_timeout)
-        elif not isinstance(weights, Mapping):
+        elif isinstance(weights, Mapping):
+            weights = without_compile_prefix(weights)  # saved from a compiled module
+        else:
             raise bad_argument("weights", "an nn.Module or a state dict", weights)
         with self._lock:
             try:
@@ -367,6 +490,7 @@ class Evaluator:
             is_lstm=self.is_lstm, deterministic=self.deterministic,
             observation_space=self.observation_space, sync_timeout=self.sync_timeout)
         clone.training_agent = self.training_agent  # what the clone's weights come from
+        clone.compile_options = self.compile_options  # its own hooks compile on its own copy
         if self.agent is not None:
             # The weights a query would use now, copied with the version that names them.
             if self._live_source is not None:
@@ -413,6 +537,20 @@ class Evaluator:
         """Query ``agent``, a private copy that only this evaluator writes."""
         self.agent = agent
         self._copy_tensors = [*agent.parameters(), *agent.buffers()]
+        if self.compile_options is not None:
+            self._compile_hooks()
+
+    def _compile_hooks(self) -> None:
+        """``compile=True``: this evaluator's query hooks, compiled, as instance attributes.
+
+        The templates look hooks up on the instance at every query anyway, so evaluators that
+        do not compile pay nothing. The compiled code reads the copy's tensors as inputs (torch
+        guards on their shapes and dtypes, not their values): refreshes copy into them in
+        place and need no recompilation.
+        """
+        for name in _QUERY_HOOKS:
+            hook = getattr(type(self), name).__get__(self)  # the method, never a compiled one
+            setattr(self, name, torch.compile(hook, **self.compile_options))
 
     def _make_copy(self, agent: nn.Module) -> nn.Module:
         try:
@@ -423,6 +561,9 @@ class Evaluator:
                 f"{type(agent).__name__}: {error!r}; make it deep-copyable or pass "
                 "copy_agent=False"
             ) from error
+        # Compiled submodules become the modules they wrap: the copy's keys and tensors are
+        # then those of the plain agent, as weight snapshots give them.
+        duplicate = without_compiled_submodules(duplicate)
         duplicate.to(self.device).eval()
         for parameter in duplicate.parameters():
             parameter.grad = None
@@ -440,6 +581,52 @@ class Evaluator:
             "meanwhile see eval behaviour. Use copy_agent=True for queries from worker threads.",
             RuntimeWarning, stacklevel=4,
         )
+
+
+def _hook_form(cls: type, name: str) -> int:
+    """Which of the forms in ``_HOOK_FORMS`` ``cls`` writes hook ``name`` in: 0 ours, 1
+    Syllabus's; a ``TypeError`` naming both when it is neither."""
+    raw = inspect.getattr_static(cls, name)
+    function = getattr(raw, "__func__", raw)  # a staticmethod or classmethod's function
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # not introspectable (a builtin): taken as ours
+        return 0
+    forms = _HOOK_FORMS[name]
+    receivers = 0 if isinstance(raw, staticmethod) else 1  # self (or cls)
+    for index, (arguments, _) in enumerate(forms):
+        try:
+            signature.bind(*[None] * (receivers + arguments))
+        except TypeError:
+            continue
+        return index
+    accepted = " (ours) or ".join(text for _, text in forms)
+    if len(forms) > 1:
+        accepted += " (Syllabus's custom-evaluator template)"
+    raise TypeError(f"{cls.__name__}.{name}{signature}: expected the hook's signature "
+                    f"{accepted}")
+
+
+def _compile_options(compile: object, has_copy: bool) -> dict[str, Any] | None:
+    """The ``torch.compile`` keyword arguments of ``compile`` (``None``: run eager)."""
+    if compile is False:
+        return None
+    if compile is True:
+        options: dict[str, Any] = {}
+    elif isinstance(compile, Mapping):
+        options = dict(compile)
+        try:
+            inspect.signature(torch.compile).bind(None, **options)
+        except TypeError as error:
+            raise ValueError(f"compile: expected torch.compile's keyword arguments, got "
+                             f"{describe(compile)}: {error}") from None
+    else:
+        raise bad_argument("compile", "True, False or a dict of torch.compile's keyword "
+                           "arguments", compile)
+    if not has_copy:
+        raise bad_argument("compile", "False without a private copy to compile (copy_agent="
+                           "False or no agent): the training agent is never changed", compile)
+    return options
 
 
 def _as_device(device: str | torch.device) -> torch.device:

@@ -123,11 +123,12 @@ class EvalRunner:
             evaluator ``evaluator_fn`` builds).
         progress: show a tqdm progress bar during blocking :meth:`evaluate` calls.
         env_fn: *process, ray.* The env factory the workers call (default: ``make_env``); it
-            must pickle (a module-level function or class, or ``functools.partial`` of one;
-            Ray also takes closures). A ``VectorEnv`` factory fits ``num_workers=1`` only.
+            is sent with cloudpickle, as Gymnasium's ``AsyncVectorEnv`` sends env factories:
+            a function, class, ``functools.partial``, lambda or closure, with what it captures.
+            A ``VectorEnv`` factory fits ``num_workers=1`` only.
         evaluator_fn: *process, ray (required).* Builds the evaluator in each worker, on an
             agent of the training agent's architecture; each evaluation loads the snapshot of
-            the weights into it. Must pickle, like ``env_fn``.
+            the weights into it. Sent like ``env_fn`` (so are ``init_fn`` and ``set_task``).
         init_fn: *process, ray.* Called first in each worker, before the env and evaluator are
             built (simulators that must start first, env variables, devices).
         num_workers: *process, ray.* Workers that split the env slots of each evaluation

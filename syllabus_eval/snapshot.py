@@ -27,7 +27,7 @@ from torch import nn
 from .errors import bad_argument
 from .normalization import ObsNormStats, read_obs_norm
 from .protocols import AgentQueries, WeightedAgentQueries
-from .weights import versioned_snapshot
+from .weights import versioned_snapshot, without_compile_prefix
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ def take_snapshot(evaluator: AgentQueries,
     """The :class:`Snapshot` of ``weights`` (``None``: the evaluator's training agent, now)
     and of ``obs_norm`` (any source :func:`~syllabus_eval.normalization.read_obs_norm` takes).
 
+    ``weights`` may be a compiled module (``torch.compile``) or a state dict saved from one:
+    keys are compared, and sent, without the ``_orig_mod.`` that compiling adds.
+
     Raises:
         ValueError: ``weights`` do not have the keys and shapes of the evaluator's agent, or
             the evaluator has no weights to load; ``obs_norm`` holds no statistics.
@@ -73,8 +76,8 @@ def take_snapshot(evaluator: AgentQueries,
     if not isinstance(agent, nn.Module):
         raise bad_argument("weights", f"None: {type(evaluator).__name__} has no weights to "
                            "load", weights)
-    state, version = versioned_snapshot(weights, device)
-    expected = {k: tuple(v.shape) for k, v in agent.state_dict().items()}
+    state, version = versioned_snapshot(weights, device)  # keys without compile's _orig_mod
+    expected = {k: tuple(v.shape) for k, v in without_compile_prefix(agent.state_dict()).items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:
         raise ValueError(f"weights: expected the keys and shapes of {type(agent).__name__}'s "

@@ -20,12 +20,18 @@ Preconditions (documented in the README):
   build a new evaluator if they are.
 * If ``optimizer.step()`` raises, that optimizer counts as stepping until its next successful
   step; readers keep serving the last consistent copy meanwhile.
+
+Compiled modules (``torch.compile(module)``, an ``OptimizedModule``) are accepted wherever a
+module is: their weights are the wrapped module's (``_orig_mod``), which is what a source
+watches, and their state-dict keys lose the ``_orig_mod.`` that the wrapper adds
+(:func:`unwrap_compiled`, :func:`without_compile_prefix`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import operator
+import sys
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +44,52 @@ from torch.optim.optimizer import (
 )
 
 _version_of = operator.attrgetter("_version")
+_COMPILED = "_orig_mod"  # where torch.compile's OptimizedModule keeps the module it wraps
+
+
+def unwrap_compiled(module: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) wraps; others as they are.
+
+    The wrapper holds no weights of its own: its parameters are the wrapped module's, which
+    optimizer steps change and weight sources watch.
+    """
+    while _is_compiled(module):
+        module = module._modules[_COMPILED]
+    return module
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    # Only torch.compile makes an OptimizedModule, and it imports torch._dynamo first:
+    # without that module loaded nothing is compiled, and importing it here would take seconds.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
+
+
+def without_compiled_submodules(module: nn.Module) -> nn.Module:
+    """``module`` with every compiled submodule replaced by the module it wraps, in place (for
+    private copies only): its state-dict keys then have no ``_orig_mod`` in them.
+
+    The order of parameters and buffers stays the same (a wrapper lists those it wraps).
+    """
+    module = unwrap_compiled(module)
+    for parent in list(module.modules()):
+        for name, child in parent._modules.items():
+            if child is not None and _is_compiled(child):
+                parent._modules[name] = unwrap_compiled(child)
+    return module
+
+
+def without_compile_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the ``_orig_mod`` components taken out of its keys: the state dict of a
+    compiled module (``_orig_mod.critic.0.weight``) or of one with compiled submodules
+    (``critic._orig_mod.0.weight``) as that of the plain module (``critic.0.weight``)."""
+    return {_plain_key(key): value for key, value in state.items()}
+
+
+def _plain_key(key: str) -> str:
+    if _COMPILED not in key:
+        return key
+    return ".".join(part for part in key.split(".") if part != _COMPILED)
 
 
 class WeightSource:
@@ -81,12 +133,20 @@ class WeightSource:
                 for device in {self.cuda_device, target_device} - {None}:
                     torch.cuda.synchronize(device)  # the copies are done before the lock goes
         finally:
-            self._end_read()
+            self.end_read()
         return copied
 
     @contextlib.contextmanager
     def reading(self, timeout: float) -> Iterator[None]:
         """Hold off optimizer steps while the caller reads the live tensors (in-place queries)."""
+        self.begin_read(timeout)
+        try:
+            yield
+        finally:
+            self.end_read()
+
+    def begin_read(self, timeout: float) -> None:
+        """:meth:`reading` in two calls: optimizer steps wait until :meth:`end_read`."""
         with self._cond:
             if not self._cond.wait_for(lambda: not self._writers, timeout):
                 raise TimeoutError(
@@ -94,12 +154,8 @@ class WeightSource:
                     "if optimizer.step() raised, the agent stays locked until its next step"
                 )
             self._readers += 1
-        try:
-            yield
-        finally:
-            self._end_read()
 
-    def _end_read(self) -> None:
+    def end_read(self) -> None:
         with self._cond:
             self._readers -= 1
             if not self._readers:
@@ -139,8 +195,12 @@ _hooks_installed = False
 
 
 def weight_source(module: nn.Module) -> WeightSource:
-    """The :class:`WeightSource` of ``module``, created (and step hooks installed) on first use."""
+    """The :class:`WeightSource` of ``module``, created (and step hooks installed) on first use.
+
+    A compiled module shares the source of the module it wraps (same tensors, same steps).
+    """
     global _registry_generation, _hooks_installed
+    module = unwrap_compiled(module)
     with _registry_lock:
         source = _registry.get(module)
         if source is None:
@@ -159,7 +219,8 @@ def snapshot_state_dict(weights: nn.Module | Mapping[str, torch.Tensor],
     """A consistent, private copy of ``weights`` (a module or a state dict) on ``device``.
 
     A module is read with optimizer steps held off, so the snapshot is the weights of exactly
-    one step; later training does not change it.
+    one step; later training does not change it. Keys are those of the plain module, also for
+    a compiled module or a state dict saved from one (see :func:`without_compile_prefix`).
     """
     return versioned_snapshot(weights, device, timeout)[0]
 
@@ -173,11 +234,11 @@ def versioned_snapshot(weights: nn.Module | Mapping[str, torch.Tensor],
     if isinstance(weights, nn.Module):
         source = weight_source(weights)
         with source.reading(timeout):
-            return ({k: v.detach().to(device, copy=True)
-                     for k, v in weights.state_dict().items()}, source.steps)
+            return ({k: v.detach().to(device, copy=True) for k, v in
+                     without_compile_prefix(weights.state_dict()).items()}, source.steps)
     if isinstance(weights, Mapping):
         return {k: torch.as_tensor(v).detach().to(device, copy=True)
-                for k, v in weights.items()}, None
+                for k, v in without_compile_prefix(weights).items()}, None
     raise TypeError(f"weights: expected an nn.Module or a state dict, got {type(weights).__name__}")
 
 

@@ -1,4 +1,5 @@
-"""The Evaluator template and every adapter: shapes, exact values, recurrent state, modes."""
+"""The Evaluator template and every adapter: shapes, exact values, recurrent state, modes;
+Syllabus's custom-evaluator template run verbatim; compiled queries (``compile=...``)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import threading
 import warnings
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 from torch import nn
 
-from syllabus_eval import Evaluator
+from syllabus_eval import EvalRunner, Evaluator
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
-from syllabus_eval.demo.agents import MLPAgent
+from syllabus_eval.demo.agents import LSTMAgent, MLPAgent
 from tests.cases import CASES, RECURRENT, VECTOR, WITH_AGENT, Case
 from tests.models import fake_envs
 
@@ -159,11 +161,12 @@ class TestRecurrentState:
         assert not torch.equal(fresh[1:], carried[1:])
 
 
-class Recording(CleanRLEvaluator):
-    """Records the order in which the template calls its steps."""
+class RecordsSteps:
+    """Mixin: records the steps that the template runs the same in either hook form."""
 
     def __init__(self, *args, **kwargs) -> None:
         self.calls: list[str] = []
+        self.hook_inputs: list = []  # what hooks were given, for the forms that record them
         super().__init__(*args, **kwargs)
 
     def _refresh(self) -> bool:
@@ -173,6 +176,10 @@ class Recording(CleanRLEvaluator):
     def _prepare_state(self, state):
         self.calls.append("prepare_state")
         return super()._prepare_state(state)
+
+
+class Recording(RecordsSteps, CleanRLEvaluator):
+    """Records the order in which the template calls its steps."""
 
     def _prepare_lstm(self, lstm_state, done, batch_size):
         self.calls.append("prepare_lstm")
@@ -371,3 +378,290 @@ class TestDetached:
         obs = np.zeros((50, 4))
         from_clone = clone.get_action(obs)[0]
         assert torch.equal(from_clone, original.get_action(obs)[0])  # same seed state, apart
+
+
+# --- Syllabus's custom-evaluator template, as its documentation writes it ----------------------
+# The class below is the template of Syllabus's evaluator documentation ("Implementing a Custom
+# Evaluator"), verbatim: its import, `from syllabus.core.evaluator import Evaluator`, is ours
+# (`from syllabus_eval import Evaluator`, at the top), and below each comment of a body are the
+# few lines that make it run on CleanRL's recurrent agent (LSTMAgent).
+
+
+class CustomEvaluator(Evaluator):
+    def _get_action(self, inputs):
+        # Convert inputs to the format expected by the agent
+        # Call the agent's get_action method
+        # Convert the output to the format expected by the curriculum
+        hidden, lstm_state = self.agent.get_states(inputs.obs, inputs.lstm_state, inputs.done)
+        logits = self.agent.actor(hidden)
+        action = logits.argmax(-1) if inputs.deterministic else logits.softmax(-1).multinomial(
+            1).squeeze(-1)
+        extras = {"logits": logits}
+        return action, lstm_state, extras
+
+    def _get_value(self, inputs):
+        # Convert inputs to the format expected by the agent
+        # Call the agent's get_value method
+        # Convert the output to the format expected by the curriculum
+        hidden, lstm_state = self.agent.get_states(inputs.obs, inputs.lstm_state, inputs.done)
+        value = self.agent.critic(hidden)
+        extras = {}
+        return value, lstm_state, extras
+
+    def _get_action_and_value(self, inputs):
+        # Convert inputs to the format expected by the agent
+        # Call the agent's get_action_and_value method
+        # Convert the output to the format expected by the curriculum
+        action, lstm_state, extras = self._get_action(inputs)
+        value, _, _ = self._get_value(inputs)
+        return action, value, lstm_state, extras
+
+    def _prepare_state(self, state):
+        # Convert the state to the format expected by the agent.
+        # Your method should start by calling ``self._preprocess_obs`` if it is provided.
+        if self._preprocess_obs:
+            state = self._preprocess_obs(state)
+        state = torch.as_tensor(np.asarray(state), dtype=torch.float32)
+        return state
+
+    def _prepare_lstm(self, lstm_state, done):
+        # Convert the lstm state to the format expected by the agent
+        lstm_state = tuple(torch.as_tensor(np.asarray(s), dtype=torch.float32)
+                           for s in lstm_state)
+        done = torch.as_tensor(np.asarray(done), dtype=torch.float32)
+        return lstm_state, done
+
+    def _set_eval_mode(self):
+        # Set the agent to evaluation mode
+        self.agent.eval()
+        pass
+
+    def _set_train_mode(self):
+        # Set the agent to training mode
+        self.agent.train()
+        pass
+
+
+class RecordedTemplate(RecordsSteps, CustomEvaluator):
+    """The template's steps as the queries run them, recorded in the template's own forms."""
+
+    def _prepare_lstm(self, lstm_state, done):
+        self.calls.append("prepare_lstm")
+        return super()._prepare_lstm(lstm_state, done)
+
+    def _set_eval_mode(self):
+        self.calls.append("eval_mode")
+        super()._set_eval_mode()
+
+    def _set_train_mode(self):
+        self.calls.append("train_mode")
+        super()._set_train_mode()
+
+    def _record(self, name: str, inputs) -> None:
+        self.calls.append(f"{name}(training={self.agent.training}, "
+                          f"grad={torch.is_grad_enabled()})")
+        self.hook_inputs.append(inputs)
+
+    def _get_action(self, inputs):
+        self._record("_get_action", inputs)
+        return super()._get_action(inputs)
+
+    def _get_value(self, inputs):
+        self._record("_get_value", inputs)
+        return super()._get_value(inputs)
+
+    def _get_action_and_value(self, inputs):
+        self._record("_get_action_and_value", inputs)
+        return super()._get_action_and_value(inputs)
+
+
+def tiny_lstm_agent(seed: int = 0) -> LSTMAgent:
+    torch.manual_seed(seed)
+    return LSTMAgent(fake_envs(CARTPOLE, spaces.Discrete(2)), hidden=8, trunk_size=8)
+
+
+CARTPOLE = gym.make("CartPole-v1").observation_space
+
+
+class TestSyllabusTemplate:
+    def test_every_query_runs_the_six_steps_in_order(self) -> None:
+        agent = tiny_lstm_agent()
+        optimizer = torch.optim.SGD(agent.parameters(), lr=0.1)
+        agent.eval()  # the training agent's own mode: the template's train() is the copy's
+        evaluator = RecordedTemplate(agent, is_lstm=True, preprocess_obs=lambda obs: obs * 2)
+        obs = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+        # As a curriculum may pass them: arrays and a list; the template's _prepare_lstm
+        # makes them tensors.
+        state = [np.full((1, 3, 8), 0.5, np.float32), np.zeros((1, 3, 8), np.float32)]
+        done = [0.0, 1.0, 0.0]
+        for query, hook in [(evaluator.get_action, "_get_action"),
+                            (evaluator.get_value, "_get_value"),
+                            (evaluator.get_action_and_value, "_get_action_and_value")]:
+            optimizer.zero_grad()
+            zeros = torch.zeros(1, 3, 8)
+            agent.get_value(torch.as_tensor(obs), (zeros, zeros), torch.zeros(3)).sum().backward()
+            optimizer.step()  # changed weights: the query syncs first
+            evaluator.calls.clear()
+            evaluator.hook_inputs.clear()
+            with torch.enable_grad():
+                *answers, extras = query(obs, state, done)
+            # (The template's _get_action_and_value calls its two other hooks in between.)
+            assert evaluator.calls[:5] == ["sync", "prepare_state", "prepare_lstm", "eval_mode",
+                                           f"{hook}(training=False, grad=False)"]
+            assert evaluator.calls[-1] == "train_mode"
+            inputs = evaluator.hook_inputs[0]
+            assert all(t.dtype == torch.float32 for t in (*inputs.lstm_state, inputs.done))
+            with torch.no_grad():  # the agent's own answers on the prepared inputs
+                hidden, expected_state = agent.get_states(
+                    torch.as_tensor(obs) * 2, tuple(map(torch.as_tensor, state)),
+                    torch.tensor(done))
+            for got, want in zip(extras["lstm_state"], expected_state):
+                assert torch.equal(got, want)
+            if hook != "_get_action":
+                assert torch.equal(answers[-1], agent.critic(hidden).detach())
+            assert extras["weights_version"] == evaluator.weights_version
+        assert not agent.training  # the template's _set_train_mode changed the copy only
+
+    def test_eval_runner_evaluates_with_it(self) -> None:
+        class RecurrentTemplate(CustomEvaluator):
+            # What recurrent rollouts need besides the template: the state episodes start in.
+            def initial_lstm_state(self, batch_size):
+                lstm = self.agent.lstm
+                return tuple(torch.zeros(lstm.num_layers, batch_size, lstm.hidden_size)
+                             for _ in range(2))
+
+        agent, other = tiny_lstm_agent(), tiny_lstm_agent(seed=1)
+        kwargs = {"num_envs": 2, "num_episodes": 4, "max_steps": 50, "seed": 0}
+        results = []
+        for evaluator in (RecurrentTemplate(agent, is_lstm=True),
+                          CleanRLEvaluator(agent, is_lstm=True)):
+            with EvalRunner(lambda: gym.make("CartPole-v1"), evaluator, **kwargs) as runner:
+                results.append((runner.evaluate(step=1), runner.evaluate(other, step=2)))
+        for template, cleanrl in zip(*results):  # the training agent's weights, then other's
+            assert template.episodes == cleanrl.episodes and len(template.episodes) == 4
+        assert results[0][0].episodes != results[0][1].episodes
+
+    def test_preprocess_obs_is_callable_under_syllabus_name_given_or_not(self) -> None:
+        agent = tiny_lstm_agent()
+        plain = CustomEvaluator(agent)
+        obs = np.ones((2, 4), np.float32)
+        # Not given: "if self._preprocess_obs" skips it, and calling it changes nothing.
+        assert not plain._preprocess_obs and plain._preprocess_obs(obs) is obs
+        double = lambda obs: obs * 2  # noqa: E731
+        assert CustomEvaluator(agent, preprocess_obs=double)._preprocess_obs is double
+        plain._preprocess_obs = double  # set under either name, used under both
+        assert plain.preprocess_obs is double
+
+    def test_super_calls_in_syllabus_form_reach_our_hooks(self) -> None:
+        class Ported(CleanRLEvaluator):
+            def _prepare_lstm(self, lstm_state, done):
+                return super()._prepare_lstm(lstm_state, done)
+
+            def _set_train_mode(self):
+                super()._set_train_mode()
+
+        agent = tiny_lstm_agent()
+        agent.train()
+        agent.critic.eval()  # mixed modes, in place: restored, never forced
+        before = [m.training for m in agent.modules()]
+        ported, ours = (cls(agent, is_lstm=True, copy_agent=False)
+                        for cls in (Ported, CleanRLEvaluator))
+        obs = np.zeros((3, 4), np.float32)
+        value, _ = ported.get_value(obs, ported.initial_lstm_state(3))
+        assert torch.equal(value, ours.get_value(obs, ours.initial_lstm_state(3))[0])
+        assert [m.training for m in agent.modules()] == before
+        with pytest.raises(ValueError, match=r"lstm_state\[0\]: expected shape \(1, 3, 8\)"):
+            ported.get_value(obs, ported.initial_lstm_state(4))  # the query's batch size
+
+    @pytest.mark.parametrize(("name", "hook", "accepted"), [
+        ("_prepare_lstm", lambda self, lstm_state: None,
+         r"_prepare_lstm\(self, lstm_state, done, batch_size\) \(ours\) or "
+         r"_prepare_lstm\(self, lstm_state, done\) -> \(lstm_state, done\) \(Syllabus's"),
+        ("_set_train_mode", lambda self, previous, step: None,
+         r"_set_train_mode\(self, previous\) \(ours\) or _set_train_mode\(self\) \(Syllabus's"),
+        ("_set_eval_mode", lambda self, agent: None,
+         r"_set_eval_mode\(self\) -> previous modes \(ours\) or _set_eval_mode\(self\), "
+         "returning nothing"),
+    ])
+    def test_a_hook_of_neither_form_fails_at_class_creation(self, name, hook, accepted) -> None:
+        with pytest.raises(TypeError, match=rf"Bad\.{name}\(self, .*\): expected the hook's "
+                                            rf"signature {accepted}"):
+            type("Bad", (CustomEvaluator,), {name: hook})
+
+
+def tiny_mlp(seed: int = 0) -> MLPAgent:
+    torch.manual_seed(seed)
+    return MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)), hidden=8)
+
+
+def train_step(agent: MLPAgent, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad()
+    agent.get_value(torch.randn(8, 4)).pow(2).mean().backward()
+    optimizer.step()
+
+
+class TestCompile:
+    """``compile=...``: the query hooks compiled, on the private copy. Answers are compared
+    with a tight tolerance: compiled kernels may round differently in the last bits."""
+
+    def test_answers_match_eager_and_follow_optimizer_steps(self, torch_compile) -> None:
+        agent = tiny_mlp()
+        optimizer = torch.optim.SGD(agent.parameters(), lr=0.5)
+        # Greedy by default: the adapter finds its greedy head when built, not while compiling.
+        compiled, eager = (CleanRLEvaluator(agent, deterministic=True, compile=compile)
+                           for compile in (True, False))
+        obs = CASES[0].obs(B)
+
+        def same_answers() -> None:
+            for query in (compiled, eager):
+                query.answers = (query.get_value(obs)[0], query.get_action(obs)[0],
+                                 query.get_action_and_value(obs, deterministic=False)[1])
+            value, greedy, one_pass_value = compiled.answers
+            assert torch.allclose(value, eager.answers[0], rtol=1e-5, atol=1e-6)
+            assert torch.equal(greedy, eager.answers[1])
+            assert torch.allclose(one_pass_value, eager.answers[2], rtol=1e-5, atol=1e-6)
+
+        in_thread(same_answers)  # compiled on a worker thread, as a curriculum's
+        for _ in range(2):
+            train_step(agent, optimizer)
+            # Refreshes copy into the tensors the compiled code reads: no recompilation.
+            with torch._dynamo.config.patch(error_on_recompile=True):
+                same_answers()
+        assert compiled.get_value(obs)[1]["weights_version"] == 2
+        with torch.no_grad():
+            assert torch.allclose(compiled.answers[0], agent.get_value(torch.as_tensor(obs)),
+                                  rtol=1e-5, atol=1e-6)
+
+    def test_detached_clones_compile_their_own_copy(self, dynamo) -> None:
+        agent, other = tiny_mlp(), tiny_mlp(seed=1)
+        # TorchDynamo without Inductor: what is compiled, and on which copy, at no C++ cost.
+        evaluator = CleanRLEvaluator(agent, compile={"backend": "eager"})
+        clone = evaluator.detached()
+        clone.load_weights(other)
+        obs = CASES[0].obs(B)
+        with torch.no_grad():
+            assert torch.equal(clone.get_value(obs)[0], other.get_value(torch.as_tensor(obs)))
+            assert torch.equal(evaluator.get_value(obs)[0],
+                               agent.get_value(torch.as_tensor(obs)))
+        episodes = []
+        for queries in (evaluator, CleanRLEvaluator(agent)):  # the runner queries a clone
+            with EvalRunner(lambda: gym.make("CartPole-v1"), queries, num_envs=2,
+                            num_episodes=4, seed=0) as runner:
+                episodes.append(runner.evaluate(other).episodes)
+        assert episodes[0] == episodes[1]
+
+    @pytest.mark.parametrize(("make", "message"), [
+        (lambda: CleanRLEvaluator(tiny_mlp(), copy_agent=False, compile=True),
+         r"compile: expected False without a private copy to compile \(copy_agent=False or "
+         r"no agent\): the training agent is never changed, got bool True"),
+        (lambda: DummyEvaluator(spaces.Discrete(2), compile={}), "compile: expected False"),
+        (lambda: CleanRLEvaluator(tiny_mlp(), compile={"modes": "max-autotune"}),
+         r"compile: expected torch.compile's keyword arguments, got dict with keys \['modes'\]"
+         r": got an unexpected keyword argument 'modes'"),
+        (lambda: CleanRLEvaluator(tiny_mlp(), compile="yes"),
+         r"compile: expected True, False or a dict of torch.compile's keyword arguments, got "
+         r"str 'yes'"),
+    ], ids=["in-place", "no-agent", "unknown-option", "not-an-option"])
+    def test_bad_arguments(self, make, message) -> None:
+        with pytest.raises(ValueError, match=message):
+            make()

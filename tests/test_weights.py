@@ -1,18 +1,21 @@
-"""Weight sync: refresh only on change, one optimizer step per query, even under concurrency."""
+"""Weight sync: refresh only on change, one optimizer step per query, even under concurrency;
+compiled modules (``torch.compile``) as agents and weights."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 
-from syllabus_eval import WeightSource, snapshot_state_dict, weight_source
+from syllabus_eval import EvalRunner, WeightSource, snapshot_state_dict, weight_source
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.demo.agents import MLPAgent
+from syllabus_eval.snapshot import take_snapshot
 from tests.cases import VECTOR
 from tests.models import TearProbe, fake_envs
 
@@ -256,3 +259,76 @@ class TestConsistentWeights:
         assert evaluator.get_value(np.zeros((1, 1), np.float32))[0].item() == 150.0
         # The probe's value is its number of steps: each answer names the weights that gave it.
         assert all(value == version for value, version in answered)
+
+
+def with_compiled_critic() -> MLPAgent:
+    """An agent with a compiled submodule: its state-dict keys read ``critic._orig_mod.0...``."""
+    agent = mlp()
+    agent.critic = torch.compile(agent.critic)
+    return agent
+
+
+@pytest.mark.usefixtures("dynamo")
+class TestCompiledModules:
+    """``torch.compile(module)`` wraps it: same parameters, keys prefixed ``_orig_mod.``. None
+    of these tests runs compiled code (queries use a plain copy), so none compiles."""
+
+    @pytest.mark.parametrize("copy_agent", [True, False])
+    def test_a_compiled_agent_is_queried_and_synced_as_its_module(self, copy_agent) -> None:
+        agent = mlp()
+        compiled = torch.compile(agent)
+        evaluator = CleanRLEvaluator(compiled, copy_agent=copy_agent)
+        assert evaluator.training_agent is agent  # the wrapped module trains
+        reference = CleanRLEvaluator(agent, copy_agent=copy_agent)
+        assert torch.equal(evaluator.get_value(OBS)[0], reference.get_value(OBS)[0])
+        train_step(agent, torch.optim.SGD(compiled.parameters(), lr=0.5))  # the same tensors
+        value, extras = evaluator.get_value(OBS)
+        with torch.no_grad():
+            assert torch.equal(value, agent.get_value(torch.as_tensor(OBS)))
+        assert extras["weights_version"] == 1  # the step hooks saw it
+        assert set(evaluator.state_dict()) == set(agent.state_dict())
+
+    def test_compiled_weights_and_their_state_dicts_load(self) -> None:
+        evaluator = CleanRLEvaluator(mlp(), auto_sync=False)
+        other = MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
+        with torch.no_grad():
+            expected = other.get_value(torch.as_tensor(OBS))
+        compiled = torch.compile(other)
+        assert all(key.startswith("_orig_mod.") for key in compiled.state_dict())
+        for weights in (compiled, compiled.state_dict()):
+            evaluator.load_weights(mlp())  # back to other weights first
+            evaluator.load_weights(weights)
+            assert torch.equal(evaluator.get_value(OBS)[0], expected)
+        snapshot = take_snapshot(evaluator, compiled, "cpu", step=3)  # what runners send
+        assert set(snapshot.weights) == set(other.state_dict())
+        with pytest.raises(ValueError, match=r"weights: expected the keys and shapes .*: "
+                                             r"missing \['actor.0.weight'\]"):
+            take_snapshot(evaluator, {k: v for k, v in compiled.state_dict().items()
+                                      if k != "_orig_mod.actor.0.weight"}, "cpu")
+
+    def test_compiled_submodules_in_the_agent_and_in_weights(self) -> None:
+        agent = with_compiled_critic()
+        assert "critic._orig_mod.0.weight" in agent.state_dict()
+        evaluator = CleanRLEvaluator(agent)
+        assert "critic.0.weight" in evaluator.agent.state_dict()  # a plain private copy
+        for parameter in agent.parameters():  # a step without running the compiled critic
+            parameter.grad = torch.ones_like(parameter)
+        torch.optim.SGD(agent.parameters(), lr=0.1).step()
+        with torch.no_grad():  # eager, as the copy answers (compiled kernels may differ a bit)
+            assert torch.equal(evaluator.get_value(OBS)[0],
+                               agent.critic._orig_mod(torch.as_tensor(OBS)))
+        other = with_compiled_critic()
+        with torch.no_grad():
+            expected = other.critic._orig_mod(torch.as_tensor(OBS))
+        for weights in (other, other.state_dict()):
+            detached = evaluator.detached()
+            detached.load_weights(take_snapshot(evaluator, weights, "cpu").weights)
+            assert torch.equal(detached.get_value(OBS)[0], expected)
+
+    def test_a_runner_evaluates_compiled_weights(self) -> None:
+        agent, other = mlp(), MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
+        with EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(torch.compile(agent)),
+                        num_envs=2, num_episodes=4, seed=0) as runner:
+            for weights in (other, torch.compile(other), torch.compile(other).state_dict()):
+                episodes = runner.evaluate(weights).episodes
+                assert episodes == runner.evaluate(other).episodes

@@ -11,12 +11,14 @@ Usage (the process and Ray backends are its subclasses; users pick them by name)
 
 **Workers.** Each of ``num_workers`` workers (spawned processes in
 :mod:`~syllabus_eval.backends.process`, Ray actors in :mod:`~syllabus_eval.backends.ray`)
-builds its own env pool and evaluator from the picklable factories ``env_fn`` (default:
-``make_env``) and ``evaluator_fn``, after calling ``init_fn``, and runs a fixed share of the env
-slots: the ``num_envs`` slots are split into contiguous blocks, and each worker runs
+builds its own env pool and evaluator from the factories ``env_fn`` (default: ``make_env``) and
+``evaluator_fn``, after calling ``init_fn``, and runs a fixed share of the env slots: the
+``num_envs`` slots are split into contiguous blocks, and each worker runs
 ``run_episodes(..., slots=its block, num_slots=num_envs)``. Quotas, seeds and tasks follow the
 global slot indices (see :mod:`syllabus_eval.rollout`), so the merged records, and with greedy
-actions the metrics, equal those of the thread backend. Workers start
+actions the metrics, equal those of the thread backend. The factories (and ``set_task``) are
+sent with cloudpickle, as Gymnasium's ``AsyncVectorEnv`` sends its env factories: lambdas and
+closures travel by value with what they capture, module-level functions by name. Workers start
 with the runner (their start-up errors, such as envs that do not fit the agent, are raised by
 ``EvalRunner(...)``) and live until ``shutdown``.
 
@@ -45,12 +47,12 @@ from __future__ import annotations
 import abc
 import itertools
 import logging
-import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+import cloudpickle
 import gymnasium as gym
 import numpy as np
 import torch
@@ -161,8 +163,9 @@ class PooledBackend(Backend):
     # --- what subclasses provide -----------------------------------------------------------
 
     def _dumps(self, value: Any) -> bytes:
-        """Serialize for the workers."""
-        return pickle.dumps(value)
+        """Serialize for the workers, which load it with ``pickle.loads``: cloudpickle writes
+        plain pickle data, and serializes lambdas and closures by value."""
+        return cloudpickle.dumps(value)
 
     def _open(self) -> None:
         """Get ready to start workers (Ray: connect)."""
@@ -363,8 +366,8 @@ class PooledBackend(Backend):
                 used = "" if option != "env_fn" or env_fn_given else (
                     " (make_env is used when env_fn is not given)")
                 raise ValueError(
-                    f"{option}: expected a picklable {what} for backend={self.name!r}, which "
-                    f"sends it to each worker{used}: use a module-level function or class, or "
-                    f"functools.partial of one; got {describe(value)}, which does not pickle: "
-                    f"{error}") from None
+                    f"{option}: expected a serializable {what} for backend={self.name!r}, "
+                    f"which sends it to each worker with cloudpickle{used}: a function, lambda "
+                    f"or closure is sent with everything it captures, which must serialize "
+                    f"too; got {describe(value)}, which does not serialize: {error}") from None
         return self._dumps(spec)

@@ -2,19 +2,18 @@
 
 Usage::
 
-    from functools import partial
-
-    def make_evaluator():                    # module level: workers import it
-        return CleanRLEvaluator(Agent(envs))
-
-    runner = EvalRunner(partial(gym.make, "CartPole-v1"), CleanRLEvaluator(agent), num_envs=8,
-                        num_episodes=40, backend="process", evaluator_fn=make_evaluator,
+    runner = EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent), num_envs=8,
+                        num_episodes=40, backend="process",
+                        evaluator_fn=lambda: CleanRLEvaluator(Agent(envs_spec)),
                         num_workers=2, max_restarts=2, timeout=600)
     runner.trigger_eval(agent, step=step)    # the snapshot travels to the workers
 
 Shares, restarts, timeouts and errors work as :mod:`syllabus_eval.backends.pool` describes.
-Workers are spawned (a fork of a process that trains, with its threads, CUDA and locks, is
-unsafe), so a script that uses them needs the ``if __name__ == "__main__":`` guard.
+The factories travel with cloudpickle, as Gymnasium's ``AsyncVectorEnv`` sends env factories:
+lambdas and closures work, and carry what they capture with them (here ``envs_spec``, the
+spaces; capture no training agent or open env, which would be copied or refused). Workers are
+spawned (a fork of a process that trains, with its threads, CUDA and locks, is unsafe), so a
+script that uses them needs the ``if __name__ == "__main__":`` guard.
 
 **Priority.** Process workers run at nice 15 with one torch thread, as Ray runs its workers:
 on a busy machine training keeps the CPU it needs and evaluations take what is left.
@@ -156,8 +155,8 @@ class ProcessBackend(PooledBackend):
     """Runs the episodes in ``num_workers`` spawned processes (module docs).
 
     Each worker runs at nice 15 (Ray's workers too), so that training keeps the CPU it needs,
-    and torch with one thread (``init_fn`` may change that). The factories must pickle, so they
-    are module-level functions or classes (or ``functools.partial`` of them).
+    and torch with one thread (``init_fn`` may change that). The factories are sent with
+    cloudpickle: functions, lambdas and closures, with what they capture.
     """
 
     name = "process"

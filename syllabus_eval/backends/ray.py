@@ -12,8 +12,9 @@ shares of the env slots, restarts, timeouts, errors), with these differences. Ra
 when the backend is built; without it an ``ImportError`` says how to install it. When Ray is not
 initialized yet, the runner connects to ``address`` or, without one, starts Ray locally
 (``ray.init(**ray_kwargs)``), and shuts down at ``shutdown`` only the Ray it started; initialize
-Ray yourself to share it between runners. The factories are serialized with Ray's cloudpickle,
-so closures work too, and they must be importable where the actors run. Each actor reserves
+Ray yourself to share it between runners. The factories are serialized with cloudpickle, as
+for the process backend (closures work too); what they refer to by name (their modules) must
+be importable where the actors run. Each actor reserves
 ``num_cpus`` and ``num_gpus``; ``init_fn`` runs first in it, but the actor's process has already
 imported this package (and torch). Each evaluation puts its snapshot (the weights) once in the
 object store; every actor reads that one object. Progress bars advance per share rather than
@@ -178,9 +179,6 @@ class RayBackend(PooledBackend):
         self._generation = 0
         self._started_ray = False
         super().__init__(*args, **options)
-
-    def _dumps(self, value: Any) -> bytes:
-        return self._ray.cloudpickle.dumps(value)
 
     def _open(self) -> None:
         ray = self._ray

@@ -1,6 +1,6 @@
 """Process and Ray backends: the thread backend's numbers, shares over workers, restarts,
-timeouts, errors from workers, init_fn and shutdown, with real spawned processes and a real
-local Ray (started once for the module)."""
+timeouts, errors from workers, init_fn and shutdown, lambdas and closures as factories, with
+real spawned processes and a real local Ray (started once for the module)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
 
@@ -27,6 +28,7 @@ from syllabus_eval import (
     RemoteTraceback,
     cli,
 )
+from syllabus_eval.adapters import CleanRLEvaluator
 from tests.fake_envs import LengthEnv
 from tests.gates import start_ray
 from tests.workers import (
@@ -351,6 +353,34 @@ class TestCommandLine:
         assert metrics["process"] == metrics["thread"]
 
 
+def capturing(value, factory):
+    """A closure of ``factory`` that captures ``value`` (which then travels with it)."""
+    return lambda *args: (value, factory(*args))[1]
+
+
+class TestClosures:
+    """Lambdas and closures as factories, sent with cloudpickle (as Gymnasium's AsyncVectorEnv
+    sends env factories): one worker process for all of them."""
+
+    def test_lambdas_and_closures_give_the_thread_backends_numbers(self, tmp_path):
+        gravities = {"earth": 9.8, "heavy": 15.0}  # locals that the closures capture
+        marker, seed = tmp_path / "init-ran", 3
+        kwargs = {"num_envs": 2, "num_episodes": 6, "max_steps": 200, "seed": 7,
+                  "tasks": list(gravities),
+                  "set_task": lambda env, task: setattr(env.unwrapped, "gravity",
+                                                        gravities[task])}
+        evaluator = cartpole_evaluator(seed=1)
+        expected = reference(lambda: gym.make("CartPole-v1"), evaluator, **kwargs)
+        with EvalRunner(lambda: gym.make("CartPole-v1"), evaluator, backend="process",
+                        evaluator_fn=lambda: CleanRLEvaluator(cartpole_agent(seed)),
+                        init_fn=lambda: marker.write_text(str(os.getpid())), **kwargs) as runner:
+            result = runner.evaluate()
+        assert result.episodes == expected.episodes
+        assert without_fps(result) == without_fps(expected)
+        assert {"eval/task/earth/reward", "eval/task/heavy/reward"} <= result.keys()
+        assert int(marker.read_text()) != os.getpid()  # init_fn ran in the worker
+
+
 class TestBadArguments:
     @pytest.mark.parametrize(("kwargs", "message"), [
         ({"num_workers": 2}, "num_workers: not an option of backend='thread' \\(only of "
@@ -373,15 +403,20 @@ class TestBadArguments:
          "num_cpus: expected a number >= 0"),
         ({"backend": "ray", "evaluator_fn": length_evaluator, "ray_kwargs": "local"},
          "ray_kwargs: expected a dict of ray.init arguments"),
-        ({"backend": "process", "evaluator_fn": lambda: length_evaluator()},
-         "evaluator_fn: expected a picklable evaluator factory for backend='process'.*"
-         "module-level function"),
-        ({"backend": "process", "evaluator_fn": length_evaluator, "env_fn": lambda: LengthEnv()},
-         "env_fn: expected a picklable env factory"),
+        ({"backend": "process", "evaluator_fn": capturing(threading.Lock(), length_evaluator)},
+         "evaluator_fn: expected a serializable evaluator factory for backend='process', which "
+         "sends it to each worker with cloudpickle: .* got function .*, which does not "
+         "serialize: cannot pickle '_thread.lock' object"),
         ({"backend": "process", "evaluator_fn": length_evaluator,
-          "make_env": lambda: LengthEnv()},
-         "env_fn: expected a picklable env factory .*\\(make_env is used when env_fn is not "
+          "env_fn": capturing((i for i in range(3)), LengthEnv)},
+         "env_fn: expected a serializable env factory .*cannot pickle 'generator' object"),
+        ({"backend": "process", "evaluator_fn": length_evaluator,
+          "make_env": capturing(threading.Event(), LengthEnv)},
+         "env_fn: expected a serializable env factory .*\\(make_env is used when env_fn is not "
          "given\\)"),
+        ({"backend": "process", "evaluator_fn": length_evaluator, "tasks": [0],
+          "set_task": capturing(threading.Lock(), lambda env, task: None)},
+         "set_task: expected a serializable callable"),
         ({"backend": "process", "evaluator_fn": length_evaluator, "init_fn": 3},
          "init_fn: expected a callable or None, got int 3"),
     ])
