@@ -75,7 +75,10 @@ class SB3Evaluator(Evaluator):
             ``policy``. Recurrent policies (sb3-contrib's ``RecurrentPPO``) are not supported.
         device: where queries run (default: the policy's device).
         preprocess_obs: applied to raw observations before the policy's own preparation.
-        copy_agent: query a private, synced copy of the policy (default) or the policy itself.
+        copy_agent: query a private, synced copy of the policy (default) or the policy itself
+            (``False``: from the training thread only; SB3's distribution objects keep the
+            state of each call, which a query from another thread would overwrite in the
+            middle of a training forward pass).
         **kwargs: the :class:`~syllabus_eval.Evaluator` options (``deterministic``,
             ``observation_space``, ``auto_sync``, ``sync_timeout``).
 

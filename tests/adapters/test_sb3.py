@@ -4,6 +4,7 @@ against SB3's own evaluate_policy."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -321,6 +322,32 @@ def test_answers_follow_learning(name: str) -> None:
     assert torch.equal(after, own_value(model.policy, obs))
     action, _ = evaluator.get_action(obs, deterministic=True)
     assert np.array_equal(action.numpy(), predicted(model, obs))
+
+
+def test_queries_from_a_thread_while_the_model_learns() -> None:
+    case = BY_NAME["ppo-cartpole"]
+    model, obs = case.build(), case.obs()
+    evaluator = SB3Evaluator(model)
+    stop, answers, errors = threading.Event(), [], []
+
+    def query() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(evaluator.get_action_and_value(obs)[2]["weights_version"])
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+                return
+
+    worker = threading.Thread(target=query)
+    worker.start()
+    try:
+        model.learn(64)  # four rollouts, four optimizer steps
+    finally:
+        stop.set()
+        worker.join(30)
+    assert not errors and answers == sorted(answers)  # versions only go forward
+    value, extras = evaluator.get_value(obs)
+    assert extras["weights_version"] == 4 and torch.equal(value, own_value(model.policy, obs))
 
 
 class TestEvalRunner:
