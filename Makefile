@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip install -q -c constraints.txt
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[dev,ray,tensorboard]'
+	$(PIP) -e '.[dev,ray,tensorboard,sb3,torchrl]'
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed

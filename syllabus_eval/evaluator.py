@@ -511,6 +511,13 @@ class Evaluator:
     def _detach_into(self, clone: Evaluator) -> None:
         """Hook: finish a :meth:`detached` clone (the adapter's attributes are shared)."""
 
+    def _copy_memo(self, agent: nn.Module) -> dict[int, Any]:
+        """Hook: a ``copy.deepcopy`` memo, ``{id(obj): its copy}``, for objects inside the agent
+        that the adapter copies itself (state that deepcopy refuses, such as tensors of an
+        autograd graph kept from the last forward pass). Called before the adapter's own
+        attributes are set (by :meth:`detached` too): use only what the base class sets."""
+        return {}
+
     def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
         """The recurrent state at the start of an episode (``None`` for feedforward agents)."""
         if not self.is_lstm:
@@ -554,7 +561,7 @@ class Evaluator:
 
     def _make_copy(self, agent: nn.Module) -> nn.Module:
         try:
-            duplicate = copy.deepcopy(agent)
+            duplicate = copy.deepcopy(agent, self._copy_memo(agent))
         except Exception as error:
             raise TypeError(
                 f"copy_agent=True deep-copies the agent, which failed for "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,9 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from torch import nn
 
 from syllabus_eval import Evaluator
-from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator, MoolibEvaluator
+from syllabus_eval.adapters import (
+    CleanRLEvaluator,
+    DummyEvaluator,
+    MoolibEvaluator,
+    SB3Evaluator,
+    TorchRLEvaluator,
+)
 from syllabus_eval.demo.agents import CNNAgent, ContinuousAgent, LSTMAgent, MLPAgent
 from tests.models import MoolibNet, fake_envs
 
@@ -53,6 +61,32 @@ def _moolib_value(model, obs, state, done):
     return model(inputs, state if state is not None else ())[0]["baseline"][0].unsqueeze(-1)
 
 
+def _sb3_policy() -> SB3Evaluator:
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    return SB3Evaluator(ActorCriticPolicy(VECTOR, DISCRETE, lambda _: 0.0, net_arch=[16]))
+
+
+def _sb3_value(policy, obs, state, done):
+    return policy.predict_values(obs)
+
+
+def _torchrl_modules() -> TorchRLEvaluator:
+    from tensordict.nn import TensorDictModule
+    from torchrl.modules import ValueOperator
+
+    return TorchRLEvaluator(
+        TensorDictModule(nn.Linear(4, 2), in_keys=["observation"], out_keys=["action"]),
+        value=ValueOperator(nn.Linear(4, 1), in_keys=["observation"]))
+
+
+def _torchrl_value(agent, obs, state, done):
+    from tensordict import TensorDict
+
+    return agent["value"](TensorDict({"observation": obs}, batch_size=[len(obs)]))[
+        "state_value"]
+
+
 def _torch_seeded(make: Callable[[], Evaluator]) -> Callable[[], Evaluator]:
     def build() -> Evaluator:
         torch.manual_seed(0)
@@ -85,5 +119,12 @@ CASES = [
     Case("dummy-lstm", lambda: DummyEvaluator(DISCRETE, seed=0, is_lstm=True), VECTOR, (),
          torch.int64, None),
 ]
+# The optional extras' adapters, where their libraries are installed (make test installs them).
+if importlib.util.find_spec("stable_baselines3"):
+    CASES.append(Case("sb3-ppo", _torch_seeded(_sb3_policy), VECTOR, (), torch.int64,
+                      _sb3_value))
+if importlib.util.find_spec("torchrl"):
+    CASES.append(Case("torchrl", _torch_seeded(_torchrl_modules), VECTOR, (2,), torch.float32,
+                      _torchrl_value))
 RECURRENT = [c for c in CASES if c.name in ("cleanrl-lstm", "moolib-lstm")]
 WITH_AGENT = [c for c in CASES if c.reference_value is not None]

@@ -140,6 +140,78 @@ class EndlessEnv(gym.Env):
         return np.zeros(4, dtype=np.float32), 0.0, False, False, {}
 
 
+class FramesEnv(gym.Env):
+    """Channels-last uint8 frames, 36 x 36 x 1 (the smallest SB3's NatureCNN takes), drawn
+    from the env's RNG; 2 actions, reward 1 for action 1; episodes of ``length`` steps."""
+
+    observation_space = spaces.Box(0, 255, (36, 36, 1), np.uint8)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, length: int = 8) -> None:
+        self.length = length
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._frame(), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        return self._frame(), float(action), False, self.t >= self.length, {}
+
+    def _frame(self) -> np.ndarray:
+        return self.np_random.integers(0, 256, (36, 36, 1), dtype=np.uint8)
+
+
+class DictEnv(gym.Env):
+    """A ``Dict`` space (a channels-last frame and a vector); 2-dim Box actions in [-2, 3]
+    (not symmetric: unscaling shows); reward: minus the distance of the action to the vector's
+    first two entries; episodes of 8 steps."""
+
+    observation_space = spaces.Dict({
+        "frame": spaces.Box(0, 255, (36, 36, 1), np.uint8),
+        "vector": spaces.Box(-1.0, 1.0, (3,), np.float32)})
+    action_space = spaces.Box(-2.0, 3.0, (2,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.obs = self._obs()
+        return self.obs, {}
+
+    def step(self, action: Any):
+        self.t += 1
+        reward = -float(np.linalg.norm(np.asarray(action) - self.obs["vector"][:2]))
+        self.obs = self._obs()
+        return self.obs, reward, False, self.t >= 8, {}
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"frame": self.np_random.integers(0, 256, (36, 36, 1), dtype=np.uint8),
+                "vector": self.np_random.uniform(-1, 1, 3).astype(np.float32)}
+
+
+class CheetahSpacesEnv(gym.Env):
+    """HalfCheetah's spaces without MuJoCo: 17-dim float64 observations, 6-dim actions in
+    [-1, 1]. The observation moves by the action (padded), the reward is the first entry;
+    episodes of ``length`` steps, the start state drawn from the env's RNG."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (17,), np.float64)
+    action_space = spaces.Box(-1.0, 1.0, (6,), np.float32)
+
+    def __init__(self, length: int = 20) -> None:
+        self.length = length
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t, self.state = 0, self.np_random.normal(size=17)
+        return self.state.copy(), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        self.state[:6] += np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        return self.state.copy(), float(self.state[0]), False, self.t >= self.length, {}
+
+
 class CountingEvaluator(Evaluator):
     """A recurrent stand-in whose state counts the steps of the episode; it acts the count.
 

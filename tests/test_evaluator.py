@@ -335,16 +335,17 @@ class TestTrainingAgentUntouched:
             in_thread(lambda: evaluator.get_value(np.zeros((3, 4), np.float32)))
 
 
-def readme_adapter_source() -> str:
+def readme_snippet(title: str) -> str:
+    """The first Python example after the README's heading ``### title``."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### Writing an adapter", 1)[1]
+    section = readme.split(f"### {title}\n", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 class TestCustomAdapter:
     def test_the_readme_adapter_runs(self) -> None:
         namespace: dict = {}
-        exec(readme_adapter_source(), namespace)  # the README's example, verbatim
+        exec(readme_snippet("Writing an adapter"), namespace)  # the README's example, verbatim
         policy = namespace["policy"]
         evaluator = namespace["evaluator"]
         obs = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
