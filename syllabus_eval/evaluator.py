@@ -23,7 +23,6 @@ lstm_state, done)`` returning ``(lstm_state, done)``, ``_set_eval_mode(self)`` a
 from __future__ import annotations
 
 import copy
-import inspect
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -34,17 +33,18 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from .errors import bad_argument, check_flag, check_number, describe
-from .inputs import TensorTree, as_batch, batch_size_of, check_against_space
-from .protocols import AgentQueries, LSTMState
-from .weights import (
-    WeightSource,
-    snapshot_state_dict,
+from .compiled import (
+    compile_options,
     unwrap_compiled,
-    weight_source,
     without_compile_prefix,
     without_compiled_submodules,
 )
+from .devices import QueryMode, as_device, device_of
+from .errors import bad_argument, check_flag, check_number, describe
+from .hook_forms import FROM_QUERY, HOOK_FORMS, NO_PREPROCESSING, hook_form
+from .inputs import TensorTree, as_batch, batch_size_of, check_against_space
+from .protocols import AgentQueries, LSTMState
+from .weights import WeightSource, snapshot_state_dict, weight_source
 
 __all__ = ["AgentInputs", "AgentQueries", "Evaluator", "LSTMState"]
 
@@ -62,41 +62,8 @@ class AgentInputs:
 
 _TEMPLATES = ("get_action", "get_value", "get_action_and_value")
 _QUERY_HOOKS = tuple("_" + name for name in _TEMPLATES)  # what compile=True compiles
-# The hooks a subclass may write in either of two forms: ours, and that of Syllabus's
-# custom-evaluator template (positional arguments after self, and how each is written). The
-# form is read once, at class creation; queries then only look at a flag.
-_HOOK_FORMS = {
-    "_prepare_state": ((1, "_prepare_state(self, state)"),),
-    "_prepare_lstm": ((3, "_prepare_lstm(self, lstm_state, done, batch_size)"),
-                      (2, "_prepare_lstm(self, lstm_state, done) -> (lstm_state, done)")),
-    "_set_eval_mode": ((0, "_set_eval_mode(self) -> previous modes"),
-                       (0, "_set_eval_mode(self), returning nothing")),
-    "_set_train_mode": ((1, "_set_train_mode(self, previous)"),
-                        (0, "_set_train_mode(self)")),
-}
-_FROM_QUERY = object()  # _set_train_mode() without an argument: what the running query saved
 # Layers whose behaviour depends on train/eval mode.
 _MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
-
-
-class _NoPreprocessing:
-    """``_preprocess_obs`` when none was given: callable (the identity) and false, so that
-    Syllabus-style code that tests it (``if self._preprocess_obs:``) skips it, and code that
-    tests ``is not None`` or just calls it gets the observations back unchanged."""
-
-    __slots__ = ()
-
-    def __call__(self, state: Any) -> Any:
-        return state
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return "<no preprocess_obs>"
-
-
-_NO_PREPROCESSING = _NoPreprocessing()
 
 
 class Evaluator:
@@ -149,7 +116,7 @@ class Evaluator:
 
     obs_dtype: torch.dtype | None = torch.float32
     lstm_batch_dim: int = 1  # the batch dimension of each recurrent-state tensor
-    # The form each two-form hook is written in (see _HOOK_FORMS), set per class.
+    # The form each two-form hook is written in (see HOOK_FORMS), set per class.
     _lstm_gets_batch_size: bool = True
     _train_mode_gets_previous: bool = True
 
@@ -164,7 +131,7 @@ class Evaluator:
                 "queries consistent and thread-safe; override the hooks "
                 f"{', '.join('_' + name for name in overridden)} instead"
             )
-        forms = {name: _hook_form(cls, name) for name in _HOOK_FORMS}
+        forms = {name: hook_form(cls, name) for name in HOOK_FORMS}
         cls._lstm_gets_batch_size = forms["_prepare_lstm"] == 0
         cls._train_mode_gets_previous = forms["_set_train_mode"] == 0
 
@@ -193,17 +160,17 @@ class Evaluator:
             raise bad_argument("observation_space", "a gymnasium.spaces.Space", observation_space)
         check_flag("deterministic", deterministic)
         self.training_agent = agent
-        self.device = _as_device(device) if device is not None else _device_of(agent)
+        self.device = as_device(device) if device is not None else device_of(agent)
         self.preprocess_obs = preprocess_obs
         self.copy_agent = copy_agent
         self.is_lstm = is_lstm
         self.deterministic = deterministic
         self.observation_space = observation_space
         self.sync_timeout = check_number("sync_timeout", sync_timeout, 0, low_open=True)
-        self.compile_options = _compile_options(compile, agent is not None and copy_agent)
+        self.compile_options = compile_options(compile, agent is not None and copy_agent)
         self.weights_version = 0  # optimizer steps behind the weights queries use
         self._lock = threading.Lock()  # one query at a time on the query agent
-        self._query_mode = _QueryMode(self.device)
+        self._query_mode = QueryMode(self.device)
         self._source: WeightSource | None = None  # auto-sync source of the private copy
         self._live_source: WeightSource | None = None  # copy_agent=False: guards the live agent
         self._synced_version = -1
@@ -223,8 +190,8 @@ class Evaluator:
                 self._source = weight_source(agent)
                 self._refresh_blocking()
         else:
-            if device is not None and self.device != _device_of(agent):
-                raise bad_argument("device", f"the agent's device {_device_of(agent)} with "
+            if device is not None and self.device != device_of(agent):
+                raise bad_argument("device", f"the agent's device {device_of(agent)} with "
                                    "copy_agent=False", device)
             self.agent = agent
             self._live_source = weight_source(agent)
@@ -264,7 +231,7 @@ class Evaluator:
                done: Any, deterministic: bool | None) -> tuple[Any, int]:
         """The hook's answer and the version of the weights that gave it (read under the lock:
         another thread may refresh the copy as soon as it is released)."""
-        # Grad mode and the CUDA device are set here for the calling thread (_QueryMode); one
+        # Grad mode and the CUDA device are set here for the calling thread (QueryMode); one
         # context object is enough: it is only entered under the lock.
         with self._lock, self._query_mode:
             source = self._source
@@ -328,13 +295,13 @@ class Evaluator:
     def _preprocess_obs(self) -> Callable[[Any], Any]:
         # Syllabus's name for preprocess_obs (its template's _prepare_state calls it): one
         # attribute behind both names, so that setting either changes what queries use.
-        return _NO_PREPROCESSING if self.preprocess_obs is None else self.preprocess_obs
+        return NO_PREPROCESSING if self.preprocess_obs is None else self.preprocess_obs
 
     @_preprocess_obs.setter
     def _preprocess_obs(self, function: Callable[[Any], Any] | None) -> None:
         if function is not None and not callable(function):
             raise bad_argument("_preprocess_obs", "a callable or None", function)
-        self.preprocess_obs = None if function is _NO_PREPROCESSING else function
+        self.preprocess_obs = None if function is NO_PREPROCESSING else function
 
     def _prepare_state(self, state: Any) -> TensorTree:
         """Observations to tensors on ``device`` (after the user's ``preprocess_obs``)."""
@@ -426,13 +393,13 @@ class Evaluator:
         agent.eval()
         return modes
 
-    def _set_train_mode(self, previous: Any = _FROM_QUERY) -> None:
+    def _set_train_mode(self, previous: Any = FROM_QUERY) -> None:
         """Restore the modes saved by :meth:`_set_eval_mode`: never force train mode.
 
         Without ``previous`` (Syllabus's ``super()._set_train_mode()`` from an override), the
         modes the running query saved.
         """
-        if previous is _FROM_QUERY:
+        if previous is FROM_QUERY:
             previous = self._previous_mode
         if previous is not None:
             for module, mode in zip(self.agent.modules(), previous):
@@ -590,91 +557,3 @@ class Evaluator:
         )
 
 
-def _hook_form(cls: type, name: str) -> int:
-    """Which of the forms in ``_HOOK_FORMS`` ``cls`` writes hook ``name`` in: 0 ours, 1
-    Syllabus's; a ``TypeError`` naming both when it is neither."""
-    raw = inspect.getattr_static(cls, name)
-    function = getattr(raw, "__func__", raw)  # a staticmethod or classmethod's function
-    try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):  # not introspectable (a builtin): taken as ours
-        return 0
-    forms = _HOOK_FORMS[name]
-    receivers = 0 if isinstance(raw, staticmethod) else 1  # self (or cls)
-    for index, (arguments, _) in enumerate(forms):
-        try:
-            signature.bind(*[None] * (receivers + arguments))
-        except TypeError:
-            continue
-        return index
-    accepted = " (ours) or ".join(text for _, text in forms)
-    if len(forms) > 1:
-        accepted += " (Syllabus's custom-evaluator template)"
-    raise TypeError(f"{cls.__name__}.{name}{signature}: expected the hook's signature "
-                    f"{accepted}")
-
-
-def _compile_options(compile: object, has_copy: bool) -> dict[str, Any] | None:
-    """The ``torch.compile`` keyword arguments of ``compile`` (``None``: run eager)."""
-    if compile is False:
-        return None
-    if compile is True:
-        options: dict[str, Any] = {}
-    elif isinstance(compile, Mapping):
-        options = dict(compile)
-        try:
-            inspect.signature(torch.compile).bind(None, **options)
-        except TypeError as error:
-            raise ValueError(f"compile: expected torch.compile's keyword arguments, got "
-                             f"{describe(compile)}: {error}") from None
-    else:
-        raise bad_argument("compile", "True, False or a dict of torch.compile's keyword "
-                           "arguments", compile)
-    if not has_copy:
-        raise bad_argument("compile", "False without a private copy to compile (copy_agent="
-                           "False or no agent): the training agent is never changed", compile)
-    return options
-
-
-def _as_device(device: str | torch.device) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise bad_argument("device", "a torch device such as 'cpu' or 'cuda:0'", device) from None
-
-
-# torch.set_grad_enabled without the object it builds (its C function, where torch has it).
-_set_grad_enabled = getattr(torch._C, "_set_grad_enabled", torch.set_grad_enabled)
-
-
-class _QueryMode:
-    """``no_grad`` and, on CUDA, the evaluator's device as the current one, for one query.
-
-    Both are thread-local (pytorch #20528, #82145): a query sets them for its own thread and
-    never inherits the caller's. One hand-made context rather than ``torch.no_grad()`` and
-    ``torch.cuda.device``: entering those took about 1 us, 4% of a CartPole query at batch 1.
-    """
-
-    __slots__ = ("_cuda_device", "_previous")
-
-    def __init__(self, device: torch.device) -> None:
-        self._cuda_device = torch.cuda.device(device) if device.type == "cuda" else None
-        self._previous = True
-
-    def __enter__(self) -> None:
-        self._previous = torch.is_grad_enabled()
-        _set_grad_enabled(False)
-        if self._cuda_device is not None:
-            self._cuda_device.__enter__()
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._cuda_device is not None:
-            self._cuda_device.__exit__(*exc_info)
-        _set_grad_enabled(self._previous)
-
-
-def _device_of(agent: nn.Module | None) -> torch.device:
-    if agent is not None:
-        for tensor in agent.parameters():
-            return tensor.device
-    return torch.device("cpu")

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .compiled import without_compile_prefix
 from .errors import bad_argument
 from .normalization import ObsNormStats, read_obs_norm
 from .protocols import AgentQueries, WeightedAgentQueries
-from .weights import versioned_snapshot, without_compile_prefix
+from .weights import versioned_snapshot
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,13 @@ Preconditions (documented in the README):
 Compiled modules (``torch.compile(module)``, an ``OptimizedModule``) are accepted wherever a
 module is: their weights are the wrapped module's (``_orig_mod``), which is what a source
 watches, and their state-dict keys lose the ``_orig_mod.`` that the wrapper adds
-(:func:`unwrap_compiled`, :func:`without_compile_prefix`).
+(:mod:`syllabus_eval.compiled`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import operator
-import sys
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,53 +42,9 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
+from .compiled import unwrap_compiled, without_compile_prefix
+
 _version_of = operator.attrgetter("_version")
-_COMPILED = "_orig_mod"  # where torch.compile's OptimizedModule keeps the module it wraps
-
-
-def unwrap_compiled(module: nn.Module) -> nn.Module:
-    """The module a ``torch.compile`` wrapper (``OptimizedModule``) wraps; others as they are.
-
-    The wrapper holds no weights of its own: its parameters are the wrapped module's, which
-    optimizer steps change and weight sources watch.
-    """
-    while _is_compiled(module):
-        module = module._modules[_COMPILED]
-    return module
-
-
-def _is_compiled(module: nn.Module) -> bool:
-    # Only torch.compile makes an OptimizedModule, and it imports torch._dynamo first:
-    # without that module loaded nothing is compiled, and importing it here would take seconds.
-    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
-    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
-
-
-def without_compiled_submodules(module: nn.Module) -> nn.Module:
-    """``module`` with every compiled submodule replaced by the module it wraps, in place (for
-    private copies only): its state-dict keys then have no ``_orig_mod`` in them.
-
-    The order of parameters and buffers stays the same (a wrapper lists those it wraps).
-    """
-    module = unwrap_compiled(module)
-    for parent in list(module.modules()):
-        for name, child in parent._modules.items():
-            if child is not None and _is_compiled(child):
-                parent._modules[name] = unwrap_compiled(child)
-    return module
-
-
-def without_compile_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` with the ``_orig_mod`` components taken out of its keys: the state dict of a
-    compiled module (``_orig_mod.critic.0.weight``) or of one with compiled submodules
-    (``critic._orig_mod.0.weight``) as that of the plain module (``critic.0.weight``)."""
-    return {_plain_key(key): value for key, value in state.items()}
-
-
-def _plain_key(key: str) -> str:
-    if _COMPILED not in key:
-        return key
-    return ".".join(part for part in key.split(".") if part != _COMPILED)
 
 
 class WeightSource:

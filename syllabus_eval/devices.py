@@ -1,0 +1,59 @@
+"""Devices and grad mode of queries: per query, per thread, never inherited from the caller.
+
+Usage::
+
+    device = as_device("cuda:0")          # a clear error naming ``device`` for bad input
+    with QueryMode(device):               # no_grad, and that CUDA device as the current one
+        ...
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import bad_argument
+
+
+def as_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise bad_argument("device", "a torch device such as 'cpu' or 'cuda:0'", device) from None
+
+
+# torch.set_grad_enabled without the object it builds (its C function, where torch has it).
+_set_grad_enabled = getattr(torch._C, "_set_grad_enabled", torch.set_grad_enabled)
+
+
+class QueryMode:
+    """``no_grad`` and, on CUDA, the evaluator's device as the current one, for one query.
+
+    Both are thread-local (pytorch #20528, #82145): a query sets them for its own thread and
+    never inherits the caller's. One hand-made context rather than ``torch.no_grad()`` and
+    ``torch.cuda.device``: entering those took about 1 us, 4% of a CartPole query at batch 1.
+    """
+
+    __slots__ = ("_cuda_device", "_previous")
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda_device = torch.cuda.device(device) if device.type == "cuda" else None
+        self._previous = True
+
+    def __enter__(self) -> None:
+        self._previous = torch.is_grad_enabled()
+        _set_grad_enabled(False)
+        if self._cuda_device is not None:
+            self._cuda_device.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._cuda_device is not None:
+            self._cuda_device.__exit__(*exc_info)
+        _set_grad_enabled(self._previous)
+
+
+def device_of(agent: nn.Module | None) -> torch.device:
+    if agent is not None:
+        for tensor in agent.parameters():
+            return tensor.device
+    return torch.device("cpu")
