@@ -50,14 +50,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backends import create_backend
+from .compiled import unwrap_compiled
 from .errors import bad_argument, check_number
 from .jobs import BUSY_POLICIES, Job, JobQueue
-from .protocols import AgentQueries
+from .protocols import AgentQueries, WeightedAgentQueries
 from .results import EvalResult, MetricsFn, summarize
-from .rollout import RolloutSettings
+from .rollout import GivenEnvs, RolloutSettings
 from .schedule import EvalSchedule
 from .snapshot import Snapshot, take_snapshot
 from .tracking import Callback, ResultTracker
+from .weights import weight_source
 
 Weights = nn.Module | Mapping[str, torch.Tensor] | None
 
@@ -69,12 +71,18 @@ class EvalRunner:
         make_env: returns one ``gymnasium.Env`` (``num_envs`` copies are made) or a whole
             ``VectorEnv`` of ``num_envs`` sub-envs. Wrappers inside it are part of the env:
             the training script's own factory is right (reward wrappers: see
-            :class:`~syllabus_eval.EpisodeRecord` for which return is reported).
+            :class:`~syllabus_eval.EpisodeRecord` for which return is reported). The thread
+            backend also takes an env instance, as TorchRL's ``Evaluator(eval_env, policy)``
+            does: a ``VectorEnv`` (its sub-envs are the slots) or one ``Env`` (one slot); the
+            runner does not close it.
         evaluator: the agent's :class:`~syllabus_eval.Evaluator` (any object with its
             query methods). Evaluations run on ``evaluator.detached(device)``, a private copy;
             with the process and Ray backends, on the ``evaluator_fn`` evaluators of the
             workers, and this one only gives the weights (when :meth:`evaluate` gets none).
-        num_envs: env slots; slot ``i`` runs ``(num_episodes + i) // num_envs`` episodes.
+            Those backends need none (``None``, TorchRL's ``policy_factory``): weights then
+            come from :meth:`evaluate` / :meth:`trigger_eval`, or are the factory's own.
+        num_envs: env slots (default 8, or the size of a vector env instance); slot ``i``
+            runs ``(num_episodes + i) // num_envs`` episodes.
         num_episodes: episodes per evaluation.
         max_steps: steps after which an episode is truncated; ``None``: the env's own limit.
         backend: where episodes run: ``"thread"`` (the runner's daemon thread),
@@ -156,9 +164,9 @@ class EvalRunner:
 
     def __init__(
         self,
-        make_env: Callable[[], gym.Env | gym.vector.VectorEnv],
-        evaluator: AgentQueries,
-        num_envs: int = 8,
+        make_env: Callable[[], gym.Env | gym.vector.VectorEnv] | gym.Env | gym.vector.VectorEnv,
+        evaluator: AgentQueries | None = None,
+        num_envs: int | None = None,
         num_episodes: int = 20,
         max_steps: int | None = 1000,
         backend: str = "thread",
@@ -195,7 +203,13 @@ class EvalRunner:
         num_gpus: float | None = None,
         ray_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(evaluator, AgentQueries):
+        make_env, num_envs = _env_source(make_env, num_envs, backend)
+        if evaluator is None:
+            if evaluator_fn is None or backend == "thread":
+                raise ValueError("evaluator: expected an Evaluator; only backend='process' or "
+                                 "'ray' goes without one, building it in each worker from "
+                                 "evaluator_fn, got None")
+        elif not isinstance(evaluator, AgentQueries):
             raise bad_argument("evaluator", "an Evaluator (an object with get_action, "
                                "get_value and get_action_and_value)", evaluator)
         self.schedule = None if eval_every is None else EvalSchedule(eval_every)
@@ -302,11 +316,14 @@ class EvalRunner:
         """One blocking evaluation of the last policy, at the end of training (TorchRL #4415).
 
         It runs after the evaluations still pending, whatever ``busy_policy`` says. When the
-        latest evaluation was triggered at this very ``step``, that one is the final
-        evaluation: it is waited for and returned (and no longer returned by :meth:`poll`).
+        latest evaluation was triggered at this very ``step`` on these very weights (no
+        optimizer step since: SB3, for one, updates after the rollout whose last step
+        triggered), that one is the final evaluation: it is waited for and returned (and no
+        longer returned by :meth:`poll`).
         """
         last = self._last_job
-        if last is not None and step is not None and last.step == step:
+        if (last is not None and step is not None and last.step == step
+                and last.snapshot.version == self._version_of(weights)):
             self._jobs.claim(last)
             return self._jobs.outcome(last)
         job = self._submit(weights, step, obs_norm, blocking=True, busy_policy="queue")
@@ -410,6 +427,14 @@ class EvalRunner:
             self._last_job = job
         return job
 
+    def _version_of(self, weights: Weights) -> int | None:
+        """The version a snapshot of ``weights`` would have now (``None``: unknown)."""
+        if weights is None and isinstance(self._evaluator, WeightedAgentQueries):
+            weights = self._evaluator.training_agent
+        if isinstance(weights, nn.Module):
+            return weight_source(unwrap_compiled(weights)).steps
+        return None
+
     def _snapshot(self, weights: Weights, step: int | None, obs_norm: Any = None) -> Snapshot:
         """The weights (and observation statistics) as they are now, on the evaluation
         device."""
@@ -448,3 +473,20 @@ def _plan(suites: Mapping[str, Sequence[Any]] | None, tasks: Sequence[Any] | Non
         raise bad_argument("suites", "a non-empty dict {suite name: [tasks]}", suites)
     return tuple(RolloutSettings(tasks=suite_tasks, suite=name, **settings)
                  for name, suite_tasks in suites.items())
+
+
+def _env_source(make_env: Any, num_envs: int | None, backend: str) -> tuple[Any, int]:
+    """The env factory and the number of slots: an env instance becomes a factory of itself
+    (thread backend only), whose size is the number of slots."""
+    if not isinstance(make_env, (gym.Env, gym.vector.VectorEnv)):
+        return make_env, 8 if num_envs is None else num_envs
+    if backend != "thread":
+        raise bad_argument("make_env", f"an env factory for backend={backend!r}, whose workers "
+                           "build their own envs (e.g. lambda: gym.make(...), or "
+                           "functools.partial(gym.make, ...)); an env instance runs with "
+                           "backend='thread' only", make_env)
+    size = make_env.num_envs if isinstance(make_env, gym.vector.VectorEnv) else 1
+    if num_envs is not None and num_envs != size:
+        raise bad_argument("num_envs", f"{size}, the size of the env instance given as "
+                           "make_env (one Env is one slot: pass a factory for more)", num_envs)
+    return GivenEnvs(make_env), size

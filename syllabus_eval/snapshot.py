@@ -50,7 +50,7 @@ class Snapshot:
     obs_norm: ObsNormStats | None = None
 
 
-def take_snapshot(evaluator: AgentQueries,
+def take_snapshot(evaluator: AgentQueries | None,
                   weights: nn.Module | Mapping[str, torch.Tensor] | None,
                   device: str | torch.device, step: int | None = None,
                   obs_norm: Any = None) -> Snapshot:
@@ -58,7 +58,9 @@ def take_snapshot(evaluator: AgentQueries,
     and of ``obs_norm`` (any source :func:`~syllabus_eval.normalization.read_obs_norm` takes).
 
     ``weights`` may be a compiled module (``torch.compile``) or a state dict saved from one:
-    keys are compared, and sent, without the ``_orig_mod.`` that compiling adds.
+    keys are compared, and sent, without the ``_orig_mod.`` that compiling adds. Without an
+    ``evaluator`` (workers build theirs), ``None`` means the workers' own weights, and given
+    weights are checked where they are loaded.
 
     Raises:
         ValueError: ``weights`` do not have the keys and shapes of the evaluator's agent, or
@@ -73,6 +75,8 @@ def take_snapshot(evaluator: AgentQueries,
         return Snapshot(*versioned_snapshot(source, device), step, stats)
     if not isinstance(weights, (nn.Module, Mapping)):
         raise bad_argument("weights", "an nn.Module, a state dict or None", weights)
+    if evaluator is None:
+        return Snapshot(*versioned_snapshot(weights, device), step, stats)
     agent = evaluator.agent if weighted else None
     if not isinstance(agent, nn.Module):
         raise bad_argument("weights", f"None: {type(evaluator).__name__} has no weights to "

@@ -3,10 +3,8 @@ Syllabus's custom-evaluator template run verbatim; compiled queries (``compile=.
 
 from __future__ import annotations
 
-import re
 import threading
 import warnings
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -20,6 +18,7 @@ from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.demo.agents import LSTMAgent, MLPAgent
 from tests.cases import CASES, RECURRENT, VECTOR, WITH_AGENT, Case
 from tests.models import fake_envs
+from tests.readme import readme_snippet
 
 B = 5
 
@@ -333,13 +332,6 @@ class TestTrainingAgentUntouched:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             in_thread(lambda: evaluator.get_value(np.zeros((3, 4), np.float32)))
-
-
-def readme_snippet(title: str) -> str:
-    """The first Python example after the README's heading ``### title``."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split(f"### {title}\n", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 class TestCustomAdapter:

@@ -3,12 +3,12 @@ skip and count, the final evaluation, and a schedule carried across a resumed ru
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+import torch
 
 from syllabus_eval.schedule import EvalSchedule
 from tests.gates import set_action
+from tests.readme import readme_snippet
 
 
 def crossings(steps: list[int], every: int) -> list[int]:
@@ -125,6 +125,17 @@ class TestFinalEval:
             assert runner.poll() is None and runner.wait() is None  # claimed by final_eval
 
 
+    def test_weights_that_changed_since_are_evaluated_again(self, agent, gate):
+        with gate.runner(agent, eval_every=100) as runner:
+            assert runner.maybe_trigger(agent, step=200)  # during the last rollout
+            gate.open.set()
+            before = runner.wait(30)
+            set_action(agent, 0)
+            torch.optim.SGD(agent.parameters(), lr=0.0).step()  # the update after it
+            final = runner.final_eval(agent, step=200)
+        assert (before["eval/reward"], final["eval/reward"]) == (5.0, 0.0)
+
+
 class TestResume:
     def test_the_schedule_and_the_best_carry_over(self, agent, gate):
         gate.open.set()
@@ -147,10 +158,7 @@ class TestResume:
 
 def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
     """The README's periodic-evaluation example, executed verbatim."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Periodic evaluation during training"):]
-    code = section[section.index("```python") + len("```python"):]
-    code = code[:code.index("```")]
+    code = readme_snippet("Periodic evaluation during training")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102

@@ -28,6 +28,7 @@ from ..protocols import AgentQueries, WeightedAgentQueries
 from ..rollout import (
     EnvPool,
     EpisodeRecord,
+    GivenEnvs,
     RolloutSettings,
     StopFlag,
     check_fit,
@@ -106,6 +107,14 @@ class LocalEpisodes:
         # Evaluation runs on its own copy, which training never updates behind its back.
         weighted = isinstance(evaluator, WeightedAgentQueries)
         self.evaluator = evaluator.detached(device) if weighted else evaluator
+        # A job without weights evaluates the evaluator's own (a worker's factory's): kept
+        # here, since jobs with weights load theirs into the same agent.
+        self._own_weights = None
+        if weighted and self.evaluator.agent is not None:
+            self._own_weights = ({k: v.clone() for k, v in
+                                  self.evaluator.agent.state_dict().items()},
+                                 self.evaluator.weights_version)
+        self._loaded = False  # whether the agent holds weights other than its own
         self.device = torch.device(device if device is not None
                                    else self.evaluator.device if weighted else "cpu")
         self.make_env = make_env
@@ -115,6 +124,7 @@ class LocalEpisodes:
         self.vectorization_mode = vectorization_mode
         self.set_task = set_task
         self._norm_checked = False
+        self._owns_envs = not isinstance(make_env, GivenEnvs)  # an instance stays the caller's
         self._envs: EnvPool | gym.vector.VectorEnv | None = None
         self._envs = self._build_envs()
 
@@ -133,6 +143,10 @@ class LocalEpisodes:
         :func:`~syllabus_eval.run_episodes`)."""
         if snapshot.weights is not None:
             self.evaluator.load_weights(snapshot.weights, snapshot.version)
+            self._loaded = True
+        elif self._loaded and self._own_weights is not None:
+            self.evaluator.load_weights(*self._own_weights)
+            self._loaded = False
         if self._envs is None:
             self._envs = self._build_envs()
         try:
@@ -160,7 +174,7 @@ class LocalEpisodes:
 
     def close(self) -> None:
         envs, self._envs = self._envs, None
-        if envs is not None:
+        if envs is not None and self._owns_envs:
             try:
                 envs.close()
             except Exception:

@@ -339,6 +339,17 @@ class _TaskHook(gym.Wrapper):
         return self.env.reset(seed=seed, options=options or None)
 
 
+class GivenEnvs:
+    """An env (or vector env) instance given where a factory goes: :func:`make_envs` uses it
+    as it is, and the evaluation leaves it open (it is the caller's)."""
+
+    def __init__(self, envs: gym.Env | VectorEnv) -> None:
+        self.envs = envs
+
+    def __call__(self) -> gym.Env | VectorEnv:
+        return self.envs
+
+
 class _HookedFactory:
     """``make_env`` with the ``set_task`` hook around each env (picklable for subprocesses)."""
 

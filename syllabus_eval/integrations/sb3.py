@@ -1,0 +1,140 @@
+"""Background evaluations during Stable-Baselines3's ``model.learn()``.
+
+Usage::
+
+    from stable_baselines3 import PPO
+    from syllabus_eval import EvalRunner
+    from syllabus_eval.adapters import SB3Evaluator
+    from syllabus_eval.integrations.sb3 import EvalRunnerCallback
+
+    model = PPO("MlpPolicy", "CartPole-v1")
+    runner = EvalRunner(lambda: gym.make("CartPole-v1"), SB3Evaluator(model), num_envs=8,
+                        num_episodes=20, eval_every=10_000, save_best="runs/best.pt")
+    model.learn(100_000, callback=EvalRunnerCallback(runner))   # evaluations meanwhile
+    runner.shutdown()
+
+The callback asks ``runner.maybe_trigger(model.policy, step=num_timesteps)`` after every
+rollout step: evaluations are scheduled in env steps (``num_timesteps``), never in callback
+calls, whose count depends on the number of envs (SB3 #1474). They run in the background
+(SB3's own ``EvalCallback`` blocks training while it evaluates); their results land in SB3's
+logger (``eval/...`` at the result's step) and in the runner's ``on_result``. When the model
+trains behind ``VecNormalize``, its observation statistics are read with the weights at every
+trigger and frozen into the evaluation envs, which must normalise as ``VecNormalize`` does:
+build them with :func:`normalized_like`. At the end of ``learn`` the last policy is evaluated
+(``runner.final_eval``); ``runner.should_stop`` (``stop_reward``, ``stop_patience``) stops
+training early.
+
+Stable-Baselines3 is an optional dependency: ``pip install 'syllabus-eval[sb3]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from ..errors import bad_argument
+from ..results import EvalResult
+from ..runner import EvalRunner
+
+try:
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import VecNormalize
+except ImportError as error:  # pragma: no cover - the extra is installed by `make test`
+    raise ImportError("syllabus_eval.integrations.sb3 needs Stable-Baselines3: "
+                      "pip install 'syllabus-eval[sb3]'") from error
+
+
+class EvalRunnerCallback(BaseCallback):
+    """Runs an :class:`~syllabus_eval.EvalRunner` on its schedule while SB3 trains.
+
+    Args:
+        runner: a runner with ``eval_every`` (env steps) and an evaluator of the model's policy
+            (``SB3Evaluator(model)``, or ``evaluator_fn`` for process and Ray workers).
+        obs_norm: ``"auto"``: the model's ``VecNormalize`` observation statistics, if it has
+            one that normalises observations; ``None``: none; or any ``obs_norm`` source.
+        final_eval: evaluate the last policy when ``learn`` ends.
+        stop: end training when ``runner.should_stop``.
+        verbose: SB3's verbosity; 1 prints each result's mean return.
+
+    Attributes:
+        results: every result that landed, in order (the final one last).
+    """
+
+    def __init__(self, runner: EvalRunner, *, obs_norm: Any = "auto", final_eval: bool = True,
+                 stop: bool = True, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if not isinstance(runner, EvalRunner):
+            raise bad_argument("runner", "an EvalRunner", runner)
+        if runner.schedule is None:
+            raise bad_argument("runner", "an EvalRunner with a schedule, EvalRunner(..., "
+                               "eval_every=N env steps)", runner)
+        self.runner = runner
+        self.obs_norm = obs_norm
+        self.final_eval = final_eval
+        self.stop = stop
+        self.results: list[EvalResult] = []
+
+    def _on_step(self) -> bool:
+        self.runner.maybe_trigger(self.model.policy, step=self.num_timesteps,
+                                  obs_norm=self._obs_norm())
+        self._take_results()
+        return not (self.stop and self.runner.should_stop)
+
+    def _on_training_end(self) -> None:
+        if self.final_eval:
+            final = self.runner.final_eval(self.model.policy, step=self.num_timesteps,
+                                           obs_norm=self._obs_norm())
+            while (result := self.runner.wait()) is not None:  # the pending ones first
+                self._land(result)
+            if not self.results or self.results[-1] is not final:
+                self._land(final)
+        else:
+            self._take_results()
+
+    def _obs_norm(self) -> Any:
+        if self.obs_norm != "auto":
+            return self.obs_norm
+        vec_normalize = self.model.get_vec_normalize_env()
+        return vec_normalize if vec_normalize is not None and vec_normalize.norm_obs else None
+
+    def _take_results(self) -> None:
+        while (result := self.runner.poll()) is not None:  # raises a failed evaluation
+            self._land(result)
+
+    def _land(self, result: EvalResult) -> None:
+        self.results.append(result)
+        for name, value in result.items():
+            self.logger.record(name, float(value))
+        self.logger.dump(step=result.step if result.step is not None else self.num_timesteps)
+        if self.verbose:
+            print(f"evaluation at step {result.step}: return {result.get('eval/reward')}")
+
+
+def normalized_like(vec_normalize: VecNormalize, make_env: Callable[[], gym.Env]
+                    ) -> _NormalizedLike:
+    """An evaluation env factory whose envs normalise observations as ``vec_normalize`` does
+    (``gymnasium.wrappers.NormalizeObservation`` with its ``epsilon``, then clipped to
+    ``[-clip_obs, clip_obs]``), ready to take its statistics through ``obs_norm``."""
+    if not isinstance(vec_normalize, VecNormalize):
+        raise bad_argument("vec_normalize", "a stable_baselines3 VecNormalize", vec_normalize)
+    if not vec_normalize.norm_obs or vec_normalize.norm_obs_keys:
+        raise bad_argument("vec_normalize", "a VecNormalize that normalises whole Box "
+                           "observations (norm_obs=True, no norm_obs_keys)", vec_normalize)
+    return _NormalizedLike(make_env, float(vec_normalize.epsilon),
+                           float(vec_normalize.clip_obs))
+
+
+class _NormalizedLike:
+    """``make_env`` with VecNormalize's observation normalisation (picklable for workers)."""
+
+    def __init__(self, make_env: Callable[[], gym.Env], epsilon: float, clip: float) -> None:
+        self.make_env, self.epsilon, self.clip = make_env, epsilon, clip
+
+    def __call__(self) -> gym.Env:
+        env = gym.wrappers.NormalizeObservation(self.make_env(), epsilon=self.epsilon)
+        return gym.wrappers.TransformObservation(
+            env, lambda obs: np.clip(obs, -self.clip, self.clip).astype(np.float32),
+            env.observation_space)
