@@ -8,11 +8,11 @@ PIP    := $(PY) -m pip install -q -c constraints.txt
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[dev,ray,tensorboard,sb3,torchrl]'
+	$(PIP) -e '.[dev,ray,tensorboard,video,sb3,torchrl]'
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed
-	$(PIP) -e '.[dev,ray,tensorboard,bench]'
+	$(PIP) -e '.[dev,ray,tensorboard,video,bench]'
 	touch $@
 
 demo: $(VENV)/.installed

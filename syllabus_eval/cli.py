@@ -26,6 +26,7 @@ import gymnasium as gym
 
 from .backends import BACKENDS
 from .checkpoints import Checkpoint, load_checkpoint
+from .sweep import checkpoint_files
 
 ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
 
@@ -78,8 +79,13 @@ def _parser() -> argparse.ArgumentParser:
                           "Class(envs)")
     evaluate.add_argument("--adapter", default="cleanrl",
                           help=f"one of {', '.join(ADAPTERS)}, or module:Class of an Evaluator")
-    evaluate.add_argument("--checkpoint", help="a checkpoint save_best wrote (weights and "
-                          "observation normalisation), or a state dict saved with torch.save")
+    checkpoints = evaluate.add_mutually_exclusive_group()
+    checkpoints.add_argument("--checkpoint", help="a checkpoint save_best wrote (weights and "
+                             "observation normalisation), or a state dict saved with "
+                             "torch.save")
+    checkpoints.add_argument("--checkpoints", metavar="DIR_OR_GLOB", help="evaluate every "
+                             "checkpoint of a folder (or glob) in step order, appending to "
+                             "--results; a rerun skips those already there")
     evaluate.add_argument("--lstm", action="store_true", help="the agent is recurrent")
     evaluate.add_argument("--episodes", type=_positive, default=20)
     evaluate.add_argument("--num-envs", type=_positive, default=8)
@@ -95,6 +101,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tasks", type=_task_list, help="comma-separated tasks, passed to "
                           "reset as options={'task': ...}; metrics are reported per task")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--video", metavar="DIR", help="write a video of one episode per task "
+                          "(or one) to this folder; --env envs render with "
+                          "render_mode='rgb_array', --make-env ones must")
+    sweep = evaluate.add_argument_group("checkpoint series (--checkpoints)")
+    sweep.add_argument("--results", default="results.jsonl", help="the JSON-lines file each "
+                       "checkpoint's metrics are appended to, and resumed from")
+    sweep.add_argument("--watch", action="store_true", help="keep polling for new checkpoints "
+                       "until --idle-timeout seconds pass without one")
+    sweep.add_argument("--idle-timeout", type=float, default=60.0, help="seconds (--watch)")
+    sweep.add_argument("--poll-interval", type=float, default=2.0, help="seconds (--watch)")
+    sweep.add_argument("--tensorboard", metavar="DIR", help="log each checkpoint's metrics "
+                       "to TensorBoard at its step")
+    sweep.add_argument("--curve", default="curve.png", help="the plot of return and success "
+                       "against step, per task")
     return parser
 
 
@@ -116,7 +136,8 @@ def _env_factory(args: argparse.Namespace, normalize: bool = False) -> Callable[
     """The evaluation env factory of ``--env`` or ``--make-env`` (picklable for workers).
 
     With an ``--env`` id and a checkpoint that carries observation statistics, the env gets a
-    ``NormalizeObservation`` to take them (``--make-env`` brings its own).
+    ``NormalizeObservation`` to take them (``--make-env`` brings its own); with ``--video`` it
+    renders ``rgb_array`` frames.
     """
     if args.make_env is not None:
         factory = _load_attribute(args.make_env, "--make-env")
@@ -127,11 +148,13 @@ def _env_factory(args: argparse.Namespace, normalize: bool = False) -> Callable[
         gym.make(args.env).close()
     except gym.error.Error as error:
         raise UsageError(f"--env: no Gymnasium environment {args.env!r} ({error})") from None
-    return partial(_normalized_env, args.env) if normalize else partial(gym.make, args.env)
+    kwargs = {"render_mode": "rgb_array"} if getattr(args, "video", None) else {}
+    return partial(_make_env, args.env, normalize, **kwargs)
 
 
-def _normalized_env(env_id: str) -> gym.Env:
-    return gym.wrappers.NormalizeObservation(gym.make(env_id))
+def _make_env(env_id: str, normalize: bool, **kwargs: Any) -> gym.Env:
+    env = gym.make(env_id, **kwargs)
+    return gym.wrappers.NormalizeObservation(env) if normalize else env
 
 
 def _load_checkpoint(args: argparse.Namespace) -> Checkpoint | None:
@@ -188,9 +211,12 @@ def _evaluate(args: argparse.Namespace) -> int:
                               ("--agent", args.agent)):
             if value:
                 raise UsageError(f"{option}: not used by --adapter dummy (random actions)")
+    if args.checkpoints is not None and args.adapter == "dummy":
+        raise UsageError("--checkpoints: not used by --adapter dummy (random actions)")
     checkpoint = _load_checkpoint(args)
     obs_norm = None if checkpoint is None else checkpoint.obs_norm
-    make_env = _env_factory(args, normalize=obs_norm is not None)
+    normalize = obs_norm is not None or _series_normalizes(args)
+    make_env = _env_factory(args, normalize=normalize)
     evaluator = _build_evaluator(args)
     # Picklable factories: process and Ray workers build their env and evaluator from them.
     workers = {} if args.backend == "thread" else {"evaluator_fn": partial(_build_evaluator,
@@ -198,8 +224,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     with EvalRunner(make_env, evaluator, num_envs=args.num_envs,
                     num_episodes=args.episodes, max_steps=args.max_steps, backend=args.backend,
                     deterministic=args.deterministic, seed=args.seed, tasks=tasks,
-                    progress=sys.stderr.isatty(), **workers) as runner:
+                    video_dir=args.video, progress=sys.stderr.isatty(), **workers) as runner:
+        if args.checkpoints is not None:
+            return _evaluate_series(args, runner)
         result = runner.evaluate(obs_norm=obs_norm)
+    for video in result.videos:
+        print(f"wrote {video.path}")
     metrics = dict(result)
     print(format_table([[k, f"{v:.4g}"] for k, v in metrics.items() if "/task/" not in k],
                        ["metric", "value"]))
@@ -211,6 +241,38 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(format_table(rows, ["task", "reward", "success", "episodes"]))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _series_normalizes(args: argparse.Namespace) -> bool:
+    """Whether the checkpoints of ``--checkpoints`` carry observation statistics (the first
+    that loads says; ``--env`` envs then take them)."""
+    if args.checkpoints is None:
+        return False
+    for path in checkpoint_files(args.checkpoints):
+        try:
+            return load_checkpoint(path).obs_norm is not None
+        except (FileNotFoundError, ValueError):
+            continue
+    return False
+
+
+def _evaluate_series(args: argparse.Namespace, runner: Any) -> int:
+    from .sweep import evaluate_checkpoints, sweep_table
+
+    def progress(entry: Any) -> None:
+        outcome = entry.error or f"return {entry.metrics.get('eval/reward', float('nan')):.1f}"
+        print(f"step {entry.step}: {Path(entry.checkpoint).name}: {outcome}", flush=True)
+
+    try:
+        entries = evaluate_checkpoints(args.checkpoints, runner, results=args.results,
+                                       tensorboard=args.tensorboard, curve=args.curve,
+                                       watch=args.watch, idle_timeout=args.idle_timeout,
+                                       poll_interval=args.poll_interval, on_entry=progress)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    print(sweep_table(entries))
+    print(f"wrote {args.results} and {args.curve}")
     return 0
 
 

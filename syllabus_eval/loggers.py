@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,21 @@ class JSONLinesLogger(_Logger):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        torn = False
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                torn = existing.read(1) != b"\n"
         self._sink = self.path.open("a", encoding="utf-8")
+        if torn:  # a crash cut the last line short: the next one starts on its own line
+            self._sink.write("\n")
 
     def __call__(self, result: EvalResult) -> None:
-        line = json.dumps(_plain(result), allow_nan=True)
+        self.write(_plain(result))
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append any JSON-serializable mapping as one line, flushed."""
+        line = json.dumps(record, allow_nan=True)
         with self._lock:
             self._sink.write(line + "\n")
             self._sink.flush()

@@ -85,6 +85,8 @@ class EvalResult(dict):
             steps, as ``Evaluator.weights_version`` counts them; ``None`` when unknown).
         on_result_error: the exception ``on_result`` raised for this result, if any.
         is_best: whether it beat every earlier result of its runner (``best_metric``).
+        videos: the videos the evaluation wrote (``video_dir``), as
+            :class:`~syllabus_eval.rollout.video.VideoFile` s.
     """
 
     def __init__(self, metrics: Mapping[str, float | int], episodes: Iterable[EpisodeRecord],
@@ -94,6 +96,7 @@ class EvalResult(dict):
         self.step = step
         self.weights_version: int | None = None
         self.is_best: bool | None = None  # set by the runner when it ranks results
+        self.videos: list = []
         self.on_result_error: BaseException | None = None
 
     @property

@@ -56,6 +56,7 @@ from .jobs import BUSY_POLICIES, Job, JobQueue
 from .protocols import AgentQueries, WeightedAgentQueries
 from .results import EvalResult, MetricsFn, summarize
 from .rollout import GivenEnvs, RolloutSettings
+from .rollout.video import VideoSettings, video_support, without_clips, write_videos
 from .schedule import EvalSchedule
 from .snapshot import Snapshot, take_snapshot
 from .tracking import Callback, ResultTracker
@@ -125,6 +126,15 @@ class EvalRunner:
             many episodes lacked one as ``.../missing``) and on each record's ``info``.
         ci: the confidence level of the intervals every mean gets (bootstrap for returns,
             Wilson for success rates; seeded by ``seed``); ``None``: none.
+        video_dir: a folder: each evaluation records ``video_episodes`` episodes per task (or
+            per evaluation without tasks; per suite) from ``env.render()`` (make the envs with
+            ``render_mode="rgb_array"``) and writes them there as MP4 (GIF without ffmpeg),
+            named by suite, task, step and return; they are listed on ``result.videos``. Needs
+            ``pip install 'syllabus-eval[video]'``.
+        video_episodes: episodes recorded per task (default 1).
+        video_select: which: ``"first"`` (in slot order), ``"best"`` or ``"worst"`` return.
+        video_max_frames: the most frames of one video (default 500); a longer episode's
+            video stops there, with a warning.
         vectorization_mode: ``"sync"`` (our env pool, in the runner's thread) or ``"async"``
             (a Gymnasium ``AsyncVectorEnv``).
         device: the evaluation device (default: the evaluator's; in workers: that of the
@@ -189,6 +199,10 @@ class EvalRunner:
         success_key: str = "success",
         info_keys: Mapping[str, str] | None = None,
         ci: float | None = 0.95,
+        video_dir: str | os.PathLike | None = None,
+        video_episodes: int = 1,
+        video_select: str = "first",
+        video_max_frames: int = 500,
         vectorization_mode: str = "sync",
         device: str | torch.device | None = None,
         progress: bool = False,
@@ -225,9 +239,16 @@ class EvalRunner:
                                      stop_reward=stop_reward, stop_patience=stop_patience)
         if ci is not None:
             check_number("ci", ci, 0.0, 1.0, low_open=True, high_open=True)
+        self.video_dir = video_dir
+        video = None
+        if video_dir is not None:
+            if not isinstance(video_dir, (str, os.PathLike)):
+                raise bad_argument("video_dir", "a folder path or None", video_dir)
+            video = VideoSettings(video_episodes, video_select, video_max_frames)
+            video_support()  # a clear error now, without the video extra
         self.plan = _plan(suites, tasks, num_episodes=num_episodes, max_steps=max_steps,
                           deterministic=deterministic, seed=seed, success_key=success_key,
-                          info_keys=info_keys)
+                          info_keys=info_keys, video=video)
         self.busy_policy = busy_policy
         self.metrics_fn = metrics_fn
         self.progress = progress
@@ -451,6 +472,9 @@ class EvalRunner:
             records = self._backend.run(job.snapshot, stop, bar and (lambda _: bar.update()),
                                         not job.blocking)
             settings = self.plan[0]
+            videos = [] if settings.video is None else write_videos(
+                records, self.video_dir, settings.video, job.step)
+            records = without_clips(records)
             result = summarize(records, step=job.step, elapsed=time.perf_counter() - start,
                                metrics_fn=self.metrics_fn, ci=self.ci, seed=settings.seed,
                                info_keys=settings.info_keys)
@@ -458,6 +482,7 @@ class EvalRunner:
             if bar is not None:
                 bar.close()
         result.weights_version = job.snapshot.version
+        result.videos = videos
         self.tracker.take(result, job.snapshot)
         return result
 

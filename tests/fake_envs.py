@@ -309,3 +309,23 @@ class PreviousStepEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         return np.full((2, 8, 8), self.t, dtype=np.uint8)
+
+
+class PaintedLengthEnv(gym.Wrapper):
+    """A LengthEnv that renders ``rgb_array`` frames (16 x 24), brightness 4 * t: videos of
+    known length, and returns that differ from env to env."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode: str | None = "rgb_array") -> None:
+        super().__init__(LengthEnv())
+        self._render_mode = render_mode
+
+    @property
+    def render_mode(self) -> str | None:
+        return self._render_mode
+
+    def render(self) -> np.ndarray | None:
+        if self._render_mode != "rgb_array":
+            return None
+        return np.full((16, 24, 3), min(255, 4 * self.env.unwrapped.t), dtype=np.uint8)

@@ -58,6 +58,8 @@ class TestDemo:
         assert final["eval/generalization_gap"] == pytest.approx(
             final["eval/train/reward"] - final["eval/test/reward"])
         assert (tmp_path / "best.pt").is_file()
+        videos = sorted(path.name.split("_")[1] for path in (tmp_path / "videos").glob("*.mp4"))
+        assert videos == sorted([*tasks, *held_out])  # one per task, at the end
         for record in metrics["priorities"]:
             assert sum(record["probabilities"].values()) == pytest.approx(1.0)
         image = matplotlib.image.imread(tmp_path / "demo.png")

@@ -117,3 +117,18 @@ def echo_evaluator() -> MoolibEvaluator:
 def task_evaluator() -> CleanRLEvaluator:
     """An evaluator for TaskEnv, whose returns depend on the task only."""
     return CleanRLEvaluator(MLPAgent(fake_envs(TaskEnv.observation_space, TaskEnv.action_space)))
+
+
+def rendered_cartpole() -> gym.Env:
+    return gym.make("CartPole-v1", render_mode="rgb_array")
+
+
+class SlowCartPole(gym.Wrapper):
+    """CartPole that sleeps 20 ms a step: an evaluation long enough to be interrupted."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+
+    def step(self, action: Any):
+        time.sleep(0.02)
+        return self.env.step(action)

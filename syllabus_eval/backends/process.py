@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from functools import partial
 from multiprocessing import connection
 from typing import Any
@@ -86,7 +87,8 @@ def _process_main(conn: connection.Connection, cancelled: Any, spec: bytes,
 
 
 def _send_episode(conn: connection.Connection, job: int, record: EpisodeRecord) -> None:
-    conn.send(Event(EventKind.EPISODE, job, record))
+    # For progress only: its video, if any, comes with the job's records.
+    conn.send(Event(EventKind.EPISODE, job, replace(record, clip=None)))
 
 
 class _ProcessWorker:

@@ -123,6 +123,7 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
         final_priorities = dict(zip(TASKS, plr.distribution()))
         scored = plr.scored_steps()
         skipped, best = runner.skipped, runner.best
+    videos = _record_videos(evaluator, trainer.global_step, out / "videos", seed, echo)
 
     final = evaluations[-1]
     summary = {
@@ -151,7 +152,8 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
     echo(f"{len(evaluations)} evaluations, {skipped} skipped while one ran, "
          f"{summary['seconds']:.0f} s; best held-out return {best:.1f}, saved as "
          f"{out / 'best.pt'}")
-    echo(f"wrote {out / 'metrics.json'} and {out / 'demo.png'}")
+    echo(f"wrote {out / 'metrics.json'} and {out / 'demo.png'}"
+         + (f", and {len(videos)} videos (one per task) in {out / 'videos'}" if videos else ""))
     return summary
 
 
@@ -159,3 +161,22 @@ def _with_interval(metrics: dict[str, float], key: str) -> str:
     """``mean [low, high]`` of a reward metric and its confidence interval."""
     return (f"{metrics[key]:.1f} [{metrics[key + '_ci_low']:.1f}, "
             f"{metrics[key + '_ci_high']:.1f}]")
+
+
+def _rendered_tasks() -> CartPoleTasks:
+    return CartPoleTasks(render_mode="rgb_array")
+
+
+def _record_videos(evaluator: CleanRLEvaluator, step: int, folder: Path, seed: int,
+                   echo: Callable[[str], Any]) -> list:
+    """One video per task, training and held-out, of the trained agent (the video extra)."""
+    try:
+        runner = EvalRunner(_rendered_tasks, evaluator, num_envs=len(TASKS),
+                            num_episodes=len(TASKS), max_steps=None, seed=seed,
+                            suites={"train": TASKS, "test": HELD_OUT}, video_dir=folder,
+                            video_max_frames=300, ci=None)
+    except ImportError as error:  # without imageio (or pygame, which draws CartPole)
+        echo(f"no videos: {error}")
+        return []
+    with runner:
+        return runner.evaluate(step=step).videos

@@ -163,6 +163,14 @@ class EnvPool:
             infos.append(info)
         return _PoolStep(rewards, terminated, truncated, infos)
 
+    def render_slots(self, index: Sequence[int]) -> list[Any]:
+        """The current frame of each env in ``index`` (``env.render()``)."""
+        return [self.envs[slot].render() for slot in index]
+
+    @property
+    def render_fps(self) -> float:
+        return float(self.envs[0].metadata.get("render_fps") or 30)
+
     def close(self) -> None:
         for env in self.envs:
             env.close()
@@ -244,6 +252,17 @@ class VectorSlots:
         return _VectorStep(rewards, terminated, truncated, restarted,
                            reset_step if reset_step.any() else None, infos,
                            None if every else index)
+
+    def render_slots(self, index: Sequence[int]) -> list[Any]:
+        """The current frame of each sub-env in ``index`` (the vector env renders all)."""
+        frames = self.envs.render()
+        if frames is None:
+            return [None] * len(index)
+        return [frames[slot] for slot in index]
+
+    @property
+    def render_fps(self) -> float:
+        return float(self.envs.metadata.get("render_fps") or 30)
 
     def close(self) -> None:
         self.envs.close()

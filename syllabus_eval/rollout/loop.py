@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,6 +30,7 @@ from ..protocols import AgentQueries, PreviousStepQueries, RecurrentAgentQueries
 from .envs import EnvPool, StepResult, VectorSlots, as_slots, take_rows
 from .infos import InfoReducer
 from .records import EpisodeRecord, RolloutSettings, episode_number, episode_quota, sort_records
+from .video import EpisodeRecorder
 
 
 class StopFlag(Protocol):
@@ -96,16 +98,21 @@ def run_episodes(
         The records of every counted episode, ordered by ``(env_index, episode_index)``.
     """
     loop = _Loop(evaluator, as_slots(envs), settings, slots, num_slots, on_episode)
-    while loop.active.size:
-        if stop is not None and stop.is_set():
-            raise EvaluationCancelled("the evaluation was stopped before its episodes ended")
-        step = loop.act()
-        ended, cut, fresh = loop.count(step)
-        if ended.any():
-            fresh = loop.end_episodes(step, ended, cut, fresh)
-        if loop.tracks_starts:
-            loop.start_episodes(fresh)
-    return sort_records(loop.records)
+    try:
+        while loop.active.size:
+            if stop is not None and stop.is_set():
+                raise EvaluationCancelled("the evaluation was stopped before its episodes "
+                                          "ended")
+            step = loop.act()
+            ended, cut, fresh = loop.count(step)
+            if ended.any():
+                fresh = loop.end_episodes(step, ended, cut, fresh)
+            if loop.tracks_starts:
+                loop.start_episodes(fresh)
+        return sort_records(loop.with_clips())
+    finally:
+        if loop.recorder is not None:
+            loop.recorder.close()
 
 
 class _Loop:
@@ -155,8 +162,13 @@ class _Loop:
         if self.previous:
             self.prev_actions = create_empty_array(pool.single_action_space, size, fn=np.zeros)
             self.prev_rewards = np.zeros(size, dtype=np.float32)
-        # Which observations begin an episode matters to recurrent agents and to the above.
-        self.tracks_starts = self.done is not None or self.previous
+        self.recorder = None if settings.video is None else EpisodeRecorder(
+            settings.video, self._groups(), pool.render_fps)
+        # Which observations begin an episode matters to recurrent agents, to the above and to
+        # videos.
+        self.tracks_starts = self.done is not None or self.previous or self.recorder is not None
+        if self.recorder is not None:
+            self._begin_videos(np.arange(size))
 
     # --- the steps of the loop ---------------------------------------------------------------
 
@@ -197,6 +209,11 @@ class _Loop:
             ended = counted & (step.terminated | step.truncated)
         if self.infos is not None:
             self.infos.add(step, counted)
+        if self.recorder is not None:  # the frames of steps of running episodes
+            same_episode = counted if step.restarted is None else (
+                ~step.restarted if counted is None else counted & ~step.restarted)
+            self._capture(np.arange(self.active.size) if same_episode is None
+                          else np.flatnonzero(same_episode))
         cut = self.lengths >= self.max_steps  # [A]
         if cut.any():
             cut &= ~ended  # the env's own ending comes first
@@ -234,6 +251,8 @@ class _Loop:
         if self.previous and starts is not None and starts.size:
             self.prev_actions[starts] = 0
             self.prev_rewards[starts] = 0.0
+        if self.recorder is not None and starts is not None and starts.size:
+            self._begin_videos(starts)
         if self.done is None:
             return
         if fresh is None:
@@ -258,6 +277,47 @@ class _Loop:
             self.lstm_state = _keep_rows(self.evaluator, self.lstm_state, rows)
         return None if fresh is None else fresh[keep]
 
+    # --- videos ------------------------------------------------------------------------------
+
+    def _groups(self) -> dict[tuple[int, int], Any]:
+        """The video group of every episode of the evaluation, all slots' (``"first"`` picks
+        among them all): ``(suite, task name)``."""
+        settings, tasks = self.settings, self.settings.tasks
+        groups = {}
+        for slot in range(self.num_slots):
+            for episode in range(episode_quota(settings.num_episodes, self.num_slots, slot)):
+                task = None if tasks is None else str(tasks[episode_number(
+                    settings.num_episodes, self.num_slots, slot, episode) % len(tasks)])
+                groups[slot, episode] = (settings.suite, task)
+        return groups
+
+    def _begin_videos(self, positions: np.ndarray) -> None:
+        """Episodes begin at active ``positions``: record those the recorder wants, from their
+        first frame."""
+        for p in positions.tolist():
+            slot = self.active[p]
+            task_id = self.task_of(slot)
+            self.recorder.start(self.slot_ids[slot], self.episode[slot], (
+                self.settings.suite, None if task_id is None else str(
+                    self.settings.tasks[task_id])))
+        self._capture(positions)
+
+    def _capture(self, positions: np.ndarray) -> None:
+        """The current frame of the episodes recorded at active ``positions``."""
+        slots = [self.active[p] for p in positions.tolist()
+                 if self.recorder.recording(self.slot_ids[self.active[p]])]
+        if slots:
+            for slot, frame in zip(slots, self.pool.render_slots(slots)):
+                self.recorder.add(self.slot_ids[slot], frame)
+
+    def with_clips(self) -> list[EpisodeRecord]:
+        """The records, each with its clip where one was kept."""
+        if self.recorder is None:
+            return self.records
+        kept = self.recorder.kept()
+        return [replace(r, clip=kept[r.env_index, r.episode_index])
+                if (r.env_index, r.episode_index) in kept else r for r in self.records]
+
     # --- helpers -----------------------------------------------------------------------------
 
     def _record(self, slot: int, position: int, step: StepResult, cut: bool) -> None:
@@ -281,6 +341,8 @@ class _Loop:
         if self.infos is not None:
             self.infos.restart(position)
         self.records.append(record)
+        if self.recorder is not None:
+            self.recorder.finish(record.env_index, record.reward)
         if self.on_episode is not None:
             self.on_episode(record)
         self.episode[slot] += 1

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import bad_argument, check_count, check_flag
+from .video import Clip, VideoSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class EpisodeRecord:
         info: the ``info_keys`` of :class:`RolloutSettings`, each reduced over the episode's
             steps; a key the episode never reported is absent.
         suite: the evaluation suite it belongs to (``None`` without suites).
+        clip: its encoded video while it travels to the runner (``RolloutSettings.video``);
+            results keep none (their videos are on ``result.videos``).
     """
 
     env_index: int
@@ -55,6 +58,7 @@ class EpisodeRecord:
     wrapped_reward: float | None = None
     info: Mapping[str, float] = field(default_factory=dict, hash=False)
     suite: str | None = None
+    clip: Clip | None = field(default=None, compare=False, hash=False, repr=False)
 
 
 INFO_REDUCTIONS = ("last", "sum", "mean", "max", "min")
@@ -81,6 +85,8 @@ class RolloutSettings:
             steps with ``"last"``, ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` (the steps
             that have the key; an episode without it is not counted for it).
         suite: the name of the evaluation suite these settings run (``None``: no suites).
+        video: which episodes to record (``env.render()`` frames, see
+            :mod:`syllabus_eval.rollout.video`); ``None``: none.
     """
 
     num_episodes: int
@@ -91,6 +97,7 @@ class RolloutSettings:
     success_key: str = "success"
     info_keys: Mapping[str, str] | None = None
     suite: str | None = None
+    video: VideoSettings | None = None
 
     def __post_init__(self) -> None:
         check_count("num_episodes", self.num_episodes)

@@ -1,0 +1,132 @@
+"""Videos of evaluation episodes: real CartPole frames in the thread and process backends, files
+decoded back, first / best / worst per task, bounded memory, clear errors."""
+
+from __future__ import annotations
+
+import logging
+import tracemalloc
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+imageio = pytest.importorskip("imageio.v2", reason="needs the video extra (make test installs "
+                              "it): pip install 'syllabus-eval[video]'")
+
+from syllabus_eval import EvalRunner, EvaluationError  # noqa: E402
+from syllabus_eval.adapters import DummyEvaluator  # noqa: E402
+from tests.fake_envs import LengthEnv, PaintedLengthEnv  # noqa: E402
+from tests.workers import cartpole_agent, cartpole_evaluator, rendered_cartpole  # noqa: E402
+
+
+def decoded(path) -> tuple[int, tuple[int, int]]:
+    reader = imageio.get_reader(path)
+    try:
+        return reader.count_frames(), tuple(reader.get_meta_data()["size"])
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_real_cartpole_videos_decode_back(backend, tmp_path):
+    options = {} if backend == "thread" else {"evaluator_fn": cartpole_evaluator}
+    with EvalRunner(rendered_cartpole, cartpole_evaluator(seed=3), num_envs=2, num_episodes=4,
+                    video_dir=tmp_path, video_episodes=2, backend=backend, **options) as runner:
+        result = runner.evaluate(step=300)
+    assert [(v.env_index, v.episode_index) for v in result.videos] == [(0, 0), (0, 1)]
+    for video in result.videos:
+        record = next(r for r in result.episodes
+                      if (r.env_index, r.episode_index) == (video.env_index, video.episode_index))
+        assert video.path.suffix == ".mp4" and video.path.parent == tmp_path
+        assert "step300" in video.path.name and f"return{record.reward:.1f}" in video.path.name
+        # the first frame, then one a step; CartPole draws 600 x 400
+        assert decoded(video.path) == (record.length + 1, (600, 400))
+        assert video.frames == record.length + 1
+    assert all(r.clip is None for r in result.episodes)  # results keep no video bytes
+
+
+@pytest.mark.parametrize("select", ["first", "best", "worst"])
+def test_the_selected_episodes_of_each_task(select, tmp_path):
+    with EvalRunner(PaintedLengthEnv, DummyEvaluator(LengthEnv.action_space), num_envs=4,
+                    num_episodes=12, tasks=[0, 1], video_dir=tmp_path, video_episodes=2,
+                    video_select=select) as runner:
+        result = runner.evaluate()
+    for task in (0, 1):
+        mine = [r for r in result.episodes if r.task == task]
+        if select == "first":
+            mine.sort(key=lambda r: (r.env_index, r.episode_index))
+        else:
+            mine.sort(key=lambda r: ((-r.reward if select == "best" else r.reward),
+                                     r.env_index, r.episode_index))
+        chosen = [(v.env_index, v.episode_index) for v in result.videos if v.task == task]
+        assert chosen == [(r.env_index, r.episode_index) for r in mine[:2]]
+        for video, record in zip([v for v in result.videos if v.task == task], mine):
+            assert decoded(video.path)[0] == record.length + 1
+    assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_a_long_episode_stops_at_the_cap_and_memory_holds_no_frames(tmp_path, caplog):
+    class Long(gym.Wrapper):  # 300 steps of 400 x 600 frames: 216 MB if they were kept
+        metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+        render_mode = "rgb_array"
+
+        def __init__(self):
+            super().__init__(LengthEnv())
+            self.t = 0
+
+        def reset(self, **kwargs):
+            self.t = 0
+            return self.env.reset(**kwargs)
+
+        def step(self, action):
+            self.t += 1
+            obs, reward, _, _, info = self.env.step(action)
+            return obs, reward, self.t >= 300, False, info
+
+        def render(self):
+            return np.full((400, 600, 3), self.t % 256, dtype=np.uint8)
+
+    tracemalloc.start()
+    with EvalRunner(Long, DummyEvaluator(LengthEnv.action_space), num_envs=1, num_episodes=1,
+                    video_dir=tmp_path, video_max_frames=200, max_steps=None) as runner, \
+            caplog.at_level(logging.WARNING):
+        result = runner.evaluate()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    (video,) = result.videos
+    assert video.cut and video.frames == 200 and decoded(video.path)[0] == 200
+    assert "stops at 200 frames (video_max_frames) of its 300 steps" in caplog.text
+    assert peak < 40 * 400 * 600 * 3  # no more than a few frames at a time, never 200
+
+
+def test_an_env_without_rgb_array_says_how_to_fix_it(tmp_path):
+    with EvalRunner(lambda: PaintedLengthEnv(render_mode=None),
+                    DummyEvaluator(LengthEnv.action_space), num_envs=1, num_episodes=1,
+                    video_dir=tmp_path) as runner, pytest.raises(EvaluationError) as caught:
+        runner.evaluate()
+    assert "render_mode='rgb_array'" in str(caught.value.__cause__)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"video_select": "median"}, r"video_select: expected one of \['first', 'best'"),
+    ({"video_episodes": 0}, "video_episodes: expected an integer >= 1"),
+    ({"video_max_frames": 0}, "video_max_frames: expected an integer >= 1"),
+    ({"video_dir": 3}, "video_dir: expected a folder path"),
+])
+def test_bad_video_options(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EvalRunner(PaintedLengthEnv, DummyEvaluator(LengthEnv.action_space),
+                   **{"video_dir": tmp_path, **kwargs})
+
+
+def test_the_cli_writes_videos(tmp_path):
+    import torch
+
+    from syllabus_eval.cli import main
+
+    state = tmp_path / "agent.pt"
+    torch.save(cartpole_agent(seed=3).state_dict(), state)
+    assert main(["evaluate", "--make-env", "tests.workers:rendered_cartpole", "--agent",
+                 "syllabus_eval.demo.agents:MLPAgent", "--checkpoint", str(state),
+                 "--episodes", "2", "--num-envs", "2", "--video", str(tmp_path / "v")]) == 0
+    assert len(list((tmp_path / "v").glob("*.mp4"))) == 1
