@@ -103,16 +103,17 @@ class MoolibEvaluator(Evaluator):
         obs = inputs.obs
         done = obs.get("done")
         if done is None:
-            done = (torch.zeros(inputs.batch_size, device=self.device) if inputs.done is None
-                    else inputs.done)
+            done = (torch.zeros(inputs.steps * inputs.batch_size, device=self.device)
+                    if inputs.done is None else inputs.done)
         elif inputs.done is not None:
             raise ValueError("done: given twice, as the argument done and as state['done']; "
                              "pass one of them")
-        model_inputs = {  # [T=1, B, ...]
-            "state": obs["state"].unsqueeze(0),
-            "reward": obs["reward"].unsqueeze(0),
-            "prev_action": obs["prev_action"].unsqueeze(0),
-            "done": done.bool().unsqueeze(0),
+        steps = inputs.steps  # [T * B] rows, time-major: [T, B] for the model
+        model_inputs = {
+            "state": obs["state"].reshape(steps, -1, *obs["state"].shape[1:]),
+            "reward": obs["reward"].reshape(steps, -1),
+            "prev_action": obs["prev_action"].reshape(steps, -1),
+            "done": done.bool().reshape(steps, -1),
         }
         output, core_state = self.agent(model_inputs, inputs.lstm_state)
         return output, tuple(core_state)
@@ -130,6 +131,16 @@ class MoolibEvaluator(Evaluator):
     def _get_value(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState, dict]:
         output, core_state = self._forward(inputs)
         return output["baseline"][0].unsqueeze(-1), core_state, {}  # [B, 1]
+
+    def _get_value_sequence(self, inputs: AgentInputs, policy: bool = False
+                            ) -> tuple[torch.Tensor, LSTMState, dict]:
+        # The model takes [T, B] inputs: the whole sequence in one forward pass, where every
+        # env runs all T steps (else its state would run on past its end: step by step then).
+        if inputs.lengths is not None and bool((inputs.lengths != inputs.steps).any()):
+            return super()._get_value_sequence(inputs, policy)
+        output, core_state = self._forward(inputs)
+        extras = {"policy_logits": output["policy_logits"].flatten(0, 1)} if policy else {}
+        return output["baseline"].reshape(-1, 1), core_state, extras  # [T * B, 1]
 
     def _get_action_and_value(self, inputs: AgentInputs
                               ) -> tuple[torch.Tensor, torch.Tensor, LSTMState, dict]:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from typing import Any
 
 import gymnasium as gym
 from bench_rollout import MAX_STEPS, NUM_ENVS, make_cartpole, new_agent
+from timing import ratio_text
 
 from syllabus_eval import EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator
@@ -92,8 +92,9 @@ def ppo_training(iterations: int, runner: EvalRunner | None,
 
 
 def training_cost(backends: list[str], rounds: int, iterations: int,
-                  episodes: int) -> dict[str, tuple[float, float]]:
-    """Per backend: (loop time, time until the last result), each over no evaluation."""
+                  episodes: int) -> dict[str, tuple[str, str]]:
+    """Per backend: (loop time, time until the last result), each over no evaluation, as
+    ``median (min-max)`` over rounds."""
     runners = {backend: EvalRunner(make_cartpole, make_evaluator(), num_envs=NUM_ENVS,
                                    num_episodes=episodes, max_steps=MAX_STEPS,
                                    backend=backend, busy_policy="queue",
@@ -102,26 +103,26 @@ def training_cost(backends: list[str], rounds: int, iterations: int,
     ppo_training(1, None)  # warm-up
     for runner in runners.values():
         ppo_training(1, runner)
-    ratios: dict[str, list[tuple[float, float]]] = {backend: [] for backend in backends}
+    times: dict[str, list[tuple[float, float, float]]] = {backend: [] for backend in backends}
     for round_ in range(rounds):
         # Each backend against a run without evaluation right before it, in an order that
         # rotates from round to round, so that drifts in the machine's speed cancel out.
         for backend in backends[round_ % len(backends):] + backends[:round_ % len(backends)]:
             alone, _ = ppo_training(iterations, None)
             loop, drained = ppo_training(iterations, runners[backend])
-            ratios[backend].append((loop / alone, drained / alone))
+            times[backend].append((alone, loop, drained))
     for runner in runners.values():
         runner.shutdown()
-    return {backend: (statistics.median(r[0] for r in values),
-                      statistics.median(r[1] for r in values))
-            for backend, values in ratios.items()}
+    return {backend: (ratio_text([t[1] for t in values], [t[0] for t in values]),
+                      ratio_text([t[2] for t in values], [t[0] for t in values]))
+            for backend, values in times.items()}
 
 
 # --- 2. a second worker ----------------------------------------------------------------------
 
 
-def worker_speedup(backend: str, rounds: int, episodes: int) -> float:
-    """Time of a slow-env evaluation with one worker over its time with two."""
+def worker_speedup(backend: str, rounds: int, episodes: int) -> str:
+    """Time of a slow-env evaluation with one worker over its time with two, per round."""
     agent = new_agent(2)
     # Half a CPU per Ray actor: the three actors of both runners fit in a 2-CPU Ray.
     options = {"num_cpus": 0.5} if backend == "ray" else {}
@@ -139,7 +140,7 @@ def worker_speedup(backend: str, rounds: int, episodes: int) -> float:
             times.append(time.perf_counter() - start)
     for runner in runners:
         runner.shutdown()
-    return statistics.median(seconds[0]) / statistics.median(seconds[1])
+    return ratio_text(seconds[0], seconds[1])
 
 
 def main() -> None:
@@ -155,11 +156,10 @@ def main() -> None:
     if ray is not None:
         ray.shutdown()
     print(f"Background evaluation during PPO on CartPole ({iterations} iterations, an "
-          f"evaluation of {episodes} episodes on {NUM_ENVS} envs every other one; median of "
-          f"{rounds} rounds) and a slow-env evaluation ({STEP_DELAY * 1000:.0f} ms per step) "
+          f"evaluation of {episodes} episodes on {NUM_ENVS} envs every other one; median (min-max) "
+          f"of {rounds} rounds) and a slow-env evaluation ({STEP_DELAY * 1000:.0f} ms per step) "
           f"with 2 workers instead of 1; {os.cpu_count()} CPU cores")
-    rows = [[backend, f"{cost[backend][0]:.2f}x", f"{cost[backend][1]:.2f}x",
-             f"{speedup[backend]:.2f}x" if backend in speedup else "-"]
+    rows = [[backend, *cost[backend], speedup.get(backend, "-")]
             for backend in backends]
     print(format_table(rows, ["backend", "training loop / no evaluation",
                               "until the last result / no evaluation",

@@ -18,9 +18,11 @@ interleaved round by round so that drift hits them alike:
 All three run with torch's default intra-op threads and again with one: on few cores the
 worker's queries and the training loop's intra-op threads compete for the same cores. Then
 the worker's scoring capacity: recorded CartPole episodes pushed into PLR as fast as one
-thread can, timed until every step is scored (feedforward and recurrent agents); the weights
-do not change meanwhile, so it is an upper bound. Everything is reported as env steps per
-second and as ratios to the plain loop with the same number of threads. One round of each
+thread can, timed until every step is scored (feedforward and recurrent agents: the recurrent
+one scores whole segments, one ``get_value_sequence`` query per batch); the weights do not
+change meanwhile, so it is an upper bound. It is measured in rounds interleaved with the plain
+loop at one thread, its baseline. Everything is reported as env steps per second and as
+ratios to the plain loop of the same round, median (min-max) over rounds. One round of each
 set-up runs first, untimed, as a warm-up.
 """
 
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import interleaved, median_ratio, ppo_seconds  # noqa: E402
+from timing import interleaved, ppo_seconds, ratio_text  # noqa: E402
 
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
 from syllabus_eval.curricula import (  # noqa: E402
@@ -110,9 +112,9 @@ def scoring_capacity(make_evaluator: Callable[[], object], records: list[Experie
 
 
 def compare(rounds: int, iterations: int, probe: gym.vector.VectorEnv
-            ) -> dict[str, tuple[float, float]]:
-    """Per set-up (and the steps PLR scored during its runs): the median env steps/s and the
-    median of its per-round ratios to the plain loop, which cancels drift between rounds."""
+            ) -> dict[str, tuple[float, str]]:
+    """Per set-up (and the steps PLR scored during its runs): the median env steps/s and its
+    per-round ratios to the plain loop, which cancel drift between rounds."""
 
     def plain(round_: int) -> float:
         return train(MLPAgent(probe), make_envs(None), iterations, round_)
@@ -135,7 +137,7 @@ def compare(rounds: int, iterations: int, probe: gym.vector.VectorEnv
     rates = {"plain": runs["plain"], "domain randomization": runs["domain randomization"],
              "PLR": [rate for rate, _ in runs["PLR"]],
              "PLR scored": [scored for _, scored in runs["PLR"]]}
-    return {name: (statistics.median(values), median_ratio(values, rates["plain"]))
+    return {name: (statistics.median(values), ratio_text(values, rates["plain"]))
             for name, values in rates.items()}
 
 
@@ -156,11 +158,13 @@ def main() -> None:
         torch.set_num_threads(threads)
         results[threads] = compare(rounds, iterations, probe)
     records = record_episodes(4_000 if args.quick else 40_000)
-    capacity = {
-        "MLPAgent": scoring_capacity(lambda: CleanRLEvaluator(MLPAgent(probe)), records),
-        "LSTMAgent": scoring_capacity(lambda: CleanRLEvaluator(LSTMAgent(probe), is_lstm=True),
-                                      records[:len(records) // 5]),
-    }
+    capacity = interleaved({  # torch threads: 1, as left above
+        "plain": lambda round_: train(MLPAgent(probe), make_envs(None), iterations, round_),
+        "MLPAgent": lambda _: scoring_capacity(lambda: CleanRLEvaluator(MLPAgent(probe)),
+                                               records),
+        "LSTMAgent": lambda _: scoring_capacity(
+            lambda: CleanRLEvaluator(LSTMAgent(probe), is_lstm=True), records[:len(records) // 4]),
+    }, rounds)
     probe.close()
 
     print(f"PPO on CartPole ({NUM_ENVS} envs x {CONFIG.num_steps} steps, "
@@ -168,16 +172,16 @@ def main() -> None:
           f"{rounds} interleaved rounds: median env steps/s, median ratio to the plain loop of "
           "the same round\n")
     rows = [[threads, "PLR worker, steps scored" if name == "PLR scored" else f"training, {name}",
-             f"{rate:,.0f}", f"{ratio:.2f}"]
+             f"{rate:,.0f}", ratio]
             for threads, rates in results.items() for name, (rate, ratio) in rates.items()]
     print(format_table(rows, ["torch threads", "set-up", "env steps/s", "vs plain"]))
-    plain = results[1]["plain"][0]
     print("\nPLR worker capacity (records queued up front, torch threads: 1; the weights do "
           "not change meanwhile, so no copies: an upper bound) against the plain loop at 1 "
-          f"thread ({plain:,.0f} env steps/s; at {default_threads}: "
-          f"{results[default_threads]['plain'][0]:,.0f})\n")
-    print(format_table([[agent, f"{rate:,.0f}", f"{rate / plain:.2f}"]
-                        for agent, rate in capacity.items()],
+          f"thread ({statistics.median(capacity['plain']):,.0f} env steps/s), {rounds} "
+          "interleaved rounds\n")
+    print(format_table([[agent, f"{statistics.median(rates):,.0f}",
+                         ratio_text(rates, capacity["plain"])]
+                        for agent, rates in capacity.items() if agent != "plain"],
                        ["agent", "steps/s", "vs plain"]))
 
 

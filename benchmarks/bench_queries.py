@@ -11,8 +11,9 @@ dynamic shapes, as it would in use). Then,
 like for like, on the same observations as the numpy array an env returns (the input
 Syllabus-RL is made for): ours, and Syllabus-RL's ``CleanRLEvaluator`` (when ``syllabus-rl``
 is installed) in its default set-up and with ``copy_agent=False``. Every figure is the median
-over interleaved rounds of the ratio to the raw forward of the same round. Targets (unchanged
-weights, tensor input): at most 1.25x at batch 1, 1.10x at batch 64 and above.
+over interleaved rounds of the ratio to the raw forward of the same round, with the range
+(min-max) of those ratios. Targets (unchanged weights, tensor input): at most 1.25x at batch 1,
+1.10x at batch 64 and above.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from gymnasium import spaces
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import median_ratio, per_call_seconds  # noqa: E402
+from timing import per_call_seconds, ratio_text  # noqa: E402
 
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent  # noqa: E402
@@ -80,7 +81,7 @@ def measure(name: str, agent: torch.nn.Module, x: torch.Tensor, calls: int, roun
     def ratio(samples: dict[str, list[float]], name: str) -> str:
         if name not in samples:
             return "not installed"
-        return f"{median_ratio(samples[name], samples['raw']):.2f}x"
+        return ratio_text(samples[name], samples["raw"])
 
     return [name, str(x.shape[0]), f"{statistics.median(same['raw']) * 1e6:.1f}",
             ratio(same, "ours"), ratio(changed, "ours"), ratio(same, "ours, compile=True"),

@@ -2,20 +2,28 @@
 
 Usage::
 
-    python benchmarks/bench_rollout.py            # about three minutes on 2 CPU cores
+    python benchmarks/bench_rollout.py            # about five minutes on 2 CPU cores
     python benchmarks/bench_rollout.py --quick    # a smoke run
 
-1. Env steps per second of ``EvalRunner.evaluate`` on CartPole, CleanRL's MLP agent acting
-   greedily over 8 envs, as a ratio against a hand-written Gymnasium vector loop with the same
-   policy over the same envs, CleanRL's ``SyncVectorEnv`` of ``gym.make`` envs (target: at
-   least 0.9x), in Gymnasium's default ``NEXT_STEP`` autoreset mode (one extra step per
-   episode, not counted) and in ``SAME_STEP`` mode (none); the same pair on Gymnasium's native
-   ``CartPoleVectorEnv`` (what ``gym.make_vec`` builds, handed to the runner as a vector env);
-   and against TorchRL's ``Evaluator`` (when installed), set up as TorchRL recommends: a
-   ``GymWrapper`` around a ``SyncVectorEnv`` without autoreset, trajectories concatenated.
-   The agent is untrained, so episodes are short (the mean length is printed) and resets
-   weigh more than in a trained agent's evaluation. Rounds alternate between the contenders;
-   each figure is the median over rounds of the ratio within a round.
+1. Counted env steps per second of ``EvalRunner.evaluate`` against a hand-written loop over
+   the same envs with the same policy, as a user would write it. Each workload runs 8 envs;
+   the runner counts the steps of its episodes (fixed quotas, tail included), the hand loop
+   every sub-env step it takes (autoreset steps excluded) until its ``N``-th episode ends.
+
+   - CartPole, CleanRL's ``ppo.py`` agent (untrained: short episodes, where resets and
+     per-step bookkeeping weigh most), 200 episodes, greedy and sampled actions; the hand loop
+     is CleanRL's ``SyncVectorEnv`` of ``gym.make`` envs, the runner gets the env factory.
+   - The same on Gymnasium's native ``CartPoleVectorEnv`` (``gym.make_vec``), handed to both.
+   - An Atari-shaped workload: CleanRL's ``ppo_atari.py`` CNN on ``[4, 84, 84]`` uint8
+     frames (episodes of 10 to 30 steps, no emulator), 64 episodes, greedy: the forward
+     dominates, so the fixed per-step cost shows at its smallest.
+   - The default confidence intervals (``ci=0.95``, bootstrap) against ``ci=None``, which the
+     rows above use: the cost of the intervals on a short evaluation.
+   - TorchRL's ``Evaluator`` (when installed), set up as TorchRL recommends: a ``GymWrapper``
+     around a ``SyncVectorEnv`` without autoreset, trajectories concatenated.
+
+   Rounds alternate between contenders; each ratio is the median of the per-round ratios, with
+   their range (min-max).
 2. A CleanRL-style PPO training loop (``PPOTrainer``) on CartPole that evaluates every other
    iteration: its wall-clock time with the evaluations in the background (``trigger_eval``)
    as a ratio against the same evaluations run inline (``evaluate``), and each against no
@@ -27,84 +35,99 @@ Only ratios are printed: absolute figures on a shared machine say little.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium import spaces
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import interleaved, median_ratio, ppo_seconds  # noqa: E402
+from timing import interleaved, ppo_seconds, ratio_text  # noqa: E402
 
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
-from syllabus_eval.demo.agents import MLPAgent  # noqa: E402
+from syllabus_eval.demo.agents import CNNAgent, MLPAgent  # noqa: E402
 from syllabus_eval.demo.ppo import IterationStats, PPOTrainer  # noqa: E402
 from syllabus_eval.report import format_table  # noqa: E402
 
 NUM_ENVS = 8
 MAX_STEPS = 500
+Act = Callable[[np.ndarray], np.ndarray]  # a hand loop's policy: observations -> actions
 
 
 def make_cartpole() -> gym.Env:
     return gym.make("CartPole-v1")
 
 
+class AtariShaped(gym.Env):
+    """Frames of Atari's shape after CleanRL's wrappers (uint8 ``[4, 84, 84]``), 6 actions,
+    episodes of 10 to 30 steps: an Atari evaluation's forward passes without an emulator."""
+
+    observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    action_space = spaces.Discrete(6)
+    frames = np.random.default_rng(0).integers(0, 256, (16, 4, 84, 84), dtype=np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, int(self.np_random.integers(10, 31))
+        return self.frames[0], {}
+
+    def step(self, action: Any):
+        self.t += 1
+        return self.frames[self.t % 16], 1.0, self.t >= self.length, False, {}
+
+
 def new_agent(seed: int = 0) -> MLPAgent:
+    """CleanRL ``ppo.py``'s CartPole agent, untrained, its weights drawn from ``seed``."""
     torch.manual_seed(seed)
-    probe = gym.make_vec("CartPole-v1", num_envs=1)
-    agent = MLPAgent(probe)
-    probe.close()
-    return agent
+    return MLPAgent(gym.make_vec("CartPole-v1", num_envs=1))
 
 
 # --- 1. throughput -------------------------------------------------------------------------
 
 
+def hand_loop(envs: gym.vector.VectorEnv, act: Act, episodes: int) -> float:
+    """Counted env steps per second of a hand-written loop: every sub-env step but NEXT_STEP
+    autoreset steps, until its ``episodes``-th episode ends (CleanRL's evaluation loops)."""
+    obs, _ = envs.reset(seed=0)
+    autoreset = np.zeros(envs.num_envs, dtype=bool)
+    counted = finished = 0
+    start = time.perf_counter()
+    while finished < episodes:
+        with torch.no_grad():
+            action = act(obs)
+        obs, _, terminated, truncated, _ = envs.step(action)
+        live = ~autoreset
+        counted += int(live.sum())
+        finished += int((live & (terminated | truncated)).sum())
+        autoreset = terminated | truncated
+    return counted / (time.perf_counter() - start)
+
+
 def runner_rate(runner: EvalRunner) -> float:
+    """Counted env steps per second of one ``evaluate()``: its episodes' steps."""
     start = time.perf_counter()
     result = runner.evaluate()
     return sum(r.length for r in result.episodes) / (time.perf_counter() - start)
 
 
-def sync_cartpoles(autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP
-                   ) -> gym.vector.VectorEnv:
-    return gym.vector.SyncVectorEnv([make_cartpole] * NUM_ENVS,  # CleanRL's ppo.py
-                                    autoreset_mode=autoreset_mode)
+def greedy_mlp(agent: MLPAgent) -> Act:
+    return lambda obs: agent.actor(torch.Tensor(obs)).argmax(dim=-1).numpy()
 
 
-def same_step_cartpoles() -> gym.vector.VectorEnv:
-    return sync_cartpoles(gym.vector.AutoresetMode.SAME_STEP)
+def sampled_mlp(agent: MLPAgent) -> Act:
+    return lambda obs: agent.get_action_and_value(torch.Tensor(obs))[0].numpy()
 
 
-def native_cartpoles() -> gym.vector.VectorEnv:
-    return gym.make_vec("CartPole-v1", num_envs=NUM_ENVS)  # CartPoleVectorEnv
-
-
-def plain_loop_rate(agent: MLPAgent, steps: int,
-                    make_vector_env: Callable[[], gym.vector.VectorEnv]) -> float:
-    """A hand-written loop; in NEXT_STEP mode autoreset steps are done but not counted."""
-    envs = make_vector_env()
-    next_step = envs.metadata.get("autoreset_mode") == gym.vector.AutoresetMode.NEXT_STEP
-    obs, _ = envs.reset(seed=0)
-    autoreset = np.zeros(NUM_ENVS, dtype=bool)
-    counted = 0
-    start = time.perf_counter()
-    while counted < steps:
-        with torch.no_grad():
-            action = agent.actor(torch.Tensor(obs)).argmax(dim=-1).numpy()  # [B]
-        obs, _, terminated, truncated, _ = envs.step(action)
-        counted += int((~autoreset).sum())
-        if next_step:
-            autoreset = terminated | truncated
-    rate = counted / (time.perf_counter() - start)
-    envs.close()
-    return rate
+def greedy_cnn(agent: CNNAgent) -> Act:  # ppo_atari.py scales the frames inside its methods
+    return lambda obs: agent.actor(agent.network(torch.Tensor(obs) / 255.0)).argmax(-1).numpy()
 
 
 def torchrl_contender(agent: MLPAgent, episodes: int) -> Callable[[], float] | None:
@@ -125,9 +148,11 @@ def torchrl_contender(agent: MLPAgent, episodes: int) -> Callable[[], float] | N
             return self.agent.actor(observation).argmax(dim=-1)
 
     policy = TensorDictModule(Greedy(), in_keys=["observation"], out_keys=["action"])
+
     def make_env() -> GymWrapper:  # TorchRL's preferred set-up: it resets sub-envs itself
-        return GymWrapper(sync_cartpoles(gym.vector.AutoresetMode.DISABLED),
-                          categorical_action_encoding=True)
+        envs = gym.vector.SyncVectorEnv([make_cartpole] * NUM_ENVS,
+                                        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        return GymWrapper(envs, categorical_action_encoding=True)
 
     evaluator = Evaluator(make_env, policy, num_trajectories=episodes, max_steps=MAX_STEPS,
                           collector_kwargs={"traj_format": "cat"})
@@ -142,49 +167,67 @@ def torchrl_contender(agent: MLPAgent, episodes: int) -> Callable[[], float] | N
     return rate
 
 
-def throughput(rounds: int, episodes: int) -> None:
-    agent = new_agent()
-    evaluator = CleanRLEvaluator(agent, deterministic=True)
-    runner = EvalRunner(make_cartpole, evaluator, num_envs=NUM_ENVS, num_episodes=episodes,
-                        max_steps=MAX_STEPS)
+def throughput(rounds: int, episodes: int, cnn_episodes: int) -> None:
+    mlp = new_agent()
+    torch.manual_seed(0)
+    cnn = CNNAgent(gym.vector.SyncVectorEnv([AtariShaped]))
+    sync_cartpoles = gym.vector.SyncVectorEnv([make_cartpole] * NUM_ENVS)  # CleanRL's ppo.py
+    native = gym.make_vec("CartPole-v1", num_envs=NUM_ENVS)  # CartPoleVectorEnv
+    sync_frames = gym.vector.SyncVectorEnv([AtariShaped] * NUM_ENVS)
+
+    def runner(make_env: Callable[[], Any], agent: nn.Module, deterministic: bool = True,
+               n: int = episodes, ci: float | None = None, max_steps: int | None = MAX_STEPS
+               ) -> EvalRunner:
+        return EvalRunner(make_env, CleanRLEvaluator(agent), num_envs=NUM_ENVS, num_episodes=n,
+                          max_steps=max_steps, deterministic=deterministic, ci=ci)
+
     # The native env keeps its own 500-step limit: it cannot reset single sub-envs.
-    native = EvalRunner(native_cartpoles, evaluator, num_envs=NUM_ENVS, num_episodes=episodes,
-                        max_steps=None)
-    episode_lengths = [r.length for r in runner.evaluate().episodes]  # warm-up, work size
-    steps = sum(episode_lengths)
-    native.evaluate()
+    runners = {"greedy": runner(make_cartpole, mlp),
+               "sampled": runner(make_cartpole, mlp, deterministic=False),
+               "native": runner(native, mlp, max_steps=None),  # an instance: left open
+               "cnn": runner(AtariShaped, cnn, n=cnn_episodes),
+               "intervals": runner(make_cartpole, mlp, ci=0.95)}
     contenders: dict[str, Callable[[int], float]] = {
-        "EvalRunner": lambda _: runner_rate(runner),
-        "plain loop": lambda _: plain_loop_rate(agent, steps, sync_cartpoles),
-        "plain loop same-step": lambda _: plain_loop_rate(agent, steps, same_step_cartpoles),
-        "EvalRunner native": lambda _: runner_rate(native),
-        "plain loop native": lambda _: plain_loop_rate(agent, steps, native_cartpoles),
-    }
-    torchrl = torchrl_contender(agent, episodes)
+        name: lambda _, r=r: runner_rate(r) for name, r in runners.items()}
+    contenders |= {
+        "hand greedy": lambda _: hand_loop(sync_cartpoles, greedy_mlp(mlp), episodes),
+        "hand sampled": lambda _: hand_loop(sync_cartpoles, sampled_mlp(mlp), episodes),
+        "hand native": lambda _: hand_loop(native, greedy_mlp(mlp), episodes),
+        "hand cnn": lambda _: hand_loop(sync_frames, greedy_cnn(cnn), cnn_episodes)}
+    torchrl = torchrl_contender(mlp, episodes)
     if torchrl is not None:
-        torchrl()  # warm-up: the first call builds its collector
         contenders["TorchRL"] = lambda _: torchrl()
+    lengths = [r.length for r in runners["greedy"].evaluate().episodes]
+    interleaved(contenders, 1)  # warm-up: first calls build envs, collectors, caches
     rates = interleaved(contenders, rounds)
-    runner.shutdown()
-    native.shutdown()
+    for r in runners.values():
+        r.shutdown()
     if torchrl is not None:
         torchrl.shutdown()
-    def ratio(name: str, baseline: str) -> float:
-        return median_ratio(rates[name], rates[baseline])
+    for envs in (sync_cartpoles, native, sync_frames):
+        envs.close()
 
-    rows = [["EvalRunner.evaluate / plain loop, SyncVectorEnv of gym.make envs (NEXT_STEP)",
-             f"{ratio('EvalRunner', 'plain loop'):.2f}x", ">= 0.9x"],
-            ["EvalRunner.evaluate / the same plain loop in SAME_STEP mode",
-             f"{ratio('EvalRunner', 'plain loop same-step'):.2f}x", ""],
-            ["the same on the native CartPoleVectorEnv (NEXT_STEP)",
-             f"{ratio('EvalRunner native', 'plain loop native'):.2f}x", ""]]
+    def ratio(name: str, baseline: str) -> str:
+        return ratio_text(rates[name], rates[baseline])
+
+    rows = [
+        [f"CartPole, greedy, {episodes} episodes: SyncVectorEnv of gym.make envs",
+         ratio("greedy", "hand greedy"), ">= 0.95x"],
+        ["CartPole, sampled actions, the same", ratio("sampled", "hand sampled"), ">= 0.95x"],
+        ["CartPole, greedy, native CartPoleVectorEnv", ratio("native", "hand native"),
+         ">= 0.9x"],
+        [f"Atari-shaped CNN (4x84x84 uint8), greedy, {cnn_episodes} episodes",
+         ratio("cnn", "hand cnn"), ""],
+        ["CartPole greedy with the default intervals (ci=0.95) / ci=None",
+         ratio("intervals", "greedy"), ""]]
     if "TorchRL" in rates:
-        rows.append(["EvalRunner.evaluate / TorchRL Evaluator (GymWrapper of a SyncVectorEnv)",
-                     f"{ratio('EvalRunner', 'TorchRL'):.1f}x", ""])
-    print(f"Throughput: CartPole, greedy untrained MLP agent, {NUM_ENVS} envs, {episodes} "
-          f"episodes (~{steps} env steps, {statistics.mean(episode_lengths):.1f} per episode) "
-          f"per evaluation, median of {rounds} rounds\n")
-    print(format_table(rows, ["env steps per second", "ratio", "target"]) + "\n")
+        rows.append(["CartPole greedy: EvalRunner / TorchRL Evaluator (GymWrapper)",
+                     ratio_text(rates["greedy"], rates["TorchRL"], digits=1), ""])
+    print(f"Throughput: counted env steps per second, {NUM_ENVS} envs, EvalRunner.evaluate "
+          f"(ci=None unless said) / a hand-written loop over the same envs with the same policy, "
+          f"median (min-max) of {rounds} rounds. CartPole episodes of the untrained agent: "
+          f"{np.mean(lengths):.1f} steps on average (greedy)\n")
+    print(format_table(rows, ["workload", "ratio", "target"]) + "\n")
 
 
 # --- 2. cost to training -------------------------------------------------------------------
@@ -233,25 +276,26 @@ def training_cost(rounds: int, iterations: int, episodes: int) -> None:
     loop = {name: [seconds for seconds, _ in values] for name, values in runs.items()}
     drained = [seconds for _, seconds in runs["background"]]
     rows = [["training loop, background / inline evaluations",
-             median_ratio(loop["background"], loop["inline"])],
-            ["slowdown, background evaluations", median_ratio(loop["background"], loop["alone"])],
-            ["slowdown, inline evaluations", median_ratio(loop["inline"], loop["alone"])],
+             ratio_text(loop["background"], loop["inline"])],
+            ["slowdown, background evaluations", ratio_text(loop["background"], loop["alone"])],
+            ["slowdown, inline evaluations", ratio_text(loop["inline"], loop["alone"])],
             ["background evaluations until the last result / inline evaluations",
-             median_ratio(drained, loop["inline"])],
+             ratio_text(drained, loop["inline"])],
             ["slowdown, background evaluations, until the last result",
-             median_ratio(drained, loop["alone"])]]
+             ratio_text(drained, loop["alone"])]]
     print(f"Training cost: CleanRL PPO on CartPole, {iterations} iterations, an evaluation "
-          f"({episodes} episodes, {NUM_ENVS} envs) every other iteration, median of {rounds} "
-          "rounds; slowdown: over no evaluation\n")
-    print(format_table([[name, f"{ratio:.2f}x"] for name, ratio in rows],
-                       ["wall-clock time", "ratio"]))
+          f"({episodes} episodes, {NUM_ENVS} envs) every other iteration, median (min-max) of "
+          f"{rounds} rounds; slowdown: over no evaluation\n")
+    print(format_table(rows, ["wall-clock time", "ratio"]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
     quick = parser.parse_args().quick
-    throughput(rounds=1 if quick else 7, episodes=40 if quick else 400)
+    warnings.filterwarnings("ignore", module="torchrl")  # its set-up advice, every call
+    throughput(rounds=1 if quick else 15, episodes=40 if quick else 200,
+               cnn_episodes=8 if quick else 64)
     training_cost(rounds=1 if quick else 5, iterations=2 if quick else 12,
                   episodes=8 if quick else 200)
 

@@ -4,6 +4,7 @@ Usage::
 
     samples = interleaved({"ours": run_ours, "theirs": run_theirs}, rounds=5)  # f(round)
     print(median_ratio(samples["ours"], samples["theirs"]))
+    print(ratio_text(samples["ours"], samples["theirs"]))  # "0.98x (0.91-1.04)": median (range)
     per_call_seconds({"raw": raw, "ours": ours})          # seconds per call, per round
     ppo_seconds(PPOTrainer(envs, agent, seed=0), iterations=8)
 """
@@ -40,6 +41,16 @@ def median_ratio(values: Sequence[float], baselines: Sequence[float]) -> float:
     A ratio within a round cancels drift between rounds, which a ratio of medians keeps.
     """
     return statistics.median(value / baseline for value, baseline in zip(values, baselines))
+
+
+def ratio_text(values: Sequence[float], baselines: Sequence[float], digits: int = 2) -> str:
+    """The ratio of each round, as ``median (min-max)`` over rounds: ``"0.98x (0.91-1.04)"``.
+
+    The range shows how noisy the machine was; the median is the figure to quote.
+    """
+    ratios = [value / baseline for value, baseline in zip(values, baselines)]
+    return (f"{statistics.median(ratios):.{digits}f}x "
+            f"({min(ratios):.{digits}f}-{max(ratios):.{digits}f})")
 
 
 def per_call_seconds(candidates: dict[str, Callable[[], object]], calls: int = 200,

@@ -11,7 +11,14 @@ Usage::
 
 from .errors import CurriculumError, EvaluationCancelled, EvaluationError, RemoteTraceback
 from .evaluator import AgentInputs, Evaluator
-from .protocols import AgentQueries, RecurrentAgentQueries, WeightedAgentQueries, is_recurrent
+from .protocols import (
+    AgentQueries,
+    PreviousStepQueries,
+    RecurrentAgentQueries,
+    SequenceQueries,
+    WeightedAgentQueries,
+    is_recurrent,
+)
 from .results import EvalResult, summarize
 from .rollout import (
     EnvPool,
@@ -28,7 +35,8 @@ from .weights import WeightSource, snapshot_state_dict, weight_source
 
 __all__ = ["AgentInputs", "AgentQueries", "CurriculumError", "EnvPool", "EpisodeRecord",
            "EvalResult", "EvalRunner", "EvaluationCancelled", "EvaluationError", "Evaluator",
-           "RecurrentAgentQueries", "RemoteTraceback", "RolloutSettings", "Snapshot",
+           "PreviousStepQueries", "RecurrentAgentQueries", "RemoteTraceback", "RolloutSettings",
+           "SequenceQueries", "Snapshot",
            "WeightSource", "WeightedAgentQueries", "check_fit", "episode_quota",
            "is_recurrent", "make_envs", "run_episodes", "snapshot_state_dict", "summarize",
            "weight_source"]

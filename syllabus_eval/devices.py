@@ -1,13 +1,17 @@
-"""Devices and grad mode of queries: per query, per thread, never inherited from the caller.
+"""Devices, grad mode and intra-op threads of queries: per query, per thread, never inherited
+from the caller.
 
 Usage::
 
     device = as_device("cuda:0")          # a clear error naming ``device`` for bad input
     with QueryMode(device):               # no_grad, and that CUDA device as the current one
         ...
+    share_torch_threads()                 # in a new thread: torch's thread count, not OpenMP's
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 from torch import nn
@@ -26,10 +30,28 @@ def as_device(device: str | torch.device) -> torch.device:
 _set_grad_enabled = getattr(torch._C, "_set_grad_enabled", torch.set_grad_enabled)
 
 
-class QueryMode:
-    """``no_grad`` and, on CUDA, the evaluator's device as the current one, for one query.
+_threads_shared = threading.local()
 
-    Both are thread-local (pytorch #20528, #82145): a query sets them for its own thread and
+
+def share_torch_threads() -> None:
+    """Give the calling thread torch's intra-op thread count (``torch.get_num_threads()``).
+
+    OpenMP keeps the thread count per thread: ``torch.set_num_threads(1)`` in the main thread
+    leaves a thread started later at OpenMP's default (the number of cores), whose idle
+    workers spin after every parallel op. Measured here: an evaluation in a background thread
+    burnt a second core the whole time (process CPU 2x its wall time), which training on two
+    cores then lacks. Once per thread; queries do it themselves (:class:`QueryMode`).
+    """
+    if not getattr(_threads_shared, "done", False):
+        torch.set_num_threads(torch.get_num_threads())
+        _threads_shared.done = True
+
+
+class QueryMode:
+    """``no_grad`` and, on CUDA, the evaluator's device as the current one, for one query; and,
+    once per thread, torch's intra-op thread count (:func:`share_torch_threads`).
+
+    All are thread-local (pytorch #20528, #82145): a query sets them for its own thread and
     never inherits the caller's. One hand-made context rather than ``torch.no_grad()`` and
     ``torch.cuda.device``: entering those took about 1 us, 4% of a CartPole query at batch 1.
     """
@@ -41,6 +63,8 @@ class QueryMode:
         self._previous = True
 
     def __enter__(self) -> None:
+        if not getattr(_threads_shared, "done", False):
+            share_torch_threads()
         self._previous = torch.is_grad_enabled()
         _set_grad_enabled(False)
         if self._cuda_device is not None:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
@@ -53,14 +54,16 @@ __all__ = ["AgentInputs", "AgentQueries", "Evaluator", "LSTMState"]
 class AgentInputs:
     """What a hook receives: prepared tensors on the evaluator's device."""
 
-    obs: TensorTree  # [B, ...] (or a dict of them)
+    obs: TensorTree  # [B, ...] (or a dict of them); [T * B, ...], time-major, for sequences
     lstm_state: LSTMState | None  # each [num_layers, B, hidden] for CleanRL / moolib
-    done: torch.Tensor | None  # [B] float32; None for feedforward agents
-    batch_size: int
+    done: torch.Tensor | None  # [B] ([T * B] for sequences) float32; None: feedforward agents
+    batch_size: int  # B
     deterministic: bool
+    steps: int = 1  # T: the steps of each env's sequence (get_value_sequence)
+    lengths: torch.Tensor | None = None  # [B] int64: env b's steps are its first lengths[b]
 
 
-_TEMPLATES = ("get_action", "get_value", "get_action_and_value")
+_TEMPLATES = ("get_action", "get_value", "get_action_and_value", "get_value_sequence")
 _QUERY_HOOKS = tuple("_" + name for name in _TEMPLATES)  # what compile=True compiles
 # Layers whose behaviour depends on train/eval mode.
 _MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
@@ -179,6 +182,7 @@ class Evaluator:
         # What the running query hands Syllabus-style hooks' super() calls (see the class).
         self._batch_size: int | None = None
         self._previous_mode: Any = None
+        self._steps = 1  # T of the running query (sequences: done has T * B flags)
 
         self.agent: nn.Module | None = None  # what queries run on
         self._copy_tensors: list[torch.Tensor] = []  # the private copy's, in source order
@@ -227,8 +231,41 @@ class Evaluator:
         extras["weights_version"] = version
         return action, value, extras
 
-    def _query(self, hook: Callable[[AgentInputs], Any], state: Any, lstm_state: Any,
-               done: Any, deterministic: bool | None) -> tuple[Any, int]:
+    def get_value_sequence(self, states: Any, lstm_state: Any = None, done: Any = None, *,
+                           lengths: Any = None, policy: bool = False
+                           ) -> tuple[torch.Tensor, dict]:
+        """Values along sequences, the recurrent state carried through them in one call.
+
+        Args:
+            states: ``[T, B, ...]`` observations, time-major (or a dict of them).
+            lstm_state: the state before step 0 (recurrent agents).
+            done: ``[T, B]``: 1 where an episode starts at that step (its state restarts).
+            lengths: ``[B]``: env ``b``'s sequence is its first ``lengths[b]`` steps (the rest
+                is padding, whose values are meaningless); default: all ``T``.
+            policy: also the policy's per-step extras (``policy_logits``, ``entropy``).
+
+        Returns:
+            ``(values [T, B], extras)``: ``extras["lstm_state"]`` is each env's state after its
+            last step; policy extras are ``[T, B, ...]``. The same numbers as calls of
+            :meth:`get_value` step by step, carrying the state, in one query (PLR scores whole
+            segments so).
+        """
+        steps = _steps_of(states)
+        flat_done = None if done is None else _time_major(done, steps, "done")
+        (values, lstm_state, extras), version = self._query(
+            self._get_value_sequence, _time_major(states, steps, "states"), lstm_state,
+            flat_done, None, steps=steps, lengths=lengths, policy=policy)
+        values = values.reshape(steps, -1)  # [T, B]
+        extras = {key: value.reshape(steps, -1, *value.shape[1:])
+                  if isinstance(value, torch.Tensor) and value.dim() else value
+                  for key, value in extras.items()}
+        extras["lstm_state"] = lstm_state
+        extras["weights_version"] = version
+        return values, extras
+
+    def _query(self, hook: Callable[..., Any], state: Any, lstm_state: Any, done: Any,
+               deterministic: bool | None, steps: int = 1, lengths: Any = None,
+               **hook_options: Any) -> tuple[Any, int]:
         """The hook's answer and the version of the weights that gave it (read under the lock:
         another thread may refresh the copy as soon as it is released)."""
         # Grad mode and the CUDA device are set here for the calling thread (QueryMode); one
@@ -238,18 +275,27 @@ class Evaluator:
             if source is not None and source.version() != self._synced_version:
                 self._refresh()  # 1. weights of one optimizer step
             obs = self._prepare_state(state)  # 2.
-            batch_size = (obs.shape[0] if type(obs) is torch.Tensor and obs.dim()
-                          else batch_size_of(obs, "state"))
-            if self._lstm_gets_batch_size:
-                lstm_state, done = self._prepare_lstm(lstm_state, done, batch_size)  # 3.
-            else:  # Syllabus's form, without the batch size (super() finds it here)
-                self._batch_size = batch_size
-                lstm_state, done = self._prepare_lstm(lstm_state, done)
+            rows = (obs.shape[0] if type(obs) is torch.Tensor and obs.dim()
+                    else batch_size_of(obs, "state"))
+            batch_size = rows
+            if steps != 1:  # a sequence: T * B rows, the recurrent state of B envs
+                batch_size, self._steps = rows // steps, steps
+            try:
+                if self._lstm_gets_batch_size:
+                    lstm_state, done = self._prepare_lstm(lstm_state, done, batch_size)  # 3.
+                else:  # Syllabus's form, without the batch size (super() finds it here)
+                    self._batch_size = batch_size
+                    lstm_state, done = self._prepare_lstm(lstm_state, done)
+            finally:
+                self._steps = 1
             if deterministic is None:
                 deterministic = self.deterministic
             else:
                 check_flag("deterministic", deterministic)
-            inputs = AgentInputs(obs, lstm_state, done, batch_size, deterministic)
+            if lengths is not None:
+                lengths = _lengths(lengths, steps, batch_size)
+            inputs = AgentInputs(obs, lstm_state, done, batch_size, deterministic, steps,
+                                 lengths)
             live = self._live_source  # copy_agent=False: optimizer steps wait for the query
             if live is not None:
                 self._warn_inplace_once()
@@ -258,7 +304,7 @@ class Evaluator:
             try:
                 previous = self._set_eval_mode()  # 4.
                 try:
-                    answer = hook(inputs)  # 5.
+                    answer = hook(inputs, **hook_options)  # 5.
                 finally:
                     if self._train_mode_gets_previous:
                         self._set_train_mode(previous)  # 6.
@@ -269,9 +315,9 @@ class Evaluator:
                 if live is not None:
                     live.end_read()
             shape = getattr(answer[0], "shape", None)  # a tensor (or array) of [B, ...]
-            if shape is not None and (not shape or shape[0] != batch_size):
+            if shape is not None and (not shape or shape[0] != rows):
                 raise ValueError(
-                    f"state: read as a batch of {batch_size} observations, but the agent "
+                    f"state: read as a batch of {rows} observations, but the agent "
                     f"answered with {describe(answer[0])}; a single observation needs a batch "
                     "dimension (obs[None])")
             return answer, self.weights_version
@@ -290,6 +336,38 @@ class Evaluator:
         action, next_state, extras = self._get_action(inputs)
         value, _, value_extras = self._get_value(inputs)
         return action, value, next_state, {**value_extras, **extras}
+
+    def _get_value_sequence(self, inputs: AgentInputs, policy: bool = False
+                            ) -> tuple[torch.Tensor, LSTMState | None, dict]:
+        """Values ``[T * B, 1]`` of sequences (and with ``policy`` the per-step policy extras,
+        ``[T * B, ...]``), the recurrent state carried from step to step.
+
+        Default: :meth:`_get_value` (or :meth:`_get_action_and_value`) once per step, an env's
+        state kept as it is past its length; adapters whose agents take whole sequences
+        (CleanRL's LSTM, moolib's ``[T, B]`` inputs) override it with one pass.
+        """
+        batch, state, values, extras = inputs.batch_size, inputs.lstm_state, [], []
+        dim = self.lstm_batch_dim
+        for t in range(inputs.steps):
+            rows = slice(t * batch, (t + 1) * batch)
+            step = AgentInputs(_rows(inputs.obs, rows),
+                               state, None if inputs.done is None else inputs.done[rows],
+                               batch, inputs.deterministic)
+            if policy:
+                _, value, next_state, step_extras = self._get_action_and_value(step)
+            else:
+                value, next_state, step_extras = self._get_value(step)
+            if inputs.lengths is not None and state and next_state:  # () : no recurrent state
+                going = (inputs.lengths > t).to(state[0].device).view(
+                    *[-1 if d == dim else 1 for d in range(state[0].dim())])
+                next_state = tuple(torch.where(going, new, old)
+                                   for new, old in zip(next_state, state))
+            state = next_state
+            values.append(value)
+            extras.append(step_extras)
+        joined = {key: torch.cat([e[key] for e in extras]) for key in extras[0]
+                  if isinstance(extras[0][key], torch.Tensor) and extras[0][key].dim()}
+        return torch.cat(values), state, joined
 
     @property
     def _preprocess_obs(self) -> Callable[[Any], Any]:
@@ -372,11 +450,12 @@ class Evaluator:
         return self._lstm_layout_cache or None
 
     def _check_done(self, done: Any, batch_size: int) -> torch.Tensor:
+        rows = self._steps * batch_size  # a flag per env and step (T * B for sequences)
         if done is None:
-            return torch.zeros(batch_size, device=self.device)
+            return torch.zeros(rows, device=self.device)
         done = as_batch(done, self.device, torch.float32, "done")
-        if tuple(done.shape) != (batch_size,):
-            raise bad_argument("done", f"a flag per env of shape [{batch_size}]", done)
+        if tuple(done.shape) != (rows,):
+            raise bad_argument("done", f"a flag per env of shape [{rows}]", done)
         return done
 
     def _set_eval_mode(self) -> Any:
@@ -557,3 +636,39 @@ class Evaluator:
         )
 
 
+def _steps_of(states: Any) -> int:
+    """``T`` of a ``[T, B, ...]`` batch of sequences (a dict: its first entry's)."""
+    first = next(iter(states.values())) if isinstance(states, Mapping) else states
+    shape = getattr(first, "shape", None)
+    if shape is None or len(shape) < 2:
+        raise bad_argument("states", "sequences of shape [T, B, ...] (an array or tensor, or a "
+                           "dict of them)", first)
+    return int(shape[0])
+
+
+def _time_major(value: Any, steps: int, name: str) -> Any:
+    """``[T, B, ...]`` as ``[T * B, ...]`` (rows of step 0 first), dicts per entry."""
+    if isinstance(value, Mapping):
+        return {key: _time_major(item, steps, f"{name}[{key!r}]") for key, item in value.items()}
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        value = np.asarray(value)
+        shape = value.shape
+    if len(shape) < 2 or shape[0] != steps:
+        raise bad_argument(name, f"sequences of {steps} steps, shape [{steps}, B, ...]", value)
+    return value.reshape(steps * shape[1], *shape[2:])
+
+
+def _lengths(lengths: Any, steps: int, batch_size: int) -> torch.Tensor:
+    """``lengths`` as ``[B]`` int64, each in ``[1, T]`` (CPU: adapters index with it)."""
+    lengths = torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
+    if tuple(lengths.shape) != (batch_size,) or not bool(
+            ((lengths >= 1) & (lengths <= steps)).all()):
+        raise bad_argument("lengths", f"a length per env in [1, {steps}], shape "
+                           f"[{batch_size}]", lengths)
+    return lengths
+
+
+def _rows(obs: TensorTree, rows: slice) -> TensorTree:
+    return {key: _rows(value, rows) for key, value in obs.items()} if isinstance(
+        obs, dict) else obs[rows]

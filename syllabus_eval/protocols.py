@@ -70,6 +70,17 @@ class RecurrentAgentQueries(AgentQueries, Protocol):
 
 
 @runtime_checkable
+class SequenceQueries(RecurrentAgentQueries, Protocol):
+    """Recurrent queries that take whole sequences at once (every Evaluator does)."""
+
+    def get_value_sequence(self, states: Any, lstm_state: Any = None, done: Any = None, *,
+                           policy: bool = False) -> tuple[torch.Tensor, dict]:
+        """Values ``[T, B]`` of ``[T, B, ...]`` sequences, the recurrent state carried
+        through (``extras["lstm_state"]``: after the last step)."""
+        ...
+
+
+@runtime_checkable
 class WeightedAgentQueries(AgentQueries, Protocol):
     """Queries of an agent with weights that evaluations snapshot, copy and load.
 

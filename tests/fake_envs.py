@@ -14,6 +14,7 @@ from gymnasium import spaces
 
 from syllabus_eval import Evaluator, RolloutSettings, episode_quota
 from syllabus_eval.evaluator import AgentInputs
+from syllabus_eval.rollout.records import episode_number
 
 
 class LengthEnv(gym.Env):
@@ -253,16 +254,23 @@ class CountEnv(gym.Env):
 
 
 def ground_truth(make_env: Any, settings: RolloutSettings, num_slots: int,
-                 policy: Any = lambda obs: 0) -> list[tuple]:
+                 policy: Any = lambda obs: 0, floating: bool = True) -> list[tuple]:
     """``(env_index, episode_index, reward, length, terminated, truncated, success)`` of each
     episode, running each slot's episodes one env at a time, as the module docs define them:
-    seeded once with ``seed + i``, its quota of episodes, ``max_steps`` as truncation."""
+    slot ``i`` seeded once with ``seed + i`` for its quota ``q`` of episodes, except the last
+    ``q // 4`` (with ``floating``), each reset with ``seed + K + e`` for its number ``e``;
+    ``max_steps`` as truncation."""
     episodes = []
     for slot in range(num_slots):
         env = make_env()
         obs, _ = env.reset(seed=settings.seed + slot)
-        for episode in range(episode_quota(settings.num_episodes, num_slots, slot)):
-            if episode:
+        quota = episode_quota(settings.num_episodes, num_slots, slot)
+        floats_from = max(1, quota - quota // 4) if floating else quota
+        for episode in range(quota):
+            if episode >= floats_from:
+                number = episode_number(settings.num_episodes, num_slots, slot, episode)
+                obs, _ = env.reset(seed=settings.seed + num_slots + number)
+            elif episode:
                 obs, _ = env.reset()
             total, length, info = 0.0, 0, {}
             terminated = truncated = False

@@ -160,6 +160,108 @@ class TestRecurrentState:
         assert not torch.equal(fresh[1:], carried[1:])
 
 
+T = 6
+POLICY_EXTRAS = ("entropy", "policy_logits")  # what sequences return, where the agent has them
+
+
+def carried_state(case: Case, evaluator: Evaluator):
+    """A recurrent state mid-episode (not zeros, so that restarts show), None without one."""
+    if not evaluator.is_lstm:
+        return None
+    _, extras = evaluator.get_value(case.obs(B, seed=99), evaluator.initial_lstm_state(B))
+    return extras["lstm_state"]
+
+
+def step_by_step(evaluator: Evaluator, states: np.ndarray, state, done: torch.Tensor,
+                 lengths: list[int], policy: bool):
+    """What ``get_value_sequence`` must equal: ``get_value`` (or ``get_action_and_value``)
+    step by step, each env's state carried while its sequence lasts."""
+    values, policies = [], []
+    for t in range(states.shape[0]):
+        if policy:
+            _, value, extras = evaluator.get_action_and_value(states[t], state, done[t])
+            policies.append({key: extras[key] for key in POLICY_EXTRAS if key in extras})
+        else:
+            value, extras = evaluator.get_value(states[t], state, done[t])
+        if state is not None:
+            going = torch.tensor([t < n for n in lengths])
+            dim = evaluator.lstm_batch_dim
+            going = going.view(*[-1 if d == dim else 1 for d in range(state[0].dim())])
+            state = tuple(torch.where(going, new, old)
+                          for new, old in zip(extras["lstm_state"], state))
+        values.append(value[:, 0])
+    return torch.stack(values), {key: torch.stack([p[key] for p in policies])
+                                 for key in (policies[0] if policies else ())}, state
+
+
+@pytest.mark.parametrize("case", WITH_AGENT, ids=repr)
+class TestValueSequences:
+    """``get_value_sequence``: a ``[T, B]`` batch in one query, the same numbers as step by
+    step (PLR scores whole segments with it)."""
+
+    @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
+    @pytest.mark.parametrize("policy", [False, True], ids=["value", "policy"])
+    def test_equals_step_by_step(self, case: Case, ragged: bool, policy: bool) -> None:
+        evaluator = case.make()
+        states = np.stack([case.obs(B, seed=t) for t in range(T)])
+        done = torch.zeros(T, B)
+        done[2, 1] = done[4, 3] = done[1, 0] = 1.0  # episodes restart mid-sequence
+        lengths = [T, 3, 1, 5, 4] if ragged else [T] * B
+        state = carried_state(case, evaluator)
+        values, extras = evaluator.get_value_sequence(
+            states, state, done, lengths=lengths if ragged else None, policy=policy)
+        expected, policies, final = step_by_step(evaluator, states, state, done, lengths,
+                                                 policy)
+        assert values.shape == (T, B) and not values.requires_grad
+        live = torch.arange(T)[:, None] < torch.tensor(lengths)  # padding is meaningless
+        torch.testing.assert_close(values[live], expected[live], rtol=1e-5, atol=1e-6)
+        for key, want in policies.items():
+            torch.testing.assert_close(extras[key][live], want[live], rtol=1e-5, atol=1e-6)
+        if evaluator.is_lstm:  # each env's state after its own last step
+            for got, want in zip(extras["lstm_state"], final):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+    def test_state_carries_across_calls(self, case: Case) -> None:
+        evaluator = case.make()
+        states = np.stack([case.obs(B, seed=t) for t in range(T)])
+        state = carried_state(case, evaluator)
+        whole, _ = evaluator.get_value_sequence(states, state, torch.zeros(T, B))
+        first, extras = evaluator.get_value_sequence(states[:2], state, torch.zeros(2, B))
+        rest, _ = evaluator.get_value_sequence(states[2:], extras["lstm_state"],
+                                               torch.zeros(T - 2, B))
+        torch.testing.assert_close(torch.cat([first, rest]), whole, rtol=1e-5, atol=1e-6)
+
+
+class TestValueSequenceInputs:
+    def test_cleanrl_lstm_runs_its_lstm_once_per_sequence(self) -> None:
+        case = next(c for c in CASES if c.name == "cleanrl-lstm")
+        evaluator = case.make()
+        calls = []
+        evaluator.agent.lstm.register_forward_hook(lambda *_: calls.append(1))
+        done = torch.zeros(T, B)
+        done[3] = 1.0
+        evaluator.get_value_sequence(np.stack([case.obs(B, seed=t) for t in range(T)]),
+                                     evaluator.initial_lstm_state(B), done)
+        assert len(calls) == 1  # one packed pass, not a step (or a reset) at a time
+
+    def test_states_without_a_time_axis_are_refused(self) -> None:
+        evaluator = CASES[0].make()
+        with pytest.raises(ValueError, match=r"states.*\[T, B, \.\.\.\]"):
+            evaluator.get_value_sequence(np.zeros(4, np.float32))
+
+    def test_done_of_other_steps_is_refused(self) -> None:
+        evaluator = next(c for c in CASES if c.name == "cleanrl-lstm").make()
+        with pytest.raises(ValueError, match=r"done.*sequences of 3 steps"):
+            evaluator.get_value_sequence(np.zeros((3, 2, 4), np.float32),
+                                         evaluator.initial_lstm_state(2), torch.zeros(2, 2))
+
+    @pytest.mark.parametrize("lengths", [[3], [0, 3], [1, 4]], ids=["size", "zero", "long"])
+    def test_lengths_outside_the_sequence_are_refused(self, lengths: list[int]) -> None:
+        evaluator = CASES[0].make()
+        with pytest.raises(ValueError, match=r"lengths.*in \[1, 3\], shape \[2\]"):
+            evaluator.get_value_sequence(np.zeros((3, 2, 4), np.float32), lengths=lengths)
+
+
 class RecordsSteps:
     """Mixin: records the steps that the template runs the same in either hook form."""
 
@@ -358,6 +460,46 @@ class TestGreedyActions:
         with torch.no_grad():
             logits = agent.actor(agent.network(torch.as_tensor(obs).float() / 255.0))
         assert torch.equal(action, logits.argmax(-1))
+
+    def test_trunk_agent_greedy_runs_the_trunk_once_per_query(self) -> None:
+        case = next(c for c in CASES if c.name == "cleanrl-cnn")
+        evaluator = case.make()
+        rows = []
+        evaluator.agent.network.register_forward_hook(
+            lambda module, args, output: rows.append(len(args[0])))
+        for seed in range(3):
+            evaluator.get_action(case.obs(B, seed=seed), deterministic=True)
+        actions = evaluator.agent.actor.out_features
+        assert rows == [B, actions * B, B, B]  # after the first query's check: B rows a query
+
+    def test_trunk_agent_that_acts_otherwise_keeps_scoring_every_action(self) -> None:
+        class Masking(nn.Module):  # get_action_and_value forbids action 0; get_value cannot tell
+            def __init__(self) -> None:
+                super().__init__()
+                self.network, self.actor = nn.Linear(4, 8), nn.Linear(8, 3)
+                self.critic = nn.Linear(8, 1)
+                with torch.no_grad():
+                    self.actor.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))  # 0 would win
+
+            def get_value(self, x):
+                return self.critic(self.network(x))
+
+            def get_action_and_value(self, x, action=None):
+                logits = self.actor(self.network(x)).clone()
+                logits[:, 0] = -1e9
+                probs = torch.distributions.Categorical(logits=logits)
+                action = probs.sample() if action is None else action
+                return action, probs.log_prob(action), probs.entropy(), self.get_value(x)
+
+        evaluator = CleanRLEvaluator(Masking(), deterministic=True)
+        obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+        for _ in range(2):
+            action, _ = evaluator.get_action(obs)
+            assert not (action == 0).any()
+        with torch.no_grad():
+            _, log_prob, _, _ = evaluator.agent.get_action_and_value(
+                torch.as_tensor(obs).repeat(3, 1), torch.arange(3).repeat_interleave(16))
+        assert torch.equal(action, log_prob.view(3, 16).argmax(0))
 
     def test_agent_without_actor_head_fails_at_construction(self) -> None:
         with pytest.raises(TypeError, match="deterministic=True: NormAgent exposes no actor"):

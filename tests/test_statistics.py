@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from syllabus_eval import EpisodeRecord, summarize
 from syllabus_eval.statistics import bootstrap_ci, iqm, wilson_ci
@@ -50,6 +51,10 @@ class TestWilson:
 def test_iqm_is_the_mean_of_the_middle_half():
     assert iqm([1, 2, 3, 4, 5, 6, 7, 100]) == pytest.approx(np.mean([3, 4, 5, 6]))
     assert iqm([2.0]) == 2.0
+    rng = np.random.default_rng(0)
+    for size in range(1, 40):  # every remainder of n / 4: SciPy's trimmed mean exactly
+        values = rng.exponential(size=size)
+        assert iqm(values) == pytest.approx(stats.trim_mean(values, 0.25), rel=1e-12)
 
 
 class TestResultIntervals:

@@ -10,15 +10,17 @@ Usage (what :class:`~syllabus_eval.curricula.PrioritizedLevelReplay` does with i
     worker.close()
 
 Records wait in a bounded queue. The worker thread takes up to ``batch_size`` records at a
-time (waiting up to ``batch_wait`` seconds for a batch to fill), asks the evaluator for the
+time (waiting up to ``batch_wait`` seconds for a batch to fill) and asks the evaluator for the
 value (and, for the policy strategies, the action distribution) of their observations in one
-batched query (for a recurrent agent: one query per step depth, each env's recurrent state
-carried over from its previous observation and reset at each episode start), then walks each
-env's records in order, cutting its stream into segments: an episode, or ``num_steps`` steps
-of a longer one. Every finished segment is scored and updates its task's score in the
-:class:`~syllabus_eval.curricula.plr.scores.TaskScores` table. :meth:`ScoringWorker.put`
-blocks while the queue is full (back-pressure: stepping slows to the scoring rate; no
-experience is dropped).
+batched query. For a recurrent agent that is one sequence query
+(:class:`~syllabus_eval.SequenceQueries`): each env's records in the batch are its sequence
+(shorter ones padded, their lengths given), its recurrent state carried from its previous
+observation through them and restarted at each episode start; agents without sequence queries
+get one query per step depth. Then it walks each env's records in order, cutting its stream into
+segments: an episode, or ``num_steps`` steps of a longer one. Every finished segment is scored
+and updates its task's score in the :class:`~syllabus_eval.curricula.plr.scores.TaskScores`
+table. :meth:`ScoringWorker.put` blocks while the queue is full (back-pressure: stepping slows
+to the scoring rate; no experience is dropped).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 
 from syllabus_eval.advantages import gae
 from syllabus_eval.errors import describe
-from syllabus_eval.protocols import AgentQueries, is_recurrent
+from syllabus_eval.protocols import AgentQueries, SequenceQueries, is_recurrent
 
 from ..background import BackgroundThread
 from ..curriculum import Experience
@@ -82,6 +84,7 @@ class ScoringWorker:
         self.num_steps, self.batch_size, self.batch_wait = num_steps, batch_size, batch_wait
         self._policy_score = POLICY_SCORES.get(strategy)
         self._lstm_dim = evaluator.lstm_batch_dim if self.recurrent else 1
+        self._sequences = self.recurrent and isinstance(evaluator, SequenceQueries)
 
         # Thread state: the open segment and recurrent state of each env.
         self._segments: dict[Hashable, _Segment] = {}
@@ -185,6 +188,8 @@ class ScoringWorker:
         with_obs = [record for record in batch if record.kind != "close"]
         if not with_obs:
             values = terms = []
+        elif self._sequences:
+            values, terms = self._evaluate_sequences(with_obs)
         elif self.recurrent:
             values, terms = self._evaluate_recurrent(with_obs)
         else:
@@ -201,6 +206,50 @@ class ScoringWorker:
             if kind == "close":
                 self._lstm.pop(env_id, None)
 
+    def _evaluate_sequences(self, records: list[Experience]) -> tuple[list, list]:
+        """One sequence query: each env's records in the batch as its ``[T, B]`` sequence
+        (shorter ones padded with their last observation, and their lengths given), each from
+        its carried state."""
+        positions: dict[Hashable, list[int]] = {}
+        for i, record in enumerate(records):
+            positions.setdefault(record.env_id, []).append(i)
+        env_ids = list(positions)
+        lengths = [len(positions[env_id]) for env_id in env_ids]  # [B]
+        steps = max(lengths)
+        grid = [[records[i] for i in positions[env_id]] for env_id in env_ids]  # [B][T_b]
+        states = [self._start_state(column[0]) for column in grid]
+        lstm_state = tuple(torch.cat(parts, dim=self._lstm_dim) for parts in zip(*states))
+        obs = _stack_time_major([[column[min(t, len(column) - 1)].obs for column in grid]
+                                 for t in range(steps)])
+        done = np.array([[float(t < len(column) and column[t].kind == "reset")
+                          for column in grid] for t in range(steps)], dtype=np.float32)
+        value, extras = self.evaluator.get_value_sequence(
+            obs, lstm_state, done, lengths=lengths, policy=self._policy_score is not None)
+        # [B][T] as Python floats: one conversion, not one per element
+        value = torch.as_tensor(value).reshape(steps, len(env_ids)).float().cpu().T.tolist()
+        term = None
+        if self._policy_score is not None:
+            flat = {key: item.flatten(0, 1) for key, item in extras.items()
+                    if isinstance(item, torch.Tensor) and item.dim() >= 2}
+            term = self._policy_score(flat, self.strategy).reshape(steps, -1).float().cpu(
+                ).T.tolist()
+        values, terms = [0.0] * len(records), [0.0] * len(records)
+        next_state = extras.get("lstm_state")
+        for j, env_id in enumerate(env_ids):
+            for t, i in enumerate(positions[env_id]):
+                values[i] = value[j][t]
+                terms[i] = 0.0 if term is None else term[j][t]
+            self._lstm[env_id] = tuple(part.narrow(self._lstm_dim, j, 1) for part in next_state)
+        return values, terms
+
+    def _start_state(self, record: Experience) -> tuple[torch.Tensor, ...]:
+        """The recurrent state before ``record``: fresh at an episode start, else carried."""
+        if record.kind == "reset":
+            return self.evaluator.initial_lstm_state(1)
+        if record.env_id not in self._lstm:
+            raise _step_before_reset(record.env_id)
+        return self._lstm[record.env_id]
+
     def _evaluate_recurrent(self, records: list[Experience]) -> tuple[list, list]:
         """Query depth by depth: the d-th records of all envs in one batch, in stream order."""
         positions: dict[Hashable, list[int]] = {}
@@ -209,15 +258,7 @@ class ScoringWorker:
         values, terms = [0.0] * len(records), [0.0] * len(records)
         for depth in range(max(map(len, positions.values()))):
             layer = [ids[depth] for ids in positions.values() if len(ids) > depth]
-            states = []
-            for i in layer:
-                record = records[i]
-                if record.kind == "reset":  # episode start: fresh state, and done = 1 below
-                    states.append(self.evaluator.initial_lstm_state(1))
-                elif record.env_id in self._lstm:
-                    states.append(self._lstm[record.env_id])
-                else:
-                    raise _step_before_reset(record.env_id)
+            states = [self._start_state(records[i]) for i in layer]  # reset: done = 1 below
             lstm_state = tuple(torch.cat(parts, dim=self._lstm_dim) for parts in zip(*states))
             done = torch.tensor([float(records[i].kind == "reset") for i in layer])  # [B]
             layer_values, layer_terms, next_state = self._query(
@@ -283,3 +324,12 @@ class ScoringWorker:
 def _step_before_reset(env_id: Hashable) -> ValueError:
     return ValueError(f"experience: env {env_id!r} sent a step before a reset (every episode, "
                       "and every stream after a terminal step, starts with a reset record)")
+
+
+def _stack_time_major(obs: list[list[Any]]) -> Any:
+    """``[T][B]`` observations (arrays, or dicts of them) as ``[T, B, ...]`` arrays."""
+    first = obs[0][0]
+    if isinstance(first, dict):
+        return {key: _stack_time_major([[item[key] for item in row] for row in obs])
+                for key in first}
+    return np.stack([np.stack([np.asarray(item) for item in row]) for row in obs])

@@ -20,7 +20,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.vector.utils import create_empty_array
 
 from ..errors import bad_argument, check_count, describe
@@ -32,19 +32,20 @@ class StepResult:
     Attributes:
         rewards: ``[A]`` float64.
         terminated, truncated: ``[A]`` bool.
+        ended: ``[A]`` bool: ``terminated | truncated``.
         restarted: ``[A]`` bool: ended and already began the next episode (``SAME_STEP``);
             ``None`` for the other kinds of slots.
         reset_step: ``[A]`` bool: an autoreset step (``NEXT_STEP``), no step of any episode;
             ``None`` where there is none.
     """
 
-    __slots__ = ("reset_step", "restarted", "rewards", "terminated", "truncated")
+    __slots__ = ("ended", "reset_step", "restarted", "rewards", "terminated", "truncated")
 
     def __init__(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
-                 restarted: np.ndarray | None = None, reset_step: np.ndarray | None = None
-                 ) -> None:
+                 ended: np.ndarray, restarted: np.ndarray | None = None,
+                 reset_step: np.ndarray | None = None) -> None:
         self.rewards, self.terminated, self.truncated = rewards, terminated, truncated
-        self.restarted, self.reset_step = restarted, reset_step
+        self.ended, self.restarted, self.reset_step = ended, restarted, reset_step
 
     def final_info(self, position: int) -> dict:
         """The info of the step at active ``position`` (the last of its episode, if it ended)."""
@@ -62,8 +63,8 @@ class _PoolStep(StepResult):
     __slots__ = ("infos",)
 
     def __init__(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
-                 infos: list[dict]) -> None:
-        super().__init__(rewards, terminated, truncated)
+                 infos: Sequence[dict]) -> None:
+        super().__init__(rewards, terminated, truncated, terminated | truncated)
         self.infos = infos
 
     def final_info(self, position: int) -> dict:
@@ -83,12 +84,16 @@ class _VectorStep(StepResult):
     __slots__ = ("index", "infos")
 
     def __init__(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
-                 restarted: np.ndarray | None, reset_step: np.ndarray | None, infos: dict,
-                 index: np.ndarray | None) -> None:
-        super().__init__(rewards, terminated, truncated, restarted, reset_step)
+                 ended: np.ndarray, restarted: np.ndarray | None,
+                 reset_step: np.ndarray | None, infos: dict, index: np.ndarray | None) -> None:
+        # One per step: set here rather than through StepResult.__init__ (a call saved).
+        self.rewards, self.terminated, self.truncated = rewards, terminated, truncated
+        self.ended, self.restarted, self.reset_step = ended, restarted, reset_step
         self.infos, self.index = infos, index  # index None: every sub-env is active
 
     def final_info(self, position: int) -> dict:
+        if not self.infos:  # the common case (CartPole's vector envs report nothing)
+            return {}
         slot = position if self.index is None else self.index[position]
         if self.restarted is not None and self.restarted[position]:  # SAME_STEP: moved aside
             return _unbatch_info(self.infos.get("final_info", {}), slot)
@@ -125,6 +130,7 @@ class EnvPool:
     """
 
     autoresets = False  # a finished env waits for the loop to reset it
+    resets_alone = True  # any env can be reset on its own (a floating episode's seed)
 
     def __init__(self, envs: Sequence[gym.Env]) -> None:
         if not envs or not all(isinstance(env, gym.Env) for env in envs):
@@ -150,18 +156,15 @@ class EnvPool:
             self._put(slot, obs)
 
     def step_slots(self, index: np.ndarray, actions: np.ndarray) -> StepResult:
-        count = len(index)
-        rewards = np.empty(count)
-        terminated = np.empty(count, dtype=bool)
-        truncated = np.empty(count, dtype=bool)
-        infos = []
-        envs, put = self.envs, self._put
-        for position, slot in enumerate(index.tolist()):
-            obs, rewards[position], terminated[position], truncated[position], info = \
-                envs[slot].step(actions[position])
+        envs, put, slots = self.envs, self._put, index.tolist()
+        # Python scalars gathered in lists and converted once: setting numpy elements one by
+        # one cost more than the loop's whole bookkeeping.
+        steps = [envs[slot].step(action) for slot, action in zip(slots, actions)]
+        observations, rewards, terminated, truncated, infos = zip(*steps)
+        for slot, obs in zip(slots, observations):
             put(slot, obs)
-            infos.append(info)
-        return _PoolStep(rewards, terminated, truncated, infos)
+        return _PoolStep(np.array(rewards, dtype=np.float64), np.array(terminated, dtype=bool),
+                         np.array(truncated, dtype=bool), infos)
 
     def render_slots(self, index: Sequence[int]) -> list[Any]:
         """The current frame of each env in ``index`` (``env.render()``)."""
@@ -199,6 +202,10 @@ class VectorSlots:
                                f"autoreset_mode {mode}")
         _refuse_reward_wrappers(envs)
         self.envs = envs
+        # Gymnasium's own vector envs reset the sub-envs of options["reset_mask"] alone; others
+        # (the native CartPoleVectorEnv) may reset all, so their floating episodes start from
+        # autoresets, unseeded, as all their episodes after the first.
+        self.resets_alone = isinstance(envs.unwrapped, (SyncVectorEnv, AsyncVectorEnv))
         self.same_step = mode is AutoresetMode.SAME_STEP
         self.num_envs = envs.num_envs
         self.single_observation_space = envs.single_observation_space
@@ -244,13 +251,15 @@ class VectorSlots:
             self._actions[index] = actions
         reset_step = self._autoresetting if every else self._autoresetting[index]
         self.observations, rewards, terminated, truncated, infos = self.envs.step(self._actions)
+        ended = terminated | truncated
         if not self.same_step:
-            self._autoresetting = terminated | truncated
+            self._autoresetting = ended
         if not every:
-            rewards, terminated, truncated = rewards[index], terminated[index], truncated[index]
-        restarted = (terminated | truncated) if self.same_step else None
-        return _VectorStep(rewards, terminated, truncated, restarted,
-                           reset_step if reset_step.any() else None, infos,
+            rewards, terminated, truncated, ended = (
+                rewards[index], terminated[index], truncated[index], ended[index])
+        return _VectorStep(rewards, terminated, truncated, ended,
+                           ended if self.same_step else None,
+                           reset_step if np.count_nonzero(reset_step) else None, infos,
                            None if every else index)
 
     def render_slots(self, index: Sequence[int]) -> list[Any]:

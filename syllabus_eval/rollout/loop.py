@@ -29,6 +29,7 @@ from ..errors import EvaluationCancelled, bad_argument, check_count, describe
 from ..protocols import AgentQueries, PreviousStepQueries, RecurrentAgentQueries, is_recurrent
 from .envs import EnvPool, StepResult, VectorSlots, as_slots, take_rows
 from .infos import InfoReducer
+from .plan import EpisodePlan, Job
 from .records import EpisodeRecord, RolloutSettings, episode_number, episode_quota, sort_records
 from .video import EpisodeRecorder
 
@@ -105,7 +106,7 @@ def run_episodes(
                                           "ended")
             step = loop.act()
             ended, cut, fresh = loop.count(step)
-            if ended.any():
+            if ended:
                 fresh = loop.end_episodes(step, ended, cut, fresh)
             if loop.tracks_starts:
                 loop.start_episodes(fresh)
@@ -117,7 +118,7 @@ def run_episodes(
 
 class _Loop:
     """The state of one :func:`run_episodes` call; arrays marked ``[A]`` have one entry per
-    active slot, and are sliced like the recurrent state when slots pause."""
+    active env, and are sliced like the recurrent state when envs pause."""
 
     def __init__(self, evaluator: AgentQueries, pool: EnvPool | VectorSlots,
                  settings: RolloutSettings, slots: Sequence[int] | None,
@@ -138,19 +139,30 @@ class _Loop:
         self.on_episode = on_episode
         self.num_slots = num_slots
         self.slot_ids = global_slots.tolist()  # [k] global index of each local slot
-        self.quotas = [episode_quota(settings.num_episodes, num_slots, i)
-                       for i in self.slot_ids]  # [k]
-        self.episode = [0] * k  # [k] the running episode of each slot
+        self.plan = EpisodePlan(settings, self.slot_ids, num_slots)
         # Reset by hand what does not restart by itself: our pool's envs, and every episode
-        # that needs its task passed at reset (and episodes that max_steps cuts).
+        # that needs its task passed at reset (and episodes that max_steps cuts, and seeded
+        # floating ones where sub-envs reset alone: elsewhere the vector env's one generator
+        # carries on, as for all its episodes).
         self.reset_by_hand = not pool.autoresets or settings.tasks is not None
+        self.reseeds_floating = settings.seed is not None and pool.resets_alone
         self.max_steps = settings.max_steps or np.iinfo(np.int64).max
+        # Steps before the longest running episode can reach max_steps: the lengths are
+        # compared with it only then (a comparison on every step cost more than the check).
+        self.cut_in = self.max_steps
         self.records: list[EpisodeRecord] = []
 
-        # Sub-envs of a vector env are all stepped, so all need a first reset; a pool's idle
-        # ones are never touched.
-        self.active = np.flatnonzero(self.quotas)  # [A] slots still counting episodes
-        self.reset(self.active if isinstance(pool, EnvPool) else np.arange(k), first=True)
+        firsts = [self.plan.first_job(env) for env in range(k)]
+        self.active = np.array([env for env, job in enumerate(firsts) if job is not None],
+                               dtype=np.int64)  # [A] envs still running counted episodes
+        self.jobs: list[Job] = [job for job in firsts if job is not None]  # [A] their episodes
+        # Sub-envs of a vector env are all stepped, so all need a first reset (idle ones as
+        # their slot's start); a pool's idle ones are never touched.
+        if isinstance(pool, EnvPool):
+            self.reset(self.active.tolist(), self.jobs)
+        else:
+            self.reset(list(range(k)), [(env, 0) if job is None else job
+                                        for env, job in enumerate(firsts)])
         size = self.active.size
         self.returns = np.zeros(size)  # [A] float64
         self.lengths = np.zeros(size, dtype=np.int64)  # [A]
@@ -193,20 +205,21 @@ class _Loop:
             self.prev_rewards = step.rewards.astype(np.float32)
         return step
 
-    def count(self, step: StepResult) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Add the step to the running episodes: which ended ``[A]``, which of those
-        ``max_steps`` cut ``[A]``, and which observations begin an episode (``[A]`` or None)."""
+    def count(self, step: StepResult
+              ) -> tuple[list[int], np.ndarray | None, np.ndarray | None]:
+        """Add the step to the running episodes: the active positions whose episode ended,
+        which ``max_steps`` cut (``[A]``; None when none could be), and which observations
+        begin an episode (``[A]`` or None)."""
         fresh = step.reset_step  # an autoreset step is no step of any episode
         if fresh is None:
-            counted = None
+            counted, ended = None, step.ended  # [A]
             self.returns += step.rewards
             self.lengths += 1
-            ended = step.terminated | step.truncated  # [A]
         else:
             counted = ~fresh
-            self.returns += step.rewards * counted
-            self.lengths += counted
-            ended = counted & (step.terminated | step.truncated)
+            np.add(self.returns, step.rewards, out=self.returns, where=counted)
+            np.add(self.lengths, counted, out=self.lengths)
+            ended = step.ended & counted
         if self.infos is not None:
             self.infos.add(step, counted)
         if self.recorder is not None:  # the frames of steps of running episodes
@@ -214,29 +227,37 @@ class _Loop:
                 ~step.restarted if counted is None else counted & ~step.restarted)
             self._capture(np.arange(self.active.size) if same_episode is None
                           else np.flatnonzero(same_episode))
-        cut = self.lengths >= self.max_steps  # [A]
-        if cut.any():
-            cut &= ~ended  # the env's own ending comes first
+        cut = None
+        self.cut_in -= 1
+        if self.cut_in <= 0:
+            cut = (self.lengths >= self.max_steps) & ~ended  # the env's own ending comes first
             ended = ended | cut  # [A]: the done boundary
-        return ended, cut, fresh
+            running = self.lengths[~ended]  # ended episodes start again from 0
+            self.cut_in = self.max_steps - (int(running.max()) if running.size else 0)
+        return ended.nonzero()[0].tolist(), cut, fresh
 
-    def end_episodes(self, step: StepResult, ended: np.ndarray, cut: np.ndarray,
+    def end_episodes(self, step: StepResult, ended: list[int], cut: np.ndarray | None,
                      fresh: np.ndarray | None) -> np.ndarray | None:
-        """Record the episodes that ended, start their slots' next ones, pause the slots
-        that met their quota; the observations that now begin an episode (``[A]`` or None)."""
+        """Record the episodes that ended (active positions ``ended``), start their slots'
+        next ones, pause the slots that met their quota; the observations that now begin an
+        episode (``[A]`` or None)."""
         restarted, by_hand, paused = [], [], []  # active positions
-        for p in np.flatnonzero(ended).tolist():
-            slot = self.active[p]
-            self._record(slot, p, step, bool(cut[p]))
-            if self.episode[slot] == self.quotas[slot]:
+        plan, active = self.plan, self.active.tolist()
+        for p in ended:
+            was_cut = cut is not None and bool(cut[p])
+            self._record(p, step, was_cut)
+            job = plan.next_job(active[p])
+            if job is None:
                 paused.append(p)
+                continue
+            self.jobs[p] = job
+            if self.reset_by_hand or was_cut or (self.reseeds_floating and plan.floats(job)):
+                by_hand.append(p)
             elif step.restarted is not None and step.restarted[p]:
                 restarted.append(p)
-            elif self.reset_by_hand or cut[p]:
-                by_hand.append(p)
             # else a NEXT_STEP autoreset comes with the next step, which marks it fresh
         if by_hand:
-            self.reset(self.active[by_hand])
+            self.reset([active[p] for p in by_hand], [self.jobs[p] for p in by_hand])
         if self.tracks_starts and (restarted or by_hand):
             fresh = np.zeros(self.active.size, dtype=bool) if fresh is None else fresh.copy()
             fresh[restarted + by_hand] = True
@@ -269,6 +290,7 @@ class _Loop:
         rows = np.flatnonzero(keep)
         self.active, self.returns, self.lengths = (
             self.active[keep], self.returns[keep], self.lengths[keep])
+        self.jobs = [self.jobs[row] for row in rows.tolist()]
         if self.infos is not None:
             self.infos.keep(rows)
         if self.previous:
@@ -295,20 +317,19 @@ class _Loop:
         """Episodes begin at active ``positions``: record those the recorder wants, from their
         first frame."""
         for p in positions.tolist():
-            slot = self.active[p]
-            task_id = self.task_of(slot)
-            self.recorder.start(self.slot_ids[slot], self.episode[slot], (
+            slot, episode = self.jobs[p]
+            task_id = self.plan.task(self.jobs[p])
+            self.recorder.start(int(self.active[p]), (self.slot_ids[slot], episode), (
                 self.settings.suite, None if task_id is None else str(
                     self.settings.tasks[task_id])))
         self._capture(positions)
 
     def _capture(self, positions: np.ndarray) -> None:
         """The current frame of the episodes recorded at active ``positions``."""
-        slots = [self.active[p] for p in positions.tolist()
-                 if self.recorder.recording(self.slot_ids[self.active[p]])]
-        if slots:
-            for slot, frame in zip(slots, self.pool.render_slots(slots)):
-                self.recorder.add(self.slot_ids[slot], frame)
+        envs = [env for env in self.active[positions].tolist() if self.recorder.recording(env)]
+        if envs:
+            for env, frame in zip(envs, self.pool.render_slots(envs)):
+                self.recorder.add(env, frame)
 
     def with_clips(self) -> list[EpisodeRecord]:
         """The records, each with its clip where one was kept."""
@@ -320,14 +341,15 @@ class _Loop:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _record(self, slot: int, position: int, step: StepResult, cut: bool) -> None:
-        task_id = self.task_of(slot)
+    def _record(self, position: int, step: StepResult, cut: bool) -> None:
+        slot, episode = self.jobs[position]
+        task_id = None if self.settings.tasks is None else self.plan.task(self.jobs[position])
         info = step.final_info(position)
-        success = info.get(self.settings.success_key)
+        success = info.get(self.settings.success_key) if info else None
         summed = float(self.returns[position])
-        recorded = _recorded_return(info)
+        recorded = _recorded_return(info) if info else None
         record = EpisodeRecord(
-            env_index=self.slot_ids[slot], episode_index=self.episode[slot],
+            env_index=self.slot_ids[slot], episode_index=episode,
             reward=summed if recorded is None else recorded,
             length=int(self.lengths[position]),
             terminated=bool(step.terminated[position]),
@@ -342,32 +364,21 @@ class _Loop:
             self.infos.restart(position)
         self.records.append(record)
         if self.recorder is not None:
-            self.recorder.finish(record.env_index, record.reward)
+            self.recorder.finish(int(self.active[position]), record.reward)
         if self.on_episode is not None:
             self.on_episode(record)
-        self.episode[slot] += 1
         self.returns[position], self.lengths[position] = 0.0, 0
 
-    def task_of(self, slot: int) -> int | None:
-        """An index into the tasks, for the slot's running episode (``None``: no tasks)."""
-        tasks = self.settings.tasks
-        if tasks is None:
-            return None
-        number = episode_number(self.settings.num_episodes, self.num_slots,
-                                self.slot_ids[slot], self.episode[slot])
-        return number % len(tasks)
-
-    def reset(self, index: np.ndarray, first: bool = False) -> None:
-        """Reset slots ``index`` for their running episode: one reset call per task, since a
-        vector env passes one options dict to all it resets."""
-        settings, tasks = self.settings, self.settings.tasks
-        task_ids = [self.task_of(slot) for slot in index]
+    def reset(self, envs: list[int], jobs: list[Job]) -> None:
+        """Reset ``envs`` for the episodes ``jobs`` they start, with the plan's seeds: one
+        reset call per task, since a vector env passes one options dict to all it resets."""
+        plan, tasks = self.plan, self.settings.tasks
+        task_ids = [None] * len(jobs) if tasks is None else [plan.task(job) for job in jobs]
         for task_id in dict.fromkeys(task_ids):
-            group = index[[t == task_id for t in task_ids]]
-            seeds = [settings.seed + self.slot_ids[slot]
-                     if first and settings.seed is not None else None for slot in group]
-            self.pool.reset_slots(group, seeds, None if task_id is None
-                                  else {"task": tasks[task_id]})
+            group = [i for i, t in enumerate(task_ids) if t == task_id]
+            self.pool.reset_slots(np.array([envs[i] for i in group], dtype=np.int64),
+                                  [plan.seed(jobs[i]) for i in group],
+                                  None if task_id is None else {"task": tasks[task_id]})
 
 
 def _initial_state(evaluator: AgentQueries, batch_size: int

@@ -27,7 +27,8 @@ class EpisodeRecord:
     """One finished evaluation episode.
 
     Attributes:
-        env_index: the global index of the env slot that ran it.
+        env_index: the global index of the env slot whose quota it counts in (a floating
+            episode may have run on another env of the same worker).
         episode_index: ``j`` for the slot's ``j``-th episode (from 0).
         reward: the episode's return: the raw return the env recorded, when it records
             episode statistics (``RecordEpisodeStatistics``: ``info["episode"]["r"]`` at the
@@ -77,7 +78,8 @@ class RolloutSettings:
             reproducible and identical across backends with greedy actions; sampled actions
             are so only when the evaluator's sampler is seeded and batches are split the same
             way (PyTorch's global generator is shared with training, so it is not re-seeded).
-        seed: slot ``i`` is first reset with ``seed + i``; ``None``: unseeded resets.
+        seed: slot ``i`` is first reset with ``seed + i``, floating episodes with seeds of
+            their own (:mod:`syllabus_eval.rollout`); ``None``: unseeded resets.
         tasks: tasks assigned to episodes round robin (see :mod:`syllabus_eval.rollout`);
             ``None``: none.
         success_key: the info key read at the last step of an episode for its success.

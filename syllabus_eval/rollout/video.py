@@ -4,10 +4,10 @@ Usage (what the episode loop does with ``RolloutSettings.video``)::
 
     settings = RolloutSettings(20, tasks=["a", "b"], video=VideoSettings(episodes=2))
     recorder = EpisodeRecorder(settings.video, plan_of_every_episode, fps=50)
-    recorder.start(slot, episode, group)      # an episode begins: record it?
-    recorder.add(slot, frame)                 # a frame of a recorded episode
-    recorder.finish(slot, reward)             # it ended: kept if it may still be selected
-    recorder.kept()                           # {(slot, episode): Clip} once all ended
+    recorder.start(env, (slot, episode), group)   # an episode begins on env: record it?
+    recorder.add(env, frame)                      # a frame of the episode env records
+    recorder.finish(env, reward)                  # it ended: kept if it may still be selected
+    recorder.kept()                               # {(slot, episode): Clip} once all ended
 
 For each group of episodes (a task; the whole evaluation without tasks; per suite), ``episodes``
 are selected: ``"first"`` (the first in ``(env_index, episode_index)`` order, known before
@@ -124,34 +124,35 @@ class EpisodeRecorder:
             self._first = {key for keys in by_group.values()
                            for key in keys[:settings.episodes]}
         self._folder = tempfile.TemporaryDirectory(prefix="syllabus-eval-video-")
-        self._open: dict[int, _Encoder] = {}  # slot -> the encoder of its running episode
+        self._open: dict[int, _Encoder] = {}  # env -> the encoder of its running episode
         self._clips: dict[tuple[int, int], Clip] = {}  # (slot, episode) -> a kept clip
         self._heaps: dict[Any, list] = {}  # group -> its candidates ("best"/"worst")
 
-    def start(self, slot: int, episode: int, group: Any) -> bool:
-        """An episode of ``slot`` begins; whether it is recorded (then :meth:`add` its
-        frames)."""
-        self.discard(slot)
-        if self._first is not None and (slot, episode) not in self._first:
+    def start(self, env: int, key: tuple[int, int], group: Any) -> bool:
+        """Episode ``key`` (``(slot, episode)``) begins on env ``env``; whether it is recorded
+        (then :meth:`add` its frames)."""
+        self.discard(env)
+        if self._first is not None and key not in self._first:
             return False
+        slot, episode = key
         path = Path(self._folder.name) / f"{slot}-{episode}.{'mp4' if self.mp4 else 'gif'}"
-        self._open[slot] = _Encoder(self.imageio, path, self.fps, self.mp4,
-                                    self.settings.max_frames, group, (slot, episode))
+        self._open[env] = _Encoder(self.imageio, path, self.fps, self.mp4,
+                                   self.settings.max_frames, group, key)
         return True
 
-    def recording(self, slot: int) -> bool:
-        return slot in self._open
+    def recording(self, env: int) -> bool:
+        return env in self._open
 
-    def add(self, slot: int, frame: Any) -> None:
-        """The next frame of the episode ``slot`` records."""
-        encoder = self._open.get(slot)
+    def add(self, env: int, frame: Any) -> None:
+        """The next frame of the episode ``env`` records."""
+        encoder = self._open.get(env)
         if encoder is not None:
             encoder.add(_as_frame(frame))
 
-    def finish(self, slot: int, reward: float) -> None:
-        """The episode of ``slot`` ended with ``reward``: its clip is kept if it may still be
+    def finish(self, env: int, reward: float) -> None:
+        """The episode of ``env`` ended with ``reward``: its clip is kept if it may still be
         selected."""
-        encoder = self._open.pop(slot, None)
+        encoder = self._open.pop(env, None)
         if encoder is None:
             return
         clip = encoder.close()
@@ -177,15 +178,15 @@ class EpisodeRecorder:
         """The clips that may be selected, by ``(slot, episode)``."""
         return dict(self._clips)
 
-    def discard(self, slot: int) -> None:
-        """Drop the recording of ``slot``'s running episode (it will not end counted)."""
-        encoder = self._open.pop(slot, None)
+    def discard(self, env: int) -> None:
+        """Drop the recording of ``env``'s running episode (it will not end counted)."""
+        encoder = self._open.pop(env, None)
         if encoder is not None:
             encoder.close()
 
     def close(self) -> None:
-        for slot in list(self._open):
-            self.discard(slot)
+        for env in list(self._open):
+            self.discard(env)
         self._folder.cleanup()
 
 

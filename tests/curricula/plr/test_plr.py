@@ -17,6 +17,7 @@ from syllabus_eval import CurriculumError, EvaluationError
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator, MoolibEvaluator
 from syllabus_eval.curricula import CurriculumWrapper, Experience, PrioritizedLevelReplay, gae
 from syllabus_eval.demo.agents import LSTMAgent, MLPAgent
+from tests.models import MoolibNet
 
 GAMMA, LAMBDA = 0.9, 0.5
 
@@ -224,6 +225,51 @@ class TestRecurrentScoring:
                              0.0 if last.terminated else values[-1], GAMMA, LAMBDA)
             expected[records[0].task] = float(np.abs(advantages).mean())
         assert plr.task_scores() == pytest.approx(expected, rel=1e-5)
+
+
+    @pytest.mark.parametrize("strategy", ["value_l1", "policy_entropy"])
+    @pytest.mark.parametrize("adapter", ["cleanrl", "moolib"])
+    def test_whole_segments_in_one_query_equal_step_by_step_scoring(self, adapter, strategy):
+        torch.manual_seed(0)
+        if adapter == "cleanrl":
+            probe = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")])
+            evaluator, shape, dtype = CleanRLEvaluator(LSTMAgent(probe), is_lstm=True), (4,), \
+                np.float32
+            probe.close()
+        else:
+            evaluator, shape, dtype = MoolibEvaluator(MoolibNet(use_lstm=True)), (2, 8, 8), \
+                np.uint8
+        rng = np.random.default_rng(1)
+        streams = []  # 4 envs in lockstep, episodes of different lengths, longer than a batch
+        for env in range(4):
+            records = []
+            for n in rng.integers(3, 30, 4):
+                frames = rng.integers(0, 256, (n + 1, *shape)).astype(dtype)
+                records += [r._replace(obs=r.obs.astype(dtype).reshape(shape))
+                            for r in episode(env, "ab"[env % 2], frames.reshape(n + 1, -1),
+                                             list(rng.normal(size=n)))]
+            streams.append(records)
+        stream = [r for group in zip(*streams) for r in group]
+
+        class StepByStep:  # the same evaluator, without sequence queries: depth by depth
+            is_lstm, lstm_batch_dim = True, evaluator.lstm_batch_dim
+            initial_lstm_state = staticmethod(evaluator.initial_lstm_state)
+            get_action, get_value = evaluator.get_action, evaluator.get_value
+            get_action_and_value = evaluator.get_action_and_value
+
+        calls = []
+        sequences = evaluator.get_value_sequence
+
+        def counting(*args, **kwargs):
+            calls.append(args[0].shape[:2])
+            return sequences(*args, **kwargs)
+
+        evaluator.get_value_sequence = counting
+        kwargs = {"strategy": strategy, "num_steps": 16, "batch_size": 32, "batch_wait": 0.0}
+        whole, whole_steps = scores_after(stream, evaluator=evaluator, **kwargs)
+        step, step_steps = scores_after(stream, evaluator=StepByStep(), **kwargs)
+        assert whole == pytest.approx(step, rel=1e-5) and whole_steps == step_steps
+        assert calls and max(t for t, _ in calls) > 1  # sequences of several steps per query
 
 
 class TestRankPrioritisation:
