@@ -26,6 +26,7 @@ import gymnasium as gym
 
 from .backends import BACKENDS
 from .checkpoints import Checkpoint, load_checkpoint
+from .rollout.video import render_offscreen
 from .sweep import checkpoint_files
 
 ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
@@ -139,6 +140,8 @@ def _env_factory(args: argparse.Namespace, normalize: bool = False) -> Callable[
     ``NormalizeObservation`` to take them (``--make-env`` brings its own); with ``--video`` it
     renders ``rgb_array`` frames.
     """
+    if getattr(args, "video", None):
+        render_offscreen()
     if args.make_env is not None:
         factory = _load_attribute(args.make_env, "--make-env")
         if not callable(factory):

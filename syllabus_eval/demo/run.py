@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.curricula import CurriculumWrapper, PrioritizedLevelReplay
 from syllabus_eval.report import format_table
+from syllabus_eval.rollout.video import render_offscreen
 from syllabus_eval.runner import EvalRunner
 
 from .agents import MLPAgent
@@ -164,6 +165,7 @@ def _with_interval(metrics: dict[str, float], key: str) -> str:
 
 
 def _rendered_tasks() -> CartPoleTasks:
+    render_offscreen()
     return CartPoleTasks(render_mode="rgb_array")
 
 

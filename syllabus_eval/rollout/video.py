@@ -102,6 +102,16 @@ def video_support() -> tuple[Any, bool]:
         return imageio, False
 
 
+def render_offscreen() -> None:
+    """Let pygame-based renderers (Gymnasium's classic control) draw without a display server.
+
+    They open a pygame display even for ``rgb_array`` frames, and on a headless machine SDL then
+    prints ``error: XDG_RUNTIME_DIR is invalid``. The command line and the demo call this before
+    they build rendering envs; a driver chosen in ``SDL_VIDEODRIVER`` is kept.
+    """
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+
 class EpisodeRecorder:
     """Records the episodes of one share of an evaluation (module docs).
 

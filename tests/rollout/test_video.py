@@ -4,6 +4,9 @@ decoded back, first / best / worst per task, bounded memory, clear errors."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import gymnasium as gym
@@ -130,3 +133,33 @@ def test_the_cli_writes_videos(tmp_path):
                  "syllabus_eval.demo.agents:MLPAgent", "--checkpoint", str(state),
                  "--episodes", "2", "--num-envs", "2", "--video", str(tmp_path / "v")]) == 0
     assert len(list((tmp_path / "v").glob("*.mp4"))) == 1
+
+
+def test_the_cli_renders_off_screen_without_a_display(tmp_path):
+    """CartPole's renderer opens a pygame display even for ``rgb_array`` frames; headless, SDL
+    would print ``error: XDG_RUNTIME_DIR is invalid`` into the user's output."""
+    import torch
+
+    state = tmp_path / "agent.pt"
+    torch.save(cartpole_agent(seed=3).state_dict(), state)
+    headless = {key: value for key, value in os.environ.items()
+                if key not in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "SDL_VIDEODRIVER")}
+    done = subprocess.run(
+        [sys.executable, "-m", "syllabus_eval", "evaluate", "--env", "CartPole-v1", "--agent",
+         "syllabus_eval.demo.agents:MLPAgent", "--checkpoint", str(state), "--episodes", "1",
+         "--num-envs", "1", "--video", str(tmp_path / "v")],
+        env=headless, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "XDG_RUNTIME_DIR" not in done.stdout + done.stderr
+    assert len(list((tmp_path / "v").glob("*.mp4"))) == 1
+
+
+def test_render_offscreen_keeps_a_chosen_driver(monkeypatch):
+    from syllabus_eval.rollout.video import render_offscreen
+
+    monkeypatch.delenv("SDL_VIDEODRIVER", raising=False)
+    render_offscreen()
+    assert os.environ["SDL_VIDEODRIVER"] == "dummy"
+    monkeypatch.setenv("SDL_VIDEODRIVER", "x11")
+    render_offscreen()
+    assert os.environ["SDL_VIDEODRIVER"] == "x11"
