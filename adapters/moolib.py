@@ -23,7 +23,13 @@ from torch import nn
 
 from syllabus_eval.errors import bad_argument
 from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
-from syllabus_eval.inputs import TensorTree, as_batch, batch_size_of, check_against_space
+from syllabus_eval.inputs import (
+    TensorTree,
+    as_batch,
+    batch_size_of,
+    check_against_space,
+    check_done_flags,
+)
 
 _INPUT_KEYS = {"state", "reward", "done", "prev_action"}
 
@@ -134,6 +140,8 @@ class MoolibEvaluator(Evaluator):
 
     def _get_value_sequence(self, inputs: AgentInputs, policy: bool = False
                             ) -> tuple[torch.Tensor, LSTMState, dict]:
+        if isinstance(inputs.obs, dict) and "done" in inputs.obs:  # not the argument's
+            check_done_flags(inputs.obs["done"], "states['done']")
         # The model takes [T, B] inputs: the whole sequence in one forward pass, where every
         # env runs all T steps (else its state would run on past its end: step by step then).
         if inputs.lengths is not None and bool((inputs.lengths != inputs.steps).any()):

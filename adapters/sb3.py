@@ -32,6 +32,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from syllabus_eval.compiled import unwrap_compiled
 from syllabus_eval.errors import bad_argument, describe
 from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
 from syllabus_eval.inputs import TensorTree, as_batch, check_against_space
@@ -72,7 +73,9 @@ class SB3Evaluator(Evaluator):
 
     Args:
         model: an SB3 model (``PPO``, ``A2C``, ``DQN``, ``SAC``, ``TD3``, ``DDPG``) or its
-            ``policy``. Recurrent policies (sb3-contrib's ``RecurrentPPO``) are not supported.
+            ``policy``, compiled (``torch.compile``) or not: a compiled policy's wrapped module
+            is then the one queried and synced. Recurrent policies (sb3-contrib's
+            ``RecurrentPPO``) are not supported.
         device: where queries run (default: the policy's device).
         preprocess_obs: applied to raw observations before the policy's own preparation.
         copy_agent: query a private, synced copy of the policy (default) or the policy itself
@@ -111,18 +114,25 @@ class SB3Evaluator(Evaluator):
     def __init__(self, model: Any, device: str | torch.device | None = None,
                  preprocess_obs: Any = None, copy_agent: bool = True, **kwargs: Any) -> None:
         sb3 = _sb3()
-        policy = model.policy if isinstance(model, sb3.BaseAlgorithm) else model
+        is_model = isinstance(model, sb3.BaseAlgorithm)
+        policy = model.policy if is_model else model
+        if isinstance(policy, nn.Module):
+            # A compiled policy (torch.compile) holds no weights of its own: the policy it
+            # wraps trains, and is the one to copy and query.
+            policy = unwrap_compiled(policy)
         kind = next((kind for cls, kind in sb3.kinds if isinstance(policy, cls)), None)
         if kind is None or hasattr(policy, "lstm_actor"):  # sb3-contrib's recurrent policies
+            wrapped = "" if policy is model or is_model else (
+                f" wrapping {type(policy).__name__}")
             raise TypeError(f"model: SB3Evaluator supports {_SUPPORTED}; got "
-                            f"{type(model).__name__}"
+                            f"{type(model).__name__}{wrapped}"
                             + (" (recurrent policies are not supported)" if kind else ""))
         if kwargs.get("is_lstm"):
             raise TypeError("is_lstm: SB3Evaluator queries feedforward policies only")
         super().__init__(policy, device, preprocess_obs, copy_agent, **kwargs)
         self._kind = kind
         # DQN's exploration is the model's (epsilon-greedy in DQN.predict), read at each query.
-        self._model = model if kind == "q" and model is not policy else None
+        self._model = model if kind == "q" and is_model else None
         self._action_space = policy.action_space
 
     def _copy_memo(self, agent: nn.Module) -> dict[int, Any]:

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from syllabus_eval.compiled import unwrap_compiled
 from syllabus_eval.errors import describe
 from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
 from syllabus_eval.inputs import TensorTree
@@ -66,7 +67,8 @@ class TorchRLEvaluator(Evaluator):
 
     Args:
         policy: a ``TensorDictModuleBase`` (``TensorDictModule``, ``TensorDictSequential``,
-            ``ProbabilisticActor``, ...) reading observations and writing ``action_key``.
+            ``ProbabilisticActor``, ...) reading observations and writing ``action_key``;
+            compiled (``torch.compile``) or not, as ``value``: the wrapped modules are used.
         value: a ``TensorDictModuleBase`` writing ``value_key`` ([B, 1] or [B]), e.g. a
             ``ValueOperator``; it may read the policy's outputs (a Q-value critic reading
             ``"action"``: the policy then runs first, greedy in ``get_value``, and in
@@ -99,6 +101,10 @@ class TorchRLEvaluator(Evaluator):
                  action_key: str = "action", value_key: str = "state_value",
                  **kwargs: Any) -> None:
         td = _tensordict()
+        # Compiled modules (torch.compile) hold no weights of their own: the modules they wrap
+        # train, and are the ones to copy, sync and query.
+        policy = unwrap_compiled(policy) if isinstance(policy, nn.Module) else policy
+        value = unwrap_compiled(value) if isinstance(value, nn.Module) else value
         _check_module("policy", policy, action_key, td)
         if value is not None:
             _check_module("value", value, value_key, td)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -26,8 +27,9 @@ import gymnasium as gym
 
 from .backends import BACKENDS
 from .checkpoints import Checkpoint, load_checkpoint
+from .errors import describe
 from .rollout.video import render_offscreen
-from .sweep import checkpoint_files
+from .sweep import check_sweep_arguments, checkpoint_files, json_ready
 
 ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
 
@@ -45,6 +47,23 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def _seconds(low_open: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, > 0 where ``low_open``, else >= 0."""
+    bound = "> 0" if low_open else ">= 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (low_open and value == 0):
+            raise argparse.ArgumentTypeError(f"expected a finite number of seconds {bound}, "
+                                             f"got {text!r}")
+        return value
+
+    return parse
 
 
 def _task_list(text: str) -> list[str]:
@@ -101,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--tasks", type=_task_list, help="comma-separated tasks, passed to "
                           "reset as options={'task': ...}; metrics are reported per task")
-    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--json", help="also write the metrics (with --checkpoints: the "
+                          "entries) to this JSON file; NaN is written as null")
     evaluate.add_argument("--video", metavar="DIR", help="write a video of one episode per task "
                           "(or one) to this folder; --env envs render with "
                           "render_mode='rgb_array', --make-env ones must")
@@ -110,8 +130,10 @@ def _parser() -> argparse.ArgumentParser:
                        "checkpoint's metrics are appended to, and resumed from")
     sweep.add_argument("--watch", action="store_true", help="keep polling for new checkpoints "
                        "until --idle-timeout seconds pass without one")
-    sweep.add_argument("--idle-timeout", type=float, default=60.0, help="seconds (--watch)")
-    sweep.add_argument("--poll-interval", type=float, default=2.0, help="seconds (--watch)")
+    sweep.add_argument("--idle-timeout", type=_seconds(False), default=60.0,
+                       help="seconds (--watch)")
+    sweep.add_argument("--poll-interval", type=_seconds(True), default=2.0,
+                       help="seconds (--watch)")
     sweep.add_argument("--tensorboard", metavar="DIR", help="log each checkpoint's metrics "
                        "to TensorBoard at its step")
     sweep.add_argument("--curve", default="curve.png", help="the plot of return and success "
@@ -216,10 +238,19 @@ def _evaluate(args: argparse.Namespace) -> int:
                 raise UsageError(f"{option}: not used by --adapter dummy (random actions)")
     if args.checkpoints is not None and args.adapter == "dummy":
         raise UsageError("--checkpoints: not used by --adapter dummy (random actions)")
+    if args.checkpoints is not None:
+        try:  # before building anything: a mistyped path is found at once
+            check_sweep_arguments(args.checkpoints, results=args.results,
+                                  tensorboard=args.tensorboard, curve=args.curve,
+                                  watch=args.watch)
+        except ValueError as error:
+            raise UsageError(_with_options(error)) from None
     checkpoint = _load_checkpoint(args)
     obs_norm = None if checkpoint is None else checkpoint.obs_norm
     normalize = obs_norm is not None or _series_normalizes(args)
     make_env = _env_factory(args, normalize=normalize)
+    if args.make_env is not None:
+        _check_own_env(args, make_env, normalize)
     evaluator = _build_evaluator(args)
     # Picklable factories: process and Ray workers build their env and evaluator from them.
     workers = {} if args.backend == "thread" else {"evaluator_fn": partial(_build_evaluator,
@@ -243,8 +274,66 @@ def _evaluate(args: argparse.Namespace) -> int:
         print()
         print(format_table(rows, ["task", "reward", "success", "episodes"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        _write_json(args.json, metrics)
     return 0
+
+
+def _write_json(path: str, value: Any) -> None:
+    """``value`` as strict JSON (NaN as null, which every parser reads) in ``path``."""
+    Path(path).write_text(json.dumps(json_ready(value), indent=2, allow_nan=False))
+
+
+def _check_own_env(args: argparse.Namespace, factory: Callable[[], Any],
+                   normalize: bool) -> None:
+    """What evaluation needs of a ``--make-env`` env, checked on one env before any episode:
+    a ``NormalizeObservation`` to take the checkpoint's statistics, ``rgb_array`` frames for
+    ``--video``."""
+    if not normalize and not args.video:
+        return
+    try:
+        env = factory()
+    except Exception as error:
+        raise UsageError(f"--make-env: {args.make_env}() failed: {error!r}") from None
+    try:
+        if normalize and not _normalizes(env):
+            what = (f"--checkpoint {args.checkpoint!r} carries" if args.checkpoint is not None
+                    else "the checkpoints of --checkpoints carry")
+            raise UsageError(
+                f"--make-env: expected an env with gymnasium.wrappers.NormalizeObservation, "
+                f"since {what} observation-normalisation statistics, got "
+                f"{describe(env)} without it; add the wrapper in "
+                f"{args.make_env} as the training script does (or use --env, which adds it)")
+        mode = getattr(env, "render_mode", None)
+        if args.video and mode != "rgb_array":
+            raise UsageError(
+                f"--video: expected the --make-env env to render frames "
+                f"(render_mode='rgb_array'), got render_mode={mode!r} from {args.make_env}(); "
+                "make it with gym.make(..., render_mode='rgb_array')")
+    finally:
+        env.close()
+
+
+def _normalizes(env: Any) -> bool:
+    """Whether ``env`` (one env or a vector env) has a ``NormalizeObservation``."""
+    if isinstance(env, gym.vector.VectorEnv):
+        from .normalization import normalizes_observations
+
+        return normalizes_observations(env)
+    has = getattr(env, "has_wrapper_attr", None)
+    return bool(has("obs_rms")) if has is not None else hasattr(env, "obs_rms")
+
+
+# The argument names evaluate_checkpoints words its errors with, and the options they come from.
+_OPTIONS = {"source": "--checkpoints", "results": "--results", "tensorboard": "--tensorboard",
+            "curve": "--curve", "watch": "--watch", "idle_timeout": "--idle-timeout",
+            "poll_interval": "--poll-interval"}
+
+
+def _with_options(error: Exception) -> str:
+    """An error of :mod:`syllabus_eval.sweep`, naming the option instead of the argument."""
+    text = str(error)
+    name, colon, rest = text.partition(":")
+    return f"{_OPTIONS[name]}:{rest}" if colon and name in _OPTIONS else text
 
 
 def _series_normalizes(args: argparse.Namespace) -> bool:
@@ -261,21 +350,34 @@ def _series_normalizes(args: argparse.Namespace) -> bool:
 
 
 def _evaluate_series(args: argparse.Namespace, runner: Any) -> int:
-    from .sweep import evaluate_checkpoints, sweep_table
+    from .sweep import evaluate_checkpoints, groups_of, plot_sweep, sweep_table
 
     def progress(entry: Any) -> None:
-        outcome = entry.error or f"return {entry.metrics.get('eval/reward', float('nan')):.1f}"
+        returns = [f"{'' if label == 'all' else label + ' '}return "
+                   f"{entry.metrics.get(prefix + 'reward', math.nan):.1f}"
+                   for label, prefix in groups_of(entry.metrics).items()
+                   if "/task/" not in prefix] or ["no return"]
+        outcome = entry.error or ", ".join(returns)
         print(f"step {entry.step}: {Path(entry.checkpoint).name}: {outcome}", flush=True)
 
-    try:
+    try:  # the curve is drawn here, after the table, so that a failure loses nothing
         entries = evaluate_checkpoints(args.checkpoints, runner, results=args.results,
-                                       tensorboard=args.tensorboard, curve=args.curve,
-                                       watch=args.watch, idle_timeout=args.idle_timeout,
+                                       tensorboard=args.tensorboard, watch=args.watch,
+                                       idle_timeout=args.idle_timeout,
                                        poll_interval=args.poll_interval, on_entry=progress)
     except ValueError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(_with_options(error)) from None
     print(sweep_table(entries))
-    print(f"wrote {args.results} and {args.curve}")
+    written = [args.results]
+    if args.json:
+        _write_json(args.json, [entry.to_json() for entry in entries])
+        written.append(args.json)
+    try:
+        plot_sweep(entries, args.curve)
+    except Exception as error:
+        raise UsageError(f"--curve: {args.curve!r} not written ({error!r}); the entries are "
+                         f"in {', '.join(written)}") from None
+    print(f"wrote {', '.join(written)} and {args.curve}")
     return 0
 
 

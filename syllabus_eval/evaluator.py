@@ -43,7 +43,13 @@ from .compiled import (
 from .devices import QueryMode, as_device, device_of
 from .errors import bad_argument, check_flag, check_number, describe
 from .hook_forms import FROM_QUERY, HOOK_FORMS, NO_PREPROCESSING, hook_form
-from .inputs import TensorTree, as_batch, batch_size_of, check_against_space
+from .inputs import (
+    TensorTree,
+    as_batch,
+    batch_size_of,
+    check_against_space,
+    check_done_flags,
+)
 from .protocols import AgentQueries, LSTMState
 from .weights import WeightSource, snapshot_state_dict, weight_source
 
@@ -54,7 +60,9 @@ __all__ = ["AgentInputs", "AgentQueries", "Evaluator", "LSTMState"]
 class AgentInputs:
     """What a hook receives: prepared tensors on the evaluator's device."""
 
-    obs: TensorTree  # [B, ...] (or a dict of them); [T * B, ...], time-major, for sequences
+    # [B, ...] (or a dict of them); [T * B, ...], time-major, for sequences. Tensors from our
+    # _prepare_state; a ported one's result as it returned it (numpy arrays, say).
+    obs: TensorTree | Any
     lstm_state: LSTMState | None  # each [num_layers, B, hidden] for CleanRL / moolib
     done: torch.Tensor | None  # [B] ([T * B] for sequences) float32; None: feedforward agents
     batch_size: int  # B
@@ -239,19 +247,24 @@ class Evaluator:
         Args:
             states: ``[T, B, ...]`` observations, time-major (or a dict of them).
             lstm_state: the state before step 0 (recurrent agents).
-            done: ``[T, B]``: 1 where an episode starts at that step (its state restarts).
-            lengths: ``[B]``: env ``b``'s sequence is its first ``lengths[b]`` steps (the rest
-                is padding, whose values are meaningless); default: all ``T``.
+            done: ``[T, B]`` booleans or 0/1: 1 where an episode starts at that step (its
+                state restarts).
+            lengths: ``[B]`` integers in ``[1, T]``: env ``b``'s sequence is its first
+                ``lengths[b]`` steps (the rest is padding, whose values are meaningless);
+                default: all ``T``.
             policy: also the policy's per-step extras (``policy_logits``, ``entropy``).
 
         Returns:
             ``(values [T, B], extras)``: ``extras["lstm_state"]`` is each env's state after its
             last step; policy extras are ``[T, B, ...]``. The same numbers as calls of
             :meth:`get_value` step by step, carrying the state, in one query (PLR scores whole
-            segments so).
+            segments so). ``T = 0`` is refused (a ``ValueError``), as a slicing mistake more
+            likely than a request.
         """
+        check_flag("policy", policy)
         steps = _steps_of(states)
-        flat_done = None if done is None else _time_major(done, steps, "done")
+        flat_done = None if done is None else _time_major(check_done_flags(done, "done"), steps,
+                                                          "done")
         (values, lstm_state, extras), version = self._query(
             self._get_value_sequence, _time_major(states, steps, "states"), lstm_state,
             flat_done, None, steps=steps, lengths=lengths, policy=policy)
@@ -276,7 +289,7 @@ class Evaluator:
                 self._refresh()  # 1. weights of one optimizer step
             obs = self._prepare_state(state)  # 2.
             rows = (obs.shape[0] if type(obs) is torch.Tensor and obs.dim()
-                    else batch_size_of(obs, "state"))
+                    else self._rows_of(obs))
             batch_size = rows
             if steps != 1:  # a sequence: T * B rows, the recurrent state of B envs
                 batch_size, self._steps = rows // steps, steps
@@ -321,6 +334,20 @@ class Evaluator:
                     f"answered with {describe(answer[0])}; a single observation needs a batch "
                     "dimension (obs[None])")
             return answer, self.weights_version
+
+    def _rows_of(self, obs: Any) -> int:
+        """The rows of what ``_prepare_state`` gave. A ported one (Syllabus's template body is
+        ``return state``) may give the observations unconverted, arrays, lists or dicts of
+        them, for its own hooks to take as they are: their first dimension is the batch."""
+        if getattr(type(self)._prepare_state, "__module__", "").startswith("syllabus_eval."):
+            return batch_size_of(obs, "state")  # ours: the errors are about the user's input
+        hook = f"{type(self).__name__}._prepare_state"
+        try:
+            return batch_size_of(obs, hook)
+        except ValueError as error:
+            raise ValueError(f"{error}; {hook} must return the batch of observations [B, ...] "
+                             "(a tensor, an array, a list of per-env items or a dict of them), "
+                             "e.g. the state it was given") from None
 
     # --- hooks for adapters ------------------------------------------------------------------
 
@@ -643,6 +670,9 @@ def _steps_of(states: Any) -> int:
     if shape is None or len(shape) < 2:
         raise bad_argument("states", "sequences of shape [T, B, ...] (an array or tensor, or a "
                            "dict of them)", first)
+    if shape[0] == 0:
+        raise bad_argument("states", "sequences of at least one step, shape [T, B, ...] with "
+                           "T >= 1", first)
     return int(shape[0])
 
 
@@ -661,11 +691,20 @@ def _time_major(value: Any, steps: int, name: str) -> Any:
 
 def _lengths(lengths: Any, steps: int, batch_size: int) -> torch.Tensor:
     """``lengths`` as ``[B]`` int64, each in ``[1, T]`` (CPU: adapters index with it)."""
-    lengths = torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
+    expected = f"a length per env, integers in [1, {steps}], shape [{batch_size}]"
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.detach().cpu()
+        integral = not (lengths.is_floating_point() or lengths.is_complex()
+                        or lengths.dtype == torch.bool)
+    else:
+        lengths = np.asarray(lengths)
+        integral = np.issubdtype(lengths.dtype, np.integer)
+    if not integral:  # 2.5 steps would be truncated to 2 without a word
+        raise bad_argument("lengths", expected, lengths)
+    lengths = torch.as_tensor(lengths, dtype=torch.int64)
     if tuple(lengths.shape) != (batch_size,) or not bool(
             ((lengths >= 1) & (lengths <= steps)).all()):
-        raise bad_argument("lengths", f"a length per env in [1, {steps}], shape "
-                           f"[{batch_size}]", lengths)
+        raise bad_argument("lengths", expected, lengths)
     return lengths
 
 

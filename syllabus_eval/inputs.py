@@ -61,16 +61,49 @@ def as_batch(
     raise bad_argument(name, "an array, tensor, list of arrays or dict of arrays", value)
 
 
-def batch_size_of(value: TensorTree, name: str) -> int:
-    """The leading dimension shared by every tensor in ``value``."""
-    if isinstance(value, dict):
+def batch_size_of(value: Any, name: str) -> int:
+    """The leading dimension shared by every entry of ``value``.
+
+    Besides tensors (and dicts of them), what a ported ``_prepare_state`` may hand over as it
+    is (Syllabus's template returns the observations unconverted): anything with a ``shape``
+    (numpy arrays), a list or tuple of per-env items (B = its length), dicts of these.
+    """
+    if isinstance(value, Mapping):
+        if not value:
+            raise bad_argument(name, "a batch with a leading batch dimension [B, ...]", value)
         sizes = {k: batch_size_of(v, f"{name}[{k!r}]") for k, v in value.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"{name}: expected one batch size for every key, got {sizes}")
         return next(iter(sizes.values()))
-    if value.dim() == 0:
+    if isinstance(value, (list, tuple)) and value:
+        return len(value)  # per-env items, as as_batch stacks them
+    shape = getattr(value, "shape", None)
+    if not isinstance(shape, tuple) or not shape:  # torch.Size is a tuple
         raise bad_argument(name, "a batch with a leading batch dimension [B, ...]", value)
-    return value.shape[0]
+    return int(shape[0])
+
+
+def check_done_flags(value: Any, name: str) -> Any:
+    """``value`` as it came, once checked to hold booleans or 0/1 only: done flags, which a
+    packed LSTM pass takes as resets where nonzero and a step by step one may scale by."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool:
+            return value
+        flags = value.detach()
+    else:
+        try:
+            flags = np.asarray(value)
+        except ValueError:  # ragged lists
+            raise bad_argument(name, "booleans or 0/1 flags of one shape", value) from None
+        if flags.dtype == np.bool_:
+            return value
+        if not np.issubdtype(flags.dtype, np.number):
+            raise bad_argument(name, "booleans or 0/1 flags (1 where an episode starts)", value)
+    others = flags[(flags != 0) & (flags != 1)]
+    if others.numel() if isinstance(others, torch.Tensor) else others.size:
+        raise ValueError(f"{name}: expected booleans or 0/1 flags (1 where an episode starts), "
+                         f"got {describe(value)} holding {sorted(set(others.tolist()))[:3]}")
+    return value
 
 
 def check_against_space(value: TensorTree, space: spaces.Space, name: str) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import EvaluationCancelled, EvaluationError
 from .results import EvalResult
@@ -41,6 +42,7 @@ class Job:
     snapshot: Snapshot  # taken at trigger time
     blocking: bool
     future: Future = field(default_factory=Future)
+    source: Callable[[], Any] | None = None  # a weak reference to the module it read
 
     @property
     def step(self) -> int | None:

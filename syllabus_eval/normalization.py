@@ -14,10 +14,11 @@ observations, so it must be evaluated on the training run's statistics, frozen: 
 envs that keep their own running statistics (fresh, and moving while they evaluate) feed the
 agent inputs it never saw. The statistics are read when an evaluation is triggered, together
 with the weights, travel with them to process and Ray workers, and are written into the
-evaluation envs' own ``NormalizeObservation`` wrappers (``obs_rms``) with their running update
-switched off (``update_running_mean = False``), so the training script's own env factory
-evaluates right: its wrapper's ``epsilon`` and whatever it does around the normalisation
-(clipping, say) stay as they are.
+evaluation envs' own ``NormalizeObservation`` wrappers (``obs_rms``) as a
+:class:`FrozenRunningMeanStd`, whose update does nothing (and the wrapper's
+``update_running_mean`` is switched off where it is in this process), so the training script's
+own env factory evaluates right: its wrapper's ``epsilon`` and whatever it does around the
+normalisation (clipping, say) stay as they are.
 
 **Sources** (:func:`read_obs_norm`): a Gymnasium vector env whose sub-envs carry the wrapper
 (CleanRL's ``ppo_continuous_action.py``; sync or async), a vector env wrapped in the vector
@@ -64,21 +65,36 @@ class ObsNormStats:
     count: float
 
     def __post_init__(self) -> None:
-        mean = np.array(self.mean, dtype=np.float64)  # private copies: sources move on
-        var = np.array(self.var, dtype=np.float64)
+        try:
+            mean = np.array(self.mean, dtype=np.float64)  # private copies: sources move on
+            var = np.array(self.var, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise bad_argument("obs_norm", "a numeric mean and var",
+                               {"mean": self.mean, "var": self.var}) from None
         if mean.shape != var.shape:
             raise bad_argument("obs_norm", f"mean and var of one shape, mean {mean.shape}",
                                var)
         if not np.all(np.isfinite(mean)) or not np.all(np.isfinite(var)) or np.any(var < 0):
             raise bad_argument("obs_norm", "a finite mean and a finite, non-negative var",
                                {"mean": mean, "var": var})
-        count = float(self.count)
+        try:
+            count = float(self.count)
+        except (TypeError, ValueError):
+            count = float("nan")
         if not np.isfinite(count) or count <= 0:
             raise bad_argument("obs_norm.count", "a positive number of observations",
                                self.count)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "var", var)
         object.__setattr__(self, "count", count)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ObsNormStats):
+            return NotImplemented
+        return (self.count == other.count and np.array_equal(self.mean, other.mean)
+                and np.array_equal(self.var, other.var))
+
+    __hash__ = None  # mutable arrays inside
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and a number, for JSON and checkpoints."""
@@ -157,9 +173,11 @@ def apply_obs_norm(envs: Any, stats: ObsNormStats) -> int:
         current = envs.get_attr("obs_rms")
         for rms in current:
             _check_shape(rms, stats)
-        # Through the vector env, so that it reaches sub-envs in other processes too.
+        # Through the vector env, so that it reaches sub-envs in other processes too. Only
+        # obs_rms: set_attr writes the outermost wrapper with the name, and a NormalizeReward
+        # outside NormalizeObservation (CleanRL's make_env) has an update_running_mean of its
+        # own. A FrozenRunningMeanStd keeps still whatever the wrapper's flag says.
         envs.set_attr("obs_rms", [_to_rms(stats) for _ in current])
-        envs.set_attr("update_running_mean", False)
         return len(current)
     written = 0
     for env in getattr(envs, "envs", ()):
@@ -208,8 +226,19 @@ def _from_rms(rms: Any) -> ObsNormStats:
         raise bad_argument("obs_norm", "obs_rms with mean, var and count", rms) from None
 
 
-def _to_rms(stats: ObsNormStats) -> RunningMeanStd:
-    rms = RunningMeanStd(shape=stats.mean.shape)
+class FrozenRunningMeanStd(RunningMeanStd):
+    """Statistics that ``NormalizeObservation`` normalises with but cannot move: ``update``
+    does nothing, whatever the wrapper's ``update_running_mean`` says."""
+
+    def update(self, x: Any) -> None:
+        pass
+
+    def update_from_moments(self, batch_mean: Any, batch_var: Any, batch_count: Any) -> None:
+        pass
+
+
+def _to_rms(stats: ObsNormStats) -> FrozenRunningMeanStd:
+    rms = FrozenRunningMeanStd(shape=stats.mean.shape)
     rms.mean, rms.var, rms.count = stats.mean.copy(), stats.var.copy(), stats.count
     return rms
 

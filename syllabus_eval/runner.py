@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral
 from typing import Any
@@ -51,8 +52,9 @@ from tqdm.auto import tqdm
 
 from .backends import create_backend
 from .compiled import unwrap_compiled
-from .errors import bad_argument, check_number
+from .errors import bad_argument, check_number, describe
 from .jobs import BUSY_POLICIES, Job, JobQueue
+from .normalization import read_obs_norm
 from .protocols import AgentQueries, WeightedAgentQueries
 from .results import EvalResult, MetricsFn, summarize
 from .rollout import GivenEnvs, RolloutSettings
@@ -240,15 +242,21 @@ class EvalRunner:
         if ci is not None:
             check_number("ci", ci, 0.0, 1.0, low_open=True, high_open=True)
         self.video_dir = video_dir
-        video = None
-        if video_dir is not None:
+        video = VideoSettings(video_episodes, video_select, video_max_frames)  # checked
+        if video_dir is None:
+            if video != VideoSettings():
+                raise ValueError("video_dir: expected a folder for the videos that "
+                                 "video_episodes, video_select or video_max_frames describe, "
+                                 "got None")
+            video = None
+        else:
             if not isinstance(video_dir, (str, os.PathLike)):
                 raise bad_argument("video_dir", "a folder path or None", video_dir)
-            video = VideoSettings(video_episodes, video_select, video_max_frames)
             video_support()  # a clear error now, without the video extra
         self.plan = _plan(suites, tasks, num_episodes=num_episodes, max_steps=max_steps,
                           deterministic=deterministic, seed=seed, success_key=success_key,
                           info_keys=info_keys, video=video)
+        _check_ranking(self.tracker, suites, evaluator)
         self.busy_policy = busy_policy
         self.metrics_fn = metrics_fn
         self.progress = progress
@@ -328,6 +336,7 @@ class EvalRunner:
                              "EvalRunner(..., eval_every=N); got None")
         if step is None or isinstance(step, bool) or not isinstance(step, Integral):
             raise bad_argument("step", "an int: the training step (env steps so far)", step)
+        step = int(step)  # a NumPy integer would reach checkpoints and JSON
         if not schedule.due(step):
             return False
         return self.trigger_eval(weights, step, obs_norm=obs_norm)
@@ -337,14 +346,14 @@ class EvalRunner:
         """One blocking evaluation of the last policy, at the end of training (TorchRL #4415).
 
         It runs after the evaluations still pending, whatever ``busy_policy`` says. When the
-        latest evaluation was triggered at this very ``step`` on these very weights (no
-        optimizer step since: SB3, for one, updates after the rollout whose last step
-        triggered), that one is the final evaluation: it is waited for and returned (and no
-        longer returned by :meth:`poll`).
+        latest evaluation was triggered at this very ``step`` on the same module, with no
+        optimizer step since (SB3, for one, updates after the rollout whose last step
+        triggered), and on the same observation statistics, that one is the final
+        evaluation: it is waited for and returned (and no longer returned by :meth:`poll`).
+        A state dict cannot be told apart from others, so it is always evaluated.
         """
         last = self._last_job
-        if (last is not None and step is not None and last.step == step
-                and last.snapshot.version == self._version_of(weights)):
+        if last is not None and self._evaluated_already(last, weights, step, obs_norm):
             self._jobs.claim(last)
             return self._jobs.outcome(last)
         job = self._submit(weights, step, obs_norm, blocking=True, busy_policy="queue")
@@ -407,10 +416,17 @@ class EvalRunner:
         if not isinstance(state, Mapping) or not {"schedule", "skipped", "results"} <= set(
                 state):
             raise bad_argument("state", "what EvalRunner.state_dict() returned", state)
-        if state["schedule"] is not None and self.schedule is not None:
+        skipped = state["skipped"]
+        if isinstance(skipped, bool) or not isinstance(skipped, Integral) or skipped < 0:
+            raise bad_argument("state['skipped']", "a count of skipped triggers", skipped)
+        if state["schedule"] is not None and self.schedule is None:
+            raise ValueError(f"eval_every: the state carries a schedule {state['schedule']}; "
+                             "build this runner with eval_every= to resume it, or set "
+                             "state['schedule'] to None to leave it behind")
+        if state["schedule"] is not None:
             self.schedule.load_state_dict(state["schedule"])
         self.tracker.load_state_dict(state["results"])
-        self._skipped = int(state["skipped"])
+        self._skipped = int(skipped)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -440,21 +456,34 @@ class EvalRunner:
                 busy_policy: str) -> Job | None:
         if step is not None and (isinstance(step, bool) or not isinstance(step, Integral)):
             raise bad_argument("step", "an int (the training step) or None", step)
+        step = None if step is None else int(step)  # a NumPy integer would reach JSON
         job = self._jobs.submit(lambda: self._snapshot(weights, step, obs_norm), blocking,
                                 busy_policy)
         if job is None:
             self._skipped += 1
         else:
+            module = self._module_of(weights)
+            job.source = None if module is None else weakref.ref(module)
             self._last_job = job
         return job
 
-    def _version_of(self, weights: Weights) -> int | None:
-        """The version a snapshot of ``weights`` would have now (``None``: unknown)."""
+    def _module_of(self, weights: Weights) -> nn.Module | None:
+        """The module a snapshot of ``weights`` reads (``None``: a state dict, or none)."""
         if weights is None and isinstance(self._evaluator, WeightedAgentQueries):
             weights = self._evaluator.training_agent
-        if isinstance(weights, nn.Module):
-            return weight_source(unwrap_compiled(weights)).steps
-        return None
+        return unwrap_compiled(weights) if isinstance(weights, nn.Module) else None
+
+    def _evaluated_already(self, last: Job, weights: Weights, step: int | None,
+                           obs_norm: Any) -> bool:
+        """Whether ``last`` evaluated what a snapshot of these arguments would hold now."""
+        module = self._module_of(weights)
+        if step is None or last.step != step or module is None or last.source is None:
+            return False
+        if last.source() is not module or last.snapshot.version != weight_source(module).steps:
+            return False
+        if obs_norm is None or last.snapshot.obs_norm is None:
+            return obs_norm is None and last.snapshot.obs_norm is None
+        return read_obs_norm(obs_norm) == last.snapshot.obs_norm
 
     def _snapshot(self, weights: Weights, step: int | None, obs_norm: Any = None) -> Snapshot:
         """The weights (and observation statistics) as they are now, on the evaluation
@@ -487,6 +516,28 @@ class EvalRunner:
         return result
 
 
+# Metrics an evaluation without suites reports, which suites report as eval/<suite>/...
+_UNSUITED = ("eval/reward", "eval/wrapped_reward", "eval/success", "eval/episode_length",
+             "eval/task/", "eval/info/")
+
+
+def _check_ranking(tracker: ResultTracker, suites: Mapping[str, Any] | None,
+                   evaluator: AgentQueries | None) -> None:
+    """What ranking results needs, checked now rather than after every evaluation has run."""
+    if not tracker.ranks:
+        return
+    metric = tracker.best_metric
+    if suites is not None and metric.startswith(_UNSUITED):
+        suite = next(iter(suites), "test") if isinstance(suites, Mapping) else "test"
+        raise ValueError(f"best_metric: with suites, expected a suite's metric such as "
+                         f"'eval/{suite}/reward' (or 'eval/generalization_gap' with "
+                         f"best_mode='min'), got {metric!r}")
+    if tracker.save_best is not None and evaluator is not None and (
+            not isinstance(evaluator, WeightedAgentQueries) or evaluator.agent is None):
+        raise ValueError(f"save_best: expected an evaluator whose agent has weights to save, "
+                         f"got {describe(evaluator)}")
+
+
 def _plan(suites: Mapping[str, Sequence[Any]] | None, tasks: Sequence[Any] | None,
           **settings: Any) -> tuple[RolloutSettings, ...]:
     """The settings of each suite (one, without suites), checked."""
@@ -496,8 +547,15 @@ def _plan(suites: Mapping[str, Sequence[Any]] | None, tasks: Sequence[Any] | Non
         raise bad_argument("tasks", "None with suites (each suite names its tasks)", tasks)
     if not isinstance(suites, Mapping) or not suites:
         raise bad_argument("suites", "a non-empty dict {suite name: [tasks]}", suites)
-    return tuple(RolloutSettings(tasks=suite_tasks, suite=name, **settings)
-                 for name, suite_tasks in suites.items())
+    plan = []
+    for name, suite_tasks in suites.items():
+        try:
+            plan.append(RolloutSettings(tasks=suite_tasks, suite=name, **settings))
+        except ValueError as error:
+            if not str(error).startswith("tasks:"):
+                raise
+            raise ValueError(f"suites[{name!r}]{str(error)[len('tasks'):]}") from None
+    return tuple(plan)
 
 
 def _env_source(make_env: Any, num_envs: int | None, backend: str) -> tuple[Any, int]:

@@ -26,12 +26,11 @@ class EvalSchedule:
     """Evaluations every ``every`` env steps (module docs); :meth:`due` is a comparison in the
     common case, so that a training loop may ask it every step."""
 
-    __slots__ = ("every", "next_due", "skipped")
+    __slots__ = ("every", "next_due")
 
     def __init__(self, every: int) -> None:
         self.every = check_count("eval_every", every)
         self.next_due = self.every  # the first multiple of `every` not yet crossed
-        self.skipped = 0  # due evaluations the runner was too busy to start
 
     def due(self, step: int) -> bool:
         """Whether an evaluation is due at ``step``; if so, the next is due after the next
@@ -42,18 +41,16 @@ class EvalSchedule:
         return True
 
     def state_dict(self) -> dict[str, int]:
-        return {"eval_every": self.every, "next_due": self.next_due, "skipped": self.skipped}
+        return {"eval_every": self.every, "next_due": self.next_due}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Carry on a resumed run's schedule; a changed ``eval_every`` restarts it at the
         next multiple of the new one after the saved point."""
         try:
-            next_due, skipped = int(state["next_due"]), int(state["skipped"])
-            every = int(state["eval_every"])
+            next_due, every = int(state["next_due"]), int(state["eval_every"])
         except (KeyError, TypeError, ValueError):
             raise bad_argument("state['schedule']", "the schedule of EvalRunner.state_dict()",
                                state) from None
         reached = next_due - every  # the last due step was at least this far
         self.next_due = next_due if every == self.every else (
             reached // self.every + 1) * self.every
-        self.skipped = skipped

@@ -15,7 +15,8 @@ path (:mod:`syllabus_eval.checkpoints`), and ``on_new_best(result)`` is called.
 **Stopping.** ``stop_reward=(threshold, k)``: stop after ``k`` consecutive results whose
 ``best_metric`` is at or beyond ``threshold`` (SB3's ``StopTrainingOnRewardThreshold``, made
 robust to one lucky evaluation). ``stop_patience=p``: stop after ``p`` results in a row without
-a new best (SB3's ``StopTrainingOnNoModelImprovement``). Either sets :attr:`should_stop`.
+a new best (SB3's ``StopTrainingOnNoModelImprovement``). Either sets :attr:`should_stop`, which
+then stays set (a loop that looks after several results have landed still stops).
 
 **Callbacks** run after both, in the order given; one that raises is logged, its error kept on
 ``result.on_result_error`` (the first, if several raise), and the others still run.
@@ -99,14 +100,19 @@ class ResultTracker:
         self.evaluations = 0  # results taken
         self._streak = 0  # consecutive results at or beyond the threshold
         self._since_best = 0  # results since the last new best
+        self._stopped = False  # a stopping rule fired (it stays fired: a loop may look late)
+
+    @property
+    def ranks(self) -> bool:
+        """Whether anything needs results ranked by ``best_metric``."""
+        return (self.save_best is not None or self.on_new_best is not None
+                or self.stop_reward is not None or self.stop_patience is not None)
 
     @property
     def should_stop(self) -> bool:
         """Whether a stopping rule has fired (module docs)."""
         with self._lock:
-            reached = self.stop_reward is not None and self._streak >= self.stop_reward[1]
-            stale = self.stop_patience is not None and self._since_best >= self.stop_patience
-            return reached or stale
+            return self._stopped
 
     def take(self, result: EvalResult, snapshot: Snapshot) -> None:
         """Rank ``result``, save it if it is the best, update the stopping rules, then call
@@ -115,8 +121,7 @@ class ResultTracker:
             self.evaluations += 1
         if self.best_metric in result:
             self._rank(result, snapshot)
-        elif (self.save_best is not None or self.on_new_best is not None
-              or self.stop_reward is not None or self.stop_patience is not None):
+        elif self.ranks:
             raise ValueError(f"best_metric: expected one of the result's metrics "
                              f"{sorted(result)}, got {self.best_metric!r}")
         for callback in self.callbacks:
@@ -139,6 +144,9 @@ class ResultTracker:
             if self.stop_reward is not None:
                 at_threshold = sign * (value - self.stop_reward[0]) >= 0
                 self._streak = self._streak + 1 if at_threshold else 0
+            reached = self.stop_reward is not None and self._streak >= self.stop_reward[1]
+            stale = self.stop_patience is not None and self._since_best >= self.stop_patience
+            self._stopped = self._stopped or reached or stale
         if new_best and self.on_new_best is not None:
             self._call(self.on_new_best, result, "on_new_best")
 
@@ -155,7 +163,7 @@ class ResultTracker:
         with self._lock:
             return {"best": self.best, "best_step": self.best_step,
                     "evaluations": self.evaluations, "streak": self._streak,
-                    "since_best": self._since_best}
+                    "since_best": self._since_best, "stopped": self._stopped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
@@ -163,9 +171,13 @@ class ResultTracker:
             values = (int(state["evaluations"]), int(state["streak"]),
                       int(state["since_best"]))
             best_step = state["best_step"]
+            stopped = state.get("stopped", False)
+            if not isinstance(stopped, bool):
+                raise TypeError(stopped)
         except (KeyError, TypeError, ValueError):
             raise bad_argument("state['results']", "the results of EvalRunner.state_dict()",
                                state) from None
         with self._lock:
             self.best, self.best_step = best, best_step
             self.evaluations, self._streak, self._since_best = values
+            self._stopped = stopped

@@ -9,14 +9,19 @@ from pathlib import Path
 
 import gymnasium as gym
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 
-from syllabus_eval import EvalRunner
+import syllabus_eval.sweep as sweep_module
+from syllabus_eval import EvalRunner, Snapshot
 from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.checkpoints import save_checkpoint
 from syllabus_eval.cli import main
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent
+from syllabus_eval.normalization import ObsNormStats
 from tests.models import fake_envs
+from tests.workers import cartpole_agent
 
 ROOT = Path(__file__).parents[1]
 
@@ -177,3 +182,140 @@ class TestBadInvocations:
     def test_exit_status_reaches_the_shell(self) -> None:
         run = cli("evaluate", "--env", "NoSuchEnv-v9", "--adapter", "dummy")
         assert run.returncode == 2 and "no Gymnasium environment" in run.stderr
+
+
+AGENT = ["--agent", "syllabus_eval.demo.agents:MLPAgent"]
+QUICK = ["--episodes", "1", "--num-envs", "1", "--max-steps", "20"]
+
+
+def strict_json(path: Path):
+    """``path`` read as strict JSON: ``NaN`` and ``Infinity`` are refused."""
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def save_normalised(path: Path, step: int = 100) -> Path:
+    """A checkpoint of a CartPole agent trained behind NormalizeObservation."""
+    stats = ObsNormStats(np.zeros(4), np.ones(4), 10.0)
+    return save_checkpoint(path, Snapshot(cartpole_agent(seed=step).state_dict(), step=step,
+                                          obs_norm=stats))
+
+
+def save_plain(folder: Path, steps=(100, 200)) -> Path:
+    folder.mkdir(exist_ok=True)
+    for step in steps:
+        save_checkpoint(folder / f"c{step}.pt",
+                        Snapshot(cartpole_agent(seed=step).state_dict(), step=step))
+    return folder
+
+
+class TestOwnEnv:
+    def test_a_normalised_checkpoint_needs_the_wrapper_in_make_env(self, capsys, tmp_path):
+        path = save_normalised(tmp_path / "best.pt")
+        err = bad(capsys, "evaluate", "--make-env", "tests.workers:cartpole", *AGENT,
+                  "--checkpoint", str(path), *QUICK)
+        assert ("--make-env: expected an env with gymnasium.wrappers.NormalizeObservation, "
+                f"since --checkpoint {str(path)!r} carries observation-normalisation "
+                "statistics") in err
+        assert "Traceback" not in err
+        assert main(["evaluate", "--make-env", "tests.workers:normalized_cartpole", *AGENT,
+                     "--checkpoint", str(path), *QUICK]) == 0
+
+    def test_so_does_a_series_of_them(self, capsys, tmp_path):
+        save_normalised(tmp_path / "ckpts" / "c100.pt")
+        err = bad(capsys, "evaluate", "--make-env", "tests.workers:cartpole", *AGENT,
+                  "--checkpoints", str(tmp_path / "ckpts"), *QUICK,
+                  "--results", str(tmp_path / "r.jsonl"), "--curve", str(tmp_path / "c.png"))
+        assert "--make-env: expected an env with gymnasium.wrappers.NormalizeObservation, " \
+               "since the checkpoints of --checkpoints carry" in err
+
+    def test_video_needs_rgb_array_frames_from_make_env(self, capsys, tmp_path):
+        err = bad(capsys, "evaluate", "--make-env", "tests.workers:cartpole", "--adapter",
+                  "dummy", "--video", str(tmp_path / "videos"), *QUICK)
+        assert ("--video: expected the --make-env env to render frames "
+                "(render_mode='rgb_array'), got render_mode=None") in err
+        assert not (tmp_path / "videos").exists()
+
+    def test_a_make_env_that_fails(self, capsys, tmp_path):
+        path = save_normalised(tmp_path / "best.pt")
+        err = bad(capsys, "evaluate", "--make-env", "tests.workers:remote_controlled_env",
+                  *AGENT, "--checkpoint", str(path), *QUICK)
+        assert "--make-env: tests.workers:remote_controlled_env() failed: TypeError" in err
+
+
+class TestSeries:
+    def test_json_writes_the_entries_as_strict_json(self, capsys, tmp_path):
+        folder = save_plain(tmp_path / "ckpts")
+        out = tmp_path / "entries.json"
+        assert main(["evaluate", "--env", "CartPole-v1", *AGENT, "--checkpoints", str(folder),
+                     "--results", str(tmp_path / "r.jsonl"), "--curve",
+                     str(tmp_path / "curve.png"), "--json", str(out), *QUICK]) == 0
+        entries = strict_json(out)
+        assert [entry["step"] for entry in entries] == [100, 200]
+        assert all(entry["metrics"]["eval/reward_ci_low"] is None for entry in entries)  # NaN
+        assert [line["sha256"] for line in map(json.loads, (tmp_path / "r.jsonl").read_text(
+        ).splitlines())] == [entry["sha256"] for entry in entries]
+        assert f"wrote {tmp_path / 'r.jsonl'}, {out} and" in capsys.readouterr().out
+
+    def test_a_curve_that_fails_at_the_end_still_prints_the_table(self, capsys, tmp_path,
+                                                                 monkeypatch):
+        folder = save_plain(tmp_path / "ckpts", steps=(100,))
+
+        def full_disk(entries, path):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(sweep_module, "plot_sweep", full_disk)
+        with pytest.raises(SystemExit) as caught:
+            main(["evaluate", "--env", "CartPole-v1", *AGENT, "--checkpoints", str(folder),
+                  "--results", str(tmp_path / "r.jsonl"), "--curve",
+                  str(tmp_path / "curve.png"), *QUICK])
+        assert caught.value.code == 2
+        out, err = capsys.readouterr()
+        assert "| 100  | c100.pt" in out
+        assert "--curve:" in err and "No space left on device" in err
+
+    def test_json_without_nan_for_one_evaluation(self, tmp_path):
+        out = tmp_path / "metrics.json"
+        assert main(["evaluate", "--env", "CartPole-v1", "--adapter", "dummy", *QUICK,
+                     "--json", str(out)]) == 0
+        metrics = strict_json(out)
+        assert metrics["eval/reward_ci_low"] is None and metrics["eval/num_episodes"] == 1
+
+
+class TestBadSeries:
+    @pytest.mark.parametrize("source,says", [
+        ("missing", "no such file or folder"),
+        ("empty", "a folder without .pt, .pth, .ckpt files"),
+        ("empty/*.pt", "a glob pattern that matches no file"),
+    ])
+    def test_checkpoints_that_are_not_there(self, capsys, tmp_path, source, says):
+        (tmp_path / "empty").mkdir()
+        err = bad(capsys, *EVALUATE, *AGENT, "--checkpoints", str(tmp_path / source),
+                  "--curve", str(tmp_path / "curve.png"))
+        assert f"--checkpoints: expected a folder of checkpoints, a glob pattern or files, " \
+               f"got {str(tmp_path / source)!r}: {says}" in err
+        assert not (tmp_path / "curve.png").exists()
+
+    def test_watching_under_a_missing_folder(self, capsys, tmp_path):
+        err = bad(capsys, *EVALUATE, *AGENT, "--checkpoints", str(tmp_path / "no" / "ckpts"),
+                  "--watch")
+        assert "--checkpoints: expected a folder or glob whose parent folder exists" in err
+
+    def test_a_curve_that_cannot_be_written(self, capsys, tmp_path):
+        folder = save_plain(tmp_path / "ckpts", steps=(100,))
+        err = bad(capsys, *EVALUATE, *AGENT, "--checkpoints", str(folder), "--curve",
+                  str(folder / "c100.pt" / "curve.png"))
+        assert "--curve: expected a path whose folder can be made" in err
+
+    @pytest.mark.parametrize("option,value,message", [
+        ("--idle-timeout", "-1", "argument --idle-timeout: expected a finite number of seconds "
+                                 ">= 0, got '-1'"),
+        ("--idle-timeout", "nan", "argument --idle-timeout: expected a finite number of "
+                                  "seconds >= 0, got 'nan'"),
+        ("--poll-interval", "0", "argument --poll-interval: expected a finite number of "
+                                 "seconds > 0, got '0'"),
+    ])
+    def test_seconds(self, capsys, option, value, message):
+        assert message in bad(capsys, *EVALUATE, *AGENT, "--checkpoints", "x", option, value)

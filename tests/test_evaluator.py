@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -255,11 +256,63 @@ class TestValueSequenceInputs:
             evaluator.get_value_sequence(np.zeros((3, 2, 4), np.float32),
                                          evaluator.initial_lstm_state(2), torch.zeros(2, 2))
 
-    @pytest.mark.parametrize("lengths", [[3], [0, 3], [1, 4]], ids=["size", "zero", "long"])
-    def test_lengths_outside_the_sequence_are_refused(self, lengths: list[int]) -> None:
+    @pytest.mark.parametrize("lengths", [[3], [0, 3], [1, 4], [2.5, 3], np.array([2.0, 3.0]),
+                                         torch.tensor([2.0, 3.0]), [True, True]],
+                             ids=["size", "zero", "long", "fraction", "float-array",
+                                  "float-tensor", "bool"])
+    def test_lengths_outside_the_sequence_are_refused(self, lengths: Any) -> None:
         evaluator = CASES[0].make()
-        with pytest.raises(ValueError, match=r"lengths.*in \[1, 3\], shape \[2\]"):
+        with pytest.raises(ValueError, match=r"lengths.*integers in \[1, 3\], shape \[2\]"):
             evaluator.get_value_sequence(np.zeros((3, 2, 4), np.float32), lengths=lengths)
+
+    def test_integer_lengths_of_any_kind_are_taken(self) -> None:
+        evaluator = CASES[0].make()
+        states = np.zeros((3, 2, 4), np.float32)
+        for lengths in ([2, 3], np.array([2, 3], np.int32), torch.tensor([2, 3])):
+            values, _ = evaluator.get_value_sequence(states, lengths=lengths)
+            assert values.shape == (3, 2)
+
+    @pytest.mark.parametrize("name", ["cleanrl-lstm", "moolib-lstm", "dummy-lstm"])
+    @pytest.mark.parametrize("flag", [2.0, 0.5, -1.0, np.nan])
+    def test_done_other_than_0_or_1_is_refused(self, name: str, flag: float) -> None:
+        # A packed pass resets where done is nonzero, a step by step one may scale by it.
+        case = next(c for c in CASES if c.name == name)
+        evaluator = case.make()
+        done = np.zeros((T, B), np.float32)
+        done[2, 1] = flag
+        with pytest.raises(ValueError, match=r"done: expected booleans or 0/1 flags .*got "
+                                             r"ndarray of shape \(6, 5\)"):
+            evaluator.get_value_sequence(np.stack([case.obs(B, seed=t) for t in range(T)]),
+                                         evaluator.initial_lstm_state(B), done)
+
+    def test_boolean_done_is_the_0_1_one(self) -> None:
+        case = next(c for c in CASES if c.name == "cleanrl-lstm")
+        evaluator = case.make()
+        states = np.stack([case.obs(B, seed=t) for t in range(T)])
+        done = np.zeros((T, B), bool)
+        done[2, 1] = done[4, 0] = True
+        state = evaluator.initial_lstm_state(B)
+        as_bool, _ = evaluator.get_value_sequence(states, state, done)
+        as_float, _ = evaluator.get_value_sequence(states, state, done.astype(np.float32))
+        as_list, _ = evaluator.get_value_sequence(states, state, done.astype(int).tolist())
+        assert torch.equal(as_bool, as_float) and torch.equal(as_bool, as_list)
+
+    def test_moolib_done_in_the_input_dict_is_checked_too(self) -> None:
+        evaluator = next(c for c in CASES if c.name == "moolib").make()
+        frames = np.zeros((2, 3, 2, 8, 8), np.uint8)  # [T, B, C, H, W]
+        with pytest.raises(ValueError, match=r"states\['done'\]: expected booleans or 0/1"):
+            evaluator.get_value_sequence({"state": frames, "done": np.full((2, 3), 2.0)})
+
+    def test_no_steps_are_refused(self) -> None:
+        evaluator = CASES[0].make()
+        with pytest.raises(ValueError, match=r"states: expected sequences of at least one step"
+                                             r".*T >= 1, got ndarray of shape \(0, 2, 4\)"):
+            evaluator.get_value_sequence(np.zeros((0, 2, 4), np.float32))
+
+    def test_policy_must_be_a_flag(self) -> None:
+        evaluator = CASES[0].make()
+        with pytest.raises(ValueError, match=r"policy: expected True or False, got str 'yes'"):
+            evaluator.get_value_sequence(np.zeros((3, 2, 4), np.float32), policy="yes")
 
 
 class RecordsSteps:
@@ -675,6 +728,51 @@ class TestSyllabusTemplate:
         for template, cleanrl in zip(*results):  # the training agent's weights, then other's
             assert template.episodes == cleanrl.episodes and len(template.episodes) == 4
         assert results[0][0].episodes != results[0][1].episodes
+
+    def test_prepare_state_may_return_the_numpy_state_unchanged(self) -> None:
+        class AsGiven(CustomEvaluator):
+            # The template's _prepare_state with the body Syllabus's documentation gives it
+            # (and Syllabus's own evaluators keep): the observations, not converted.
+            def _prepare_state(self, state):
+                # Convert the state to the format expected by the agent.
+                # Your method should start by calling ``self._preprocess_obs`` if it is provided.
+                if self._preprocess_obs:
+                    state = self._preprocess_obs(state)
+                return state
+
+            def _get_value(self, inputs):
+                # What such an evaluator's hooks then do: convert for the agent themselves.
+                self.given.append(inputs.obs)
+                obs = inputs.obs["x"] if isinstance(inputs.obs, dict) else inputs.obs
+                inputs.obs = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+                return super()._get_value(inputs)
+
+        agent = tiny_lstm_agent()
+        ported, ours = AsGiven(agent, is_lstm=True), CleanRLEvaluator(agent, is_lstm=True)
+        ported.given = []
+        obs = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+        state = ours.initial_lstm_state(3)
+        expected, _ = ours.get_value(obs, state, np.zeros(3))
+        for given in (obs, list(obs), {"x": obs}):  # B = 3 from each
+            value, _ = ported.get_value(given, state, np.zeros(3))
+            assert ported.given[-1] is given  # reached the hook as _prepare_state returned it
+            assert torch.equal(value, expected)
+        states = np.stack([obs, obs[::-1]])  # [T, B, 4]: the rows of each step, unconverted
+        values, _ = ported.get_value_sequence(states, state, np.zeros((2, 3)))
+        expected, _ = ours.get_value_sequence(states, state, np.zeros((2, 3)))
+        assert isinstance(ported.given[-1], np.ndarray)
+        torch.testing.assert_close(values, expected, rtol=1e-6, atol=1e-7)
+
+    def test_a_prepare_state_without_a_batch_is_named(self) -> None:
+        class Forgets(CustomEvaluator):
+            def _prepare_state(self, state):
+                if self._preprocess_obs:
+                    state = self._preprocess_obs(state)  # and no return
+
+        with pytest.raises(ValueError, match=r"Forgets\._prepare_state: expected a batch .*"
+                                             r"got NoneType None; Forgets\._prepare_state must "
+                                             r"return the batch of observations"):
+            Forgets(tiny_lstm_agent(), is_lstm=True).get_value(np.zeros((3, 4), np.float32))
 
     def test_preprocess_obs_is_callable_under_syllabus_name_given_or_not(self) -> None:
         agent = tiny_lstm_agent()

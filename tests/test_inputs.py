@@ -10,7 +10,7 @@ from torch import nn
 
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator, MoolibEvaluator
 from syllabus_eval.demo.agents import CNNAgent, LSTMAgent, MLPAgent
-from syllabus_eval.inputs import as_batch
+from syllabus_eval.inputs import as_batch, batch_size_of
 from tests.cases import FRAMES, VECTOR
 from tests.models import MoolibNet, fake_envs
 
@@ -44,6 +44,16 @@ class TestConversion:
         for value in (batch, per_env):
             out = as_batch(value, CPU, torch.float32, "state")
             assert out["pos"].shape == (5, 2) and out["img"].shape == (5, 3, 3)
+
+    def test_batch_size_of_what_a_ported_prepare_state_returns(self) -> None:
+        # Syllabus's template returns observations unconverted: arrays, lists, dicts of them.
+        for value in (np.zeros((3, 4)), [np.zeros(4)] * 3, {"a": np.zeros((3, 2)), "b": [0] * 3},
+                      torch.zeros(3, 1)):
+            assert batch_size_of(value, "state") == 3
+        for value in (np.float32(1.0), None, {}, [], "obs"):
+            with pytest.raises(ValueError, match=r"state: expected a batch with a leading "
+                                                 r"batch dimension"):
+                batch_size_of(value, "state")
 
     def test_flipped_views_are_accepted(self) -> None:
         obs = np.arange(12, dtype=np.float32).reshape(3, 4)

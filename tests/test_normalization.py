@@ -15,7 +15,13 @@ from syllabus_eval import EvalRunner, EvaluationError
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.normalization import ObsNormStats, apply_obs_norm, read_obs_norm
 from tests.fake_envs import GatedEnv
-from tests.workers import cartpole_agent, cartpole_evaluator, normalized_cartpole, trained_envs
+from tests.workers import (
+    cartpole_agent,
+    cartpole_evaluator,
+    cleanrl_continuous_cartpole,
+    normalized_cartpole,
+    trained_envs,
+)
 
 NUM_ENVS, EPISODES, SEED = 3, 6, 11
 
@@ -100,6 +106,9 @@ class TestStatistics:
         ({"mean": [0.0], "var": [-1.0], "count": 3}, "a finite, non-negative var"),
         ({"mean": [0.0, 1.0], "var": [1.0], "count": 3}, "mean and var of one shape"),
         ({"mean": [0.0], "var": [1.0], "count": 0}, "obs_norm.count: expected a positive"),
+        ({"mean": [0.0], "var": [1.0], "count": "x"}, "obs_norm.count: expected a positive"),
+        ({"mean": [0.0], "var": [1.0], "count": None}, "obs_norm.count: expected a positive"),
+        ({"mean": ["a"], "var": [1.0], "count": 3}, "obs_norm: expected a numeric mean"),
     ])
     def test_sources_without_normalisation(self, source, message):
         with pytest.raises(ValueError, match=message):
@@ -145,6 +154,28 @@ class TestEvaluation:
             result = runner.evaluate(agent, step=1, obs_norm=envs)
             again = runner.evaluate(agent, step=2, obs_norm=stats)
         assert episodes_of(result) == by_hand(agent, stats) == episodes_of(again)
+        envs.close()
+
+    @pytest.mark.parametrize("vector", [gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv],
+                             ids=["sync", "async"])
+    def test_vector_eval_envs_stay_frozen_beside_reward_normalisation(self, vector):
+        envs, agent = trained_envs(), cartpole_agent(seed=3)
+        stats = read_obs_norm(envs)
+        eval_envs = vector([cleanrl_continuous_cartpole] * NUM_ENVS)
+        with EvalRunner(eval_envs, CleanRLEvaluator(agent), num_envs=NUM_ENVS,
+                        num_episodes=EPISODES, seed=SEED, max_steps=None) as runner:
+            result = runner.evaluate(agent, obs_norm=envs)
+        for rms in eval_envs.get_attr("obs_rms"):  # the evaluation did not move them
+            np.testing.assert_array_equal(rms.mean, stats.mean)
+            assert rms.count == stats.count
+        # the reward normalisation outside was left as it was (it keeps learning)
+        assert all(eval_envs.get_attr("update_running_mean"))
+        assert all(rms.count > 1 for rms in eval_envs.get_attr("return_rms"))
+        with EvalRunner(cleanrl_continuous_cartpole, CleanRLEvaluator(agent), num_envs=NUM_ENVS,
+                        num_episodes=EPISODES, seed=SEED, max_steps=None) as runner:
+            pooled = runner.evaluate(agent, obs_norm=stats)
+        assert episodes_of(result) == episodes_of(pooled)
+        eval_envs.close()
         envs.close()
 
     def test_the_evaluation_env_must_have_the_wrapper(self, agent):

@@ -3,11 +3,16 @@ skip and count, the final evaluation, and a schedule carried across a resumed ru
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
+from syllabus_eval import EvaluationError
+from syllabus_eval.demo.agents import MLPAgent
 from syllabus_eval.schedule import EvalSchedule
-from tests.gates import set_action
+from tests.gates import SPACES, set_action
 from tests.readme import readme_snippet
 
 
@@ -136,6 +141,30 @@ class TestFinalEval:
         assert (before["eval/reward"], final["eval/reward"]) == (5.0, 0.0)
 
 
+    def test_another_module_or_a_state_dict_is_evaluated(self, agent, gate):
+        other = MLPAgent(SPACES)  # a module of its own, at version 0 too
+        set_action(other, 0)
+        gate.open.set()
+        with gate.runner(agent, eval_every=100) as runner:
+            assert runner.maybe_trigger(agent, step=200)
+            assert runner.final_eval(other, step=200)["eval/reward"] == 0.0
+            runner.trigger_eval(agent.state_dict(), step=300)
+            assert runner.final_eval(other.state_dict(), step=300)["eval/reward"] == 0.0
+            assert [runner.wait(30)["eval/reward"] for _ in range(2)] == [5.0, 5.0]
+
+    def test_other_observation_statistics_are_evaluated(self, agent, gate):
+        stats = {"mean": [0.0], "var": [1.0], "count": 10.0}
+        gate.open.set()
+        with gate.runner(agent, eval_every=100) as runner:
+            assert runner.maybe_trigger(agent, step=200)
+            triggered = runner.wait(30)
+            # the trigger had none: with statistics, it is another evaluation (which here
+            # fails, the envs having no NormalizeObservation to take them)
+            with pytest.raises(EvaluationError, match="obs_norm"):
+                runner.final_eval(agent, step=200, obs_norm=stats)
+        assert triggered.step == 200
+
+
 class TestResume:
     def test_the_schedule_and_the_best_carry_over(self, agent, gate):
         gate.open.set()
@@ -150,10 +179,33 @@ class TestResume:
             assert resumed.maybe_trigger(agent, step=200)
             assert resumed.wait(30).is_best is False  # 5.0 again: no better than before
 
-    def test_bad_state(self, agent, gate):
+    def test_skips_and_a_fired_stop_carry_over_through_json(self, agent, gate):
+        with gate.runner(agent, eval_every=10, stop_reward=(5.0, 1)) as runner:
+            runner.maybe_trigger(agent, step=np.int64(10))  # NumPy counters are common
+            assert not runner.maybe_trigger(agent, step=20)  # busy: skipped
+            gate.open.set()
+            runner.wait(30)
+            state = json.loads(json.dumps(runner.state_dict()))
+        assert state["skipped"] == 1 and state["results"]["stopped"] is True
+        with gate.runner(agent, eval_every=10) as resumed:
+            resumed.load_state_dict(state)
+            assert resumed.skipped == 1 and resumed.should_stop
+
+    @pytest.mark.parametrize("state, message", [
+        ({"schedule": None}, "state: expected what EvalRunner.state_dict"),
+        ({"schedule": None, "skipped": "x", "results": {}}, r"state\['skipped'\]: expected"),
+        ({"schedule": {"eval_every": 100}, "skipped": 0, "results": {}},
+         r"state\['schedule'\]: expected")])
+    def test_bad_state(self, agent, gate, state, message):
         with gate.runner(agent, eval_every=100) as runner, \
-                pytest.raises(ValueError, match="state: expected what EvalRunner.state_dict"):
-            runner.load_state_dict({"schedule": None})
+                pytest.raises(ValueError, match=message):
+            runner.load_state_dict(state)
+
+    def test_a_saved_schedule_is_not_dropped(self, agent, gate):
+        with gate.runner(agent, eval_every=100) as runner:
+            state = runner.state_dict()
+        with gate.runner(agent) as unscheduled, pytest.raises(ValueError, match="eval_every"):
+            unscheduled.load_state_dict(state)
 
 
 def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from syllabus_eval import EvalRunner
+from syllabus_eval.demo.envs import CartPoleTasks
 from tests.fake_envs import TaskEnv
 from tests.workers import cartpole, cartpole_evaluator, task_evaluator
 
@@ -44,23 +45,35 @@ class TestSuites:
         ({"suites": SUITES, "tasks": [1]}, "tasks: expected None with suites"),
         ({"suites": {}}, "suites: expected a non-empty dict"),
         ({"suites": {"a/b": [1]}}, "suite: expected a suite name without '/'"),
-        ({"suites": {"train": []}}, "tasks: expected a non-empty list"),
+        ({"suites": {"train": []}}, r"suites\['train'\]: expected a non-empty list"),
+        ({"suites": {"train": "abc"}}, r"suites\['train'\]: expected a non-empty list"),
     ])
     def test_bad_suites(self, kwargs, message):
         with pytest.raises(ValueError, match=message):
             EvalRunner(TaskEnv, task_evaluator(), num_envs=2, **kwargs)
 
 
+SUITED = {"suites": {"train": ["standard", "long-pole"], "test": ["heavy-cart"]},
+          "info_keys": {"success": "last"}}
+
+
 @pytest.mark.parametrize("backend", ["process", "ray"])
-def test_identical_numbers_in_every_backend(backend, request):
-    """One seed: the same episodes, so the same means, intervals, IQM, and per-suite keys."""
+@pytest.mark.parametrize("make_env, options, keys", [
+    (cartpole, {}, ["eval/reward_ci_low"]),
+    (CartPoleTasks, SUITED, ["eval/test/task/heavy-cart/reward_ci_low", "eval/train/info/success",
+                             "eval/train/task/long-pole/reward_iqm", "eval/generalization_gap"])],
+    ids=["plain", "suites-tasks-info"])
+def test_identical_numbers_in_every_backend(backend, make_env, options, keys, request):
+    """One seed: the same episodes, so the same means, intervals, IQM, and per-suite,
+    per-task and info keys."""
     if backend == "ray":
         request.getfixturevalue("ray_cluster")
-    kwargs = {"num_envs": 4, "num_episodes": 12, "seed": 3, "max_steps": 200}
-    with EvalRunner(cartpole, cartpole_evaluator(seed=1), **kwargs) as runner:
+    kwargs = {"num_envs": 4, "num_episodes": 12, "seed": 3, "max_steps": 200, **options}
+    with EvalRunner(make_env, cartpole_evaluator(seed=1), **kwargs) as runner:
         expected = runner.evaluate(step=1)
-    with EvalRunner(cartpole, cartpole_evaluator(seed=1), backend=backend, num_workers=2,
+    with EvalRunner(make_env, cartpole_evaluator(seed=1), backend=backend, num_workers=2,
                     evaluator_fn=cartpole_evaluator, **kwargs) as runner:
         got = runner.evaluate(step=1)
     del expected["eval/fps"], got["eval/fps"]
-    assert "eval/reward_ci_low" in got and got == expected
+    assert all(key in got for key in keys), sorted(got)
+    assert got == expected

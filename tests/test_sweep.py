@@ -3,7 +3,10 @@ watching for new checkpoints, corrupt files reported and skipped, the curve per 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import signal
 import subprocess
 import sys
@@ -15,11 +18,18 @@ import pytest
 import torch
 
 import syllabus_eval.report as report
+import syllabus_eval.sweep as sweep_module
 from syllabus_eval import EvalRunner, Snapshot
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.checkpoints import save_checkpoint
 from syllabus_eval.demo.agents import MLPAgent
-from syllabus_eval.sweep import evaluate_checkpoints, plot_sweep, sweep_table
+from syllabus_eval.sweep import (
+    SweepEntry,
+    evaluate_checkpoints,
+    plot_sweep,
+    step_in_name,
+    sweep_table,
+)
 from tests.fake_envs import TaskEnv
 from tests.models import fake_envs
 from tests.workers import cartpole, cartpole_agent
@@ -42,8 +52,8 @@ def save_series(folder: Path, steps=(300, 100, 200)) -> dict[int, dict]:
 
 
 def runner(**kwargs) -> EvalRunner:
-    return EvalRunner(cartpole, CleanRLEvaluator(cartpole_agent(seed=0)), num_envs=2,
-                      num_episodes=4, max_steps=100, **kwargs)
+    return EvalRunner(cartpole, CleanRLEvaluator(cartpole_agent(seed=0)),
+                      **{"num_envs": 2, "num_episodes": 4, "max_steps": 100, **kwargs})
 
 
 def task_agent(seed: int) -> MLPAgent:
@@ -174,3 +184,286 @@ def test_a_killed_sweep_rerun_evaluates_every_checkpoint_exactly_once(tmp_path):
     assert sorted(steps) == [1000, 2000, 3000, 4000]  # each exactly once
     assert "| 4000 " in rerun.stdout and (tmp_path / "curve.png").is_file()
 
+
+def strict_lines(path: Path) -> list[dict]:
+    """The lines of ``path`` read as strict JSON: ``NaN`` and ``Infinity`` are refused."""
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()
+            if line.strip()]
+
+
+def drawn_labels(monkeypatch) -> list:
+    """The curves' labels per panel of every figure saved from now on."""
+    drawn, save = [], report.save_figure
+
+    def seeing(fig, path):
+        drawn.extend([line.get_label() for line in ax.get_lines()] for ax in fig.axes)
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "save_figure", seeing)
+    return drawn
+
+
+class FakeClock:
+    """``time`` for the sweep module: ``sleep`` advances the clock at once and runs what is
+    due by then, so that watching is tested poll by poll, without waiting."""
+
+    def __init__(self, due: dict[float, callable] | None = None) -> None:
+        self.now, self.due, self.polls = 0.0, dict(due or {}), 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.polls += 1
+        for when in sorted(self.due):
+            if when <= self.now:
+                self.due.pop(when)()
+
+
+class TestFailedCheckpointsAreRetried:
+    def test_a_rerun_evaluates_the_failed_ones_again_and_keeps_the_latest(self, tmp_path):
+        save_series(tmp_path, steps=(100, 200))
+        results = tmp_path / "results.jsonl"
+        # An agent of another env: every checkpoint fails to load into it (a wrong --agent).
+        with EvalRunner(TaskEnv, CleanRLEvaluator(task_agent(0)), num_envs=1,
+                        num_episodes=1) as wrong:
+            first = evaluate_checkpoints(tmp_path, wrong, results=results)
+        assert all(entry.error for entry in first) and len(first) == 2
+        with runner() as right:
+            again = evaluate_checkpoints(tmp_path, right, results=results)
+            evaluated = []
+            third = evaluate_checkpoints(tmp_path, right, results=results,
+                                         on_entry=evaluated.append)
+        assert [(e.step, e.error) for e in again] == [(100, None), (200, None)]
+        assert all("eval/reward" in e.metrics for e in again)
+        assert evaluated == []  # done ones are still skipped
+        assert [(e.step, e.error) for e in third] == [(100, None), (200, None)]
+        written = lines(results)  # one line per attempt
+        assert [("error" in line, line["step"]) for line in written] == [
+            (True, 100), (True, 200), (False, 100), (False, 200)]
+
+    def test_a_checkpoint_that_fails_is_tried_once_per_sweep_while_watching(self, tmp_path,
+                                                                           monkeypatch):
+        (tmp_path / "broken_100.pt").write_bytes(b"half a checkpoint")
+        monkeypatch.setattr(sweep_module, "time", FakeClock())
+        with runner() as sweep_runner:
+            entries = evaluate_checkpoints(tmp_path, sweep_runner, watch=True,
+                                           idle_timeout=5, poll_interval=1)
+        assert len(entries) == 1 and "does not load" in entries[0].error
+
+
+class TestWatchClock:
+    def test_a_file_seen_just_before_the_idle_timeout_is_waited_for(self, tmp_path,
+                                                                   monkeypatch):
+        def write():
+            save_checkpoint(tmp_path / "late.pt", Snapshot(cartpole_agent(seed=4).state_dict(),
+                                                           step=900))
+
+        # Polls at 0, 2, 4, 6: the file appears at 6, when the 5 s idle timeout has passed,
+        # and holds still only at the poll of 8.
+        clock = FakeClock({5.5: write})
+        monkeypatch.setattr(sweep_module, "time", clock)
+        with runner() as sweep_runner:
+            entries = evaluate_checkpoints(tmp_path, sweep_runner, watch=True, idle_timeout=5,
+                                           poll_interval=2)
+        assert [(entry.step, entry.error) for entry in entries] == [(900, None)]
+        assert clock.now == 14  # idle for 5 s after the poll (8) that took it
+
+    def test_a_file_still_growing_keeps_the_sweep_waiting(self, tmp_path, monkeypatch):
+        growing = tmp_path / "growing_1.pt"
+        due = {t + 0.5: (lambda t=t: growing.write_bytes(b"x" * (t + 1))) for t in range(10)}
+        clock = FakeClock(due)
+        monkeypatch.setattr(sweep_module, "time", clock)
+        with runner() as sweep_runner:
+            entries = evaluate_checkpoints(tmp_path, sweep_runner, watch=True, idle_timeout=3,
+                                           poll_interval=1)
+        assert len(entries) == 1 and "does not load" in entries[0].error  # taken when still
+        assert clock.now >= 13
+
+
+class TestHashing:
+    def test_each_file_is_hashed_and_loaded_once_unless_it_changes(self, tmp_path,
+                                                                  monkeypatch):
+        save_series(tmp_path)
+        hashed, loaded, sha256 = [], [], hashlib.sha256
+
+        def counting_sha256(*args):
+            hashed.append(1)
+            return sha256(*args)
+
+        def counting_load(path):
+            loaded.append(Path(path).name)
+            return load(path)
+
+        load = sweep_module.load_checkpoint
+        monkeypatch.setattr(sweep_module.hashlib, "sha256", counting_sha256)
+        monkeypatch.setattr(sweep_module, "load_checkpoint", counting_load)
+
+        def rewrite():  # new content (a new mtime): hashed and evaluated again
+            save_checkpoint(tmp_path / "ckpt-a.pt",
+                            Snapshot(cartpole_agent(seed=7).state_dict(), step=700))
+
+        clock = FakeClock({3.5: rewrite})
+        monkeypatch.setattr(sweep_module, "time", clock)
+        with runner() as sweep_runner:
+            entries = evaluate_checkpoints(tmp_path, sweep_runner, watch=True,
+                                           idle_timeout=5, poll_interval=1)
+        assert clock.polls >= 9  # the other files were polled again and again
+        assert len(hashed) == 4
+        assert sorted(loaded) == ["agent_200.pt", "ckpt-a.pt", "ckpt-a.pt", "ckpt-b.pt"]
+        assert [entry.step for entry in entries] == [100, 200, 300, 700]
+
+
+class TestSuites:
+    def test_a_row_per_suite_and_a_curve_per_suite_and_task(self, tmp_path, monkeypatch):
+        for step in (10, 20):
+            save_checkpoint(tmp_path / f"c{step}.pt",
+                            Snapshot(task_agent(step).state_dict(), step=step))
+        drawn = drawn_labels(monkeypatch)
+        with EvalRunner(TaskEnv, CleanRLEvaluator(task_agent(0)), num_envs=2, num_episodes=6,
+                        suites={"train": [0, 1], "test": [2]}) as sweep_runner:
+            entries = evaluate_checkpoints(tmp_path, sweep_runner,
+                                           curve=tmp_path / "curve.png")
+        table = sweep_table(entries).splitlines()
+        assert [cell.strip() for cell in table[0].split("|")[1:-1]] == [
+            "step", "checkpoint", "suite", "return", "95% interval", "success"]
+        rows = [[cell.strip() for cell in row.split("|")[1:-1]] for row in table[2:]]
+        by_suite = {(row[0], row[2]): row for row in rows}
+        assert set(by_suite) == {("10", "train"), ("10", "test"), ("20", "train"),
+                                 ("20", "test")}
+        # TaskEnv: task t returns t per step for t + 1 steps; success when t is even.
+        assert by_suite["10", "test"][3] == "6.0" and by_suite["10", "test"][5] == "100%"
+        assert by_suite["10", "train"][3] == "1.0" and by_suite["10", "train"][5] == "50%"
+        reward, success = drawn
+        assert sorted(reward) == sorted(success) == sorted(
+            ["train", "test", "train/0", "train/1", "test/2"])
+
+
+class TestSource:
+    @pytest.mark.parametrize("source,says", [
+        ("missing", "no such file or folder"),
+        ("empty", "a folder without .pt, .pth, .ckpt files"),
+        ("empty/*.pt", "a glob pattern that matches no file"),
+    ])
+    def test_a_source_without_checkpoints_is_an_error(self, tmp_path, source, says):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "notes.txt").write_text("not a checkpoint")
+        with runner() as sweep_runner, pytest.raises(ValueError, match="^source: ") as caught:
+            evaluate_checkpoints(tmp_path / source, sweep_runner)
+        assert says in str(caught.value)
+
+    def test_watching_waits_for_an_empty_or_future_folder_but_not_under_a_missing_one(
+            self, tmp_path):
+        (tmp_path / "empty").mkdir()
+        with runner() as sweep_runner:
+            for source in ("empty", "later", "later/*.pt"):
+                assert evaluate_checkpoints(tmp_path / source, sweep_runner, watch=True,
+                                            idle_timeout=0) == []
+            for source in ("no/such", "no/such/*.pt"):
+                with pytest.raises(ValueError, match="^source: .*parent folder exists"):
+                    evaluate_checkpoints(tmp_path / source, sweep_runner, watch=True,
+                                         idle_timeout=0)
+
+    @pytest.mark.parametrize("source,message", [
+        (5, "source: expected a folder, a glob pattern or an iterable of checkpoint files, "
+            "got int 5"),
+        ([5], "source: expected checkpoint file paths, got int 5"),
+        ([], "source: expected at least one checkpoint file, got an empty list"),
+        (["no/such.pt"], "source: expected checkpoint files, got 'no/such.pt': no such file"),
+    ])
+    def test_bad_sources_are_named(self, source, message):
+        with runner() as sweep_runner, pytest.raises(ValueError) as caught:
+            evaluate_checkpoints(source, sweep_runner)
+        assert str(caught.value) == message
+
+
+class TestArguments:
+    @pytest.mark.parametrize("name,value,message", [
+        ("results", 5, "results: expected a path or None, got int 5"),
+        ("tensorboard", 5, "tensorboard: expected a path or None, got int 5"),
+        ("curve", 5, "curve: expected a path or None, got int 5"),
+        ("curve", "ckpt-a.pt/curve.png", "curve: expected a path whose folder can be made"),
+        ("curve", "", "curve: expected an image file name, got the folder"),
+        ("curve", "curve.xyz", "curve: expected an image file ending in one of"),
+        ("results", "", "results: expected a JSON-lines file, got the folder"),
+        ("tensorboard", "ckpt-a.pt", "tensorboard: expected a folder, got the file"),
+        ("on_entry", 5, "on_entry: expected a callable taking a SweepEntry, or None, got int"),
+    ])
+    def test_bad_arguments_are_named_before_anything_is_evaluated(self, tmp_path, name, value,
+                                                                  message):
+        save_series(tmp_path, steps=(100, 200))
+        if isinstance(value, str):
+            value = str(tmp_path / value) if value else str(tmp_path)
+        evaluated = []
+        with runner() as sweep_runner, pytest.raises(ValueError) as caught:
+            evaluate_checkpoints(tmp_path, sweep_runner, **{
+                "on_entry": evaluated.append, name: value})
+        assert str(caught.value).startswith(message)
+        assert evaluated == []
+
+    def test_a_curve_that_still_fails_at_the_end_loses_no_entry(self, tmp_path, monkeypatch,
+                                                               caplog):
+        save_series(tmp_path, steps=(100, 200))
+
+        def full_disk(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(sweep_module, "plot_curves", full_disk)
+        with runner() as sweep_runner, caplog.at_level(logging.WARNING, "syllabus_eval.sweep"):
+            entries = evaluate_checkpoints(tmp_path, sweep_runner,
+                                           curve=tmp_path / "curve.png")
+        assert [entry.step for entry in entries] == [100, 200]
+        assert "No space left on device" in caplog.text
+
+
+class TestStepInName:
+    @pytest.mark.parametrize("name,step", [
+        ("agent_10000_seed1.pt", 10000),      # the largest number, not the last
+        ("seed1_step_500.pt", 500),           # the one after a step word wins
+        ("step_10000_seed_12345.pt", 10000),
+        ("steps10000.pt", 10000),
+        ("global_step=2048.ckpt", 2048),
+        ("ppo_timesteps_300_v9000.pt", 300),
+        ("model_iter-7_seed42.pth", 7),
+        ("update12_seed99.pt", 12),
+        ("rl_model_5000_steps.pt", 5000),     # SB3's CheckpointCallback
+        ("Step_64.pt", 64),
+        ("agent_200.pt", 200),
+        ("final.pt", None),
+    ])
+    def test_rule(self, name, step):
+        assert step_in_name(name) == step
+
+    def test_a_sweep_orders_by_it(self, tmp_path):
+        for name, seed in (("agent_900_seed1.pt", 1), ("agent_50_seed7.pt", 7)):
+            torch.save(cartpole_agent(seed=seed).state_dict(), tmp_path / name)
+        with runner() as sweep_runner:
+            entries = evaluate_checkpoints(tmp_path, sweep_runner)
+        assert [(Path(e.checkpoint).name, e.step) for e in entries] == [
+            ("agent_50_seed7.pt", 50), ("agent_900_seed1.pt", 900)]
+
+
+class TestNonFinite:
+    def test_nan_is_written_as_null_and_read_back_as_nan(self, tmp_path):
+        save_series(tmp_path, steps=(100,))
+        results = tmp_path / "results.jsonl"
+        with runner(num_episodes=1) as one_episode:  # one episode: no interval (NaN)
+            entries = evaluate_checkpoints(tmp_path, one_episode, results=results)
+            assert math.isnan(entries[0].metrics["eval/reward_ci_low"])
+            (line,) = strict_lines(results)
+            assert line["metrics"]["eval/reward_ci_low"] is None
+            assert line["metrics"]["eval/reward"] == entries[0].metrics["eval/reward"]
+            again = evaluate_checkpoints(tmp_path, one_episode, results=results)
+        assert math.isnan(again[0].metrics["eval/reward_ci_low"])
+        assert again[0].metrics["eval/reward"] == entries[0].metrics["eval/reward"]
+        assert "nan" not in sweep_table(again)
+
+    def test_to_json_is_strict_json(self):
+        entry = SweepEntry("a.pt", "0" * 64, 5, {"eval/x": math.nan, "eval/y": math.inf,
+                                                 "eval/z": 1.5})
+        assert json.loads(json.dumps(entry.to_json(), allow_nan=False))["metrics"] == {
+            "eval/x": None, "eval/y": None, "eval/z": 1.5}

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 
+import gymnasium as gym
 import pytest
 import torch
 
 from syllabus_eval import EpisodeRecord, EvalResult, EvalRunner, EvaluationError, cli
-from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.checkpoints import FORMAT, load_checkpoint
 from syllabus_eval.tracking import ResultTracker
 from tests.gates import set_action
@@ -101,6 +102,16 @@ class TestStopping:
             tracker.take(result(reward), None)
             assert tracker.should_stop is stop
 
+    @pytest.mark.parametrize("kwargs, rewards", [
+        ({"stop_reward": (5.0, 2)}, (1.0, 6.0, 5.0, 5.0, 1.0)),
+        ({"stop_patience": 2}, (1.0, 2.0, 2.0, 1.0, 3.0))])
+    def test_once_fired_it_stays_fired(self, kwargs, rewards):
+        # a loop that looks only after several results have landed must still stop
+        tracker = ResultTracker(**kwargs)
+        for reward in rewards:
+            tracker.take(result(reward), None)
+        assert tracker.should_stop
+
     def test_through_the_runner(self, agent, gate):
         gate.open.set()
         with gate.runner(agent, stop_reward=(5.0, 2)) as runner:
@@ -141,3 +152,19 @@ class TestCallbacks:
 def test_bad_arguments(agent, gate, kwargs, message):
     with pytest.raises(ValueError, match=message):
         gate.runner(agent, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"save_best": "best.pt"}, {"stop_patience": 3},
+                                    {"save_best": "best.pt", "best_metric": "eval/task/1/reward"}])
+def test_suites_need_a_suites_metric_before_anything_runs(agent, kwargs):
+    with pytest.raises(ValueError, match="best_metric: with suites, expected a suite's metric "
+                       "such as 'eval/train/reward'"):
+        EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent),
+                   suites={"train": [1], "test": [2]}, **kwargs)
+
+
+def test_save_best_needs_weights_before_anything_runs():
+    with pytest.raises(ValueError, match="save_best: expected an evaluator whose agent has "
+                       "weights to save, got DummyEvaluator"):
+        EvalRunner(lambda: gym.make("CartPole-v1"), DummyEvaluator(gym.spaces.Discrete(2)),
+                   save_best="best.pt")

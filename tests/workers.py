@@ -98,6 +98,17 @@ def normalized_cartpole() -> gym.Env:
     return gym.wrappers.NormalizeObservation(gym.make("CartPole-v1"))
 
 
+def cleanrl_continuous_cartpole() -> gym.Env:
+    """CartPole wrapped in the order of CleanRL's ``ppo_continuous_action.py`` make_env: the
+    episode recorder inside, ``NormalizeReward`` (which has an ``update_running_mean`` of its
+    own) outside ``NormalizeObservation``."""
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1"))
+    env = gym.wrappers.NormalizeObservation(env)
+    env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10),
+                                            env.observation_space)
+    return gym.wrappers.NormalizeReward(env)
+
+
 def trained_envs(steps: int = 60, vector: type = gym.vector.SyncVectorEnv
                  ) -> gym.vector.VectorEnv:
     """Training envs whose sub-envs' statistics have moved apart (different seeds)."""

@@ -29,13 +29,14 @@ Stable-Baselines3 is an optional dependency: ``pip install 'syllabus-eval[sb3]'`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from ..errors import bad_argument
+from ..errors import EvaluationError, bad_argument
 from ..results import EvalResult
 from ..runner import EvalRunner
 
@@ -45,6 +46,10 @@ try:
 except ImportError as error:  # pragma: no cover - the extra is installed by `make test`
     raise ImportError("syllabus_eval.integrations.sb3 needs Stable-Baselines3: "
                       "pip install 'syllabus-eval[sb3]'") from error
+
+# How syllabus_eval.normalization words evaluation envs without NormalizeObservation (its
+# _no_wrapper); the callback's tests raise it for real, so a rewording shows there.
+_NO_WRAPPER = "obs_norm: expected evaluation envs with gymnasium.wrappers.NormalizeObservation"
 
 
 class EvalRunnerCallback(BaseCallback):
@@ -78,21 +83,43 @@ class EvalRunnerCallback(BaseCallback):
         self.results: list[EvalResult] = []
 
     def _on_step(self) -> bool:
-        self.runner.maybe_trigger(self.model.policy, step=self.num_timesteps,
-                                  obs_norm=self._obs_norm())
-        self._take_results()
+        with self._sb3_advice():
+            self.runner.maybe_trigger(self.model.policy, step=self.num_timesteps,
+                                      obs_norm=self._obs_norm())
+            self._take_results()
         return not (self.stop and self.runner.should_stop)
 
     def _on_training_end(self) -> None:
-        if self.final_eval:
-            final = self.runner.final_eval(self.model.policy, step=self.num_timesteps,
-                                           obs_norm=self._obs_norm())
-            while (result := self.runner.wait()) is not None:  # the pending ones first
-                self._land(result)
-            if not self.results or self.results[-1] is not final:
-                self._land(final)
-        else:
-            self._take_results()
+        with self._sb3_advice():
+            if self.final_eval:
+                final = self.runner.final_eval(self.model.policy, step=self.num_timesteps,
+                                               obs_norm=self._obs_norm())
+                while (result := self.runner.wait()) is not None:  # the pending ones first
+                    self._land(result)
+                if not self.results or self.results[-1] is not final:
+                    self._land(final)
+            else:
+                self._take_results()
+
+    @contextlib.contextmanager
+    def _sb3_advice(self) -> Iterator[None]:
+        """An evaluation that failed for want of normalising evaluation envs, re-raised with
+        advice that works for SB3: the generic one (the training script's env factory) does
+        not, since VecNormalize wraps the training VecEnv, outside any env factory."""
+        try:
+            yield
+        except EvaluationError as error:
+            vec_normalize = self._obs_norm()
+            if not isinstance(vec_normalize, VecNormalize) or not _lacks_wrapper(error):
+                raise
+            failed = str(error).partition(": ")[0]  # "the evaluation triggered at step N failed"
+            raise EvaluationError(
+                f"{failed}: obs_norm: the model trains behind VecNormalize, but the evaluation "
+                "envs do not normalise observations (no gymnasium.wrappers.NormalizeObservation "
+                "to take its statistics); VecNormalize wraps the training VecEnv, outside any "
+                "env factory, so build the evaluation envs with syllabus_eval.integrations.sb3."
+                "normalized_like(model.get_vec_normalize_env(), make_env), which normalises as "
+                "VecNormalize does") from error
 
     def _obs_norm(self) -> Any:
         if self.obs_norm != "auto":
@@ -111,6 +138,17 @@ class EvalRunnerCallback(BaseCallback):
         self.logger.dump(step=result.step if result.step is not None else self.num_timesteps)
         if self.verbose:
             print(f"evaluation at step {result.step}: return {result.get('eval/reward')}")
+
+
+def _lacks_wrapper(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it came from) says the evaluation envs lack
+    ``NormalizeObservation`` (a worker's comes back pickled, or as its text)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if _NO_WRAPPER in str(seen):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def normalized_like(vec_normalize: VecNormalize, make_env: Callable[[], gym.Env]

@@ -202,10 +202,13 @@ class VectorSlots:
                                f"autoreset_mode {mode}")
         _refuse_reward_wrappers(envs)
         self.envs = envs
+        self._whole_resets_only = _whole_resets_only(envs)
         # Gymnasium's own vector envs reset the sub-envs of options["reset_mask"] alone; others
-        # (the native CartPoleVectorEnv) may reset all, so their floating episodes start from
-        # autoresets, unseeded, as all their episodes after the first.
-        self.resets_alone = isinstance(envs.unwrapped, (SyncVectorEnv, AsyncVectorEnv))
+        # (the native CartPoleVectorEnv), and those inside a vector wrapper that needs whole
+        # resets, run on their autoresets: their floating episodes start unseeded, as all
+        # their episodes after the first.
+        self.resets_alone = (isinstance(envs.unwrapped, (SyncVectorEnv, AsyncVectorEnv))
+                             and self._whole_resets_only is None)
         self.same_step = mode is AutoresetMode.SAME_STEP
         self.num_envs = envs.num_envs
         self.single_observation_space = envs.single_observation_space
@@ -228,6 +231,14 @@ class VectorSlots:
                 return
         mask = np.zeros(self.num_envs, dtype=bool)
         mask[index] = True
+        if self._whole_resets_only is not None and not mask.all():
+            name = type(self._whole_resets_only).__name__
+            raise ValueError(
+                f"envs: expected a vector env that can reset some sub-envs alone (for tasks "
+                f"and max_steps cuts), got one inside Gymnasium's vector {name}, which "
+                f"{'refuses' if name == 'NormalizeObservation' else 'miscounts'} such resets; "
+                f"put gymnasium.wrappers.{name} inside each sub-env (in make_env, as CleanRL "
+                "does), or use no tasks and max_steps=None")
         before = self.observations
         # A fresh dict: the vector env pops "reset_mask" from it.
         self.observations, _ = self.envs.reset(seed=_seed_argument(every_seed),
@@ -288,6 +299,22 @@ def _refuse_reward_wrappers(envs: VectorEnv) -> None:
                 "the reward wrappers you want counted inside each sub-env"
             )
         layer = layer.env
+
+
+def _whole_resets_only(envs: VectorEnv) -> VectorEnv | None:
+    """The first vector wrapper around ``envs`` that partial resets would break, if any.
+
+    Gymnasium's vector ``NormalizeObservation`` refuses a ``reset_mask`` that is not all True;
+    its vector ``RecordEpisodeStatistics`` looks for the mask after the vector env below it
+    has popped it from the options, so it zeroes every sub-env's running return.
+    """
+    layer = envs
+    while isinstance(layer, gym.vector.VectorWrapper):
+        if isinstance(layer, (gym.wrappers.vector.NormalizeObservation,
+                              gym.wrappers.vector.RecordEpisodeStatistics)):
+            return layer
+        layer = layer.env
+    return None
 
 
 def _seed_argument(seeds: list[int | None]) -> int | list[int | None] | None:
@@ -436,7 +463,17 @@ def make_envs(make_env: Callable[[], gym.Env | VectorEnv], num_envs: int = 8,
     if vectorization_mode == "async":
         first.close()  # each subprocess builds its own
         return AsyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
-    return EnvPool([factory(first)] + [factory() for _ in range(num_envs - 1)])
+    envs = [factory(first)] + [factory() for _ in range(num_envs - 1)]
+    if len({id(env.unwrapped) for env in envs}) < num_envs:
+        for env in {id(env.unwrapped): env for env in envs}.values():
+            env.close()
+        # one env stepped as several slots would interleave their episodes
+        raise ValueError(
+            f"make_env: expected a factory that builds a new env on each call, got one that "
+            f"returned the same {type(first.unwrapped).__name__} for several of the "
+            f"{num_envs} slots (a lambda returning a captured env?); build the env inside "
+            "the factory, or pass the env itself as make_env (thread backend, one slot)")
+    return EnvPool(envs)
 
 
 def as_slots(envs: EnvPool | VectorEnv) -> EnvPool | VectorSlots:

@@ -281,6 +281,24 @@ class TestModels:
         with pytest.raises(TypeError, match="is_lstm: SB3Evaluator queries feedforward"):
             SB3Evaluator(BY_NAME["ppo-cartpole"].build(), is_lstm=True)
 
+    @pytest.mark.parametrize("name", ["ppo-cartpole", "dqn-cartpole"])
+    def test_a_compiled_policy_is_the_policy_it_wraps(self, name: str, dynamo: None) -> None:
+        case = BY_NAME[name]
+        model, obs = case.build(), case.obs()
+        evaluator = SB3Evaluator(torch.compile(model.policy))  # wrapped only: nothing compiles
+        assert evaluator.training_agent is model.policy
+        model.learn(case.learn_steps)
+        value, extras = evaluator.get_value(obs)
+        assert extras["weights_version"] >= 1  # synced with the policy that trains
+        assert torch.equal(value, own_value(model.policy, obs))
+        action, _ = evaluator.get_action(obs, deterministic=True)
+        assert np.array_equal(action.numpy(), model.policy.predict(obs, deterministic=True)[0])
+
+    def test_a_compiled_module_of_another_kind_is_refused_naming_it(self, dynamo: None
+                                                                     ) -> None:
+        with pytest.raises(TypeError, match="got OptimizedModule wrapping Linear"):
+            SB3Evaluator(torch.compile(nn.Linear(2, 2)))
+
 
 class TestTrainingPolicyUntouched:
     @pytest.mark.parametrize("name", ["ppo-pendulum", "dqn-cartpole", "sac-pendulum"])

@@ -230,6 +230,21 @@ class TestWeights:
         assert not torch.equal(before, after)
         assert torch.equal(after, run(policy, OBS)["action"])
 
+    def test_compiled_modules_are_the_modules_they_wrap(self, dynamo: None) -> None:
+        module, value_module = actor(), critic()
+        # Wrapped only (nothing runs compiled): the evaluator queries copies of the originals.
+        evaluator = TorchRLEvaluator(torch.compile(module), value=torch.compile(value_module))
+        assert evaluator.training_agent["policy"] is module
+        assert evaluator.training_agent["value"] is value_module
+        policy = seed_policy()
+        alone = TorchRLEvaluator(torch.compile(policy))
+        train_step(policy)
+        action, extras = alone.get_action(OBS)
+        assert extras["weights_version"] == 1
+        assert torch.equal(action, run(policy, OBS)["action"])
+        value, _ = evaluator.get_value(OBS)
+        assert torch.equal(value, run(value_module, OBS)["state_value"])
+
     def test_policy_and_value_are_one_synced_agent(self) -> None:
         module, value_module = actor(), critic()
         evaluator = TorchRLEvaluator(module, value=value_module)

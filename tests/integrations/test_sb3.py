@@ -21,7 +21,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: 
 
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import SB3Evaluator  # noqa: E402
-from syllabus_eval.integrations.sb3 import EvalRunnerCallback, normalized_like  # noqa: E402
+from syllabus_eval.errors import EvaluationError  # noqa: E402
+from syllabus_eval.integrations.sb3 import (  # noqa: E402
+    EvalRunnerCallback,
+    _lacks_wrapper,
+    normalized_like,
+)
 from tests.readme import readme_snippet  # noqa: E402
 
 
@@ -95,6 +100,31 @@ class TestVecNormalize:
                                            warn=False)
         assert sorted(r.length for r in final.episodes) == sorted(lengths)
         assert final["eval/reward"] == pytest.approx(np.mean(rewards))
+
+    @pytest.mark.parametrize("final_eval", [True, False], ids=["final", "scheduled"])
+    def test_raw_evaluation_envs_are_pointed_to_normalized_like(self, final_eval):
+        train = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=0), norm_reward=False)
+        model = small_ppo(train)
+        # eval_every past the training steps: only the final evaluation fails
+        runner = EvalRunner(cartpole, SB3Evaluator(model), num_envs=2, num_episodes=2,
+                            eval_every=10_000 if final_eval else 128)
+        with pytest.raises(EvaluationError, match=r"failed: obs_norm: the model trains behind "
+                                                  r"VecNormalize.*outside any env factory.*"
+                                                  r"normalized_like\(model\.get_vec_normalize"
+                                                  ) as caught:
+            model.learn(256, callback=EvalRunnerCallback(runner, final_eval=final_eval))
+        runner.shutdown()
+        assert "training script's env factory" not in str(caught.value)  # no help for SB3
+        assert isinstance(caught.value.__cause__, EvaluationError)  # the original, chained
+
+    def test_a_workers_failure_as_text_is_recognised(self):
+        # A worker's exception that cannot be unpickled comes back as its text only.
+        remote = EvaluationError("a worker raised ValueError: obs_norm: expected evaluation "
+                                 "envs with gymnasium.wrappers.NormalizeObservation to take ...")
+        outer = EvaluationError("the evaluation triggered at step 5 failed")
+        outer.__cause__ = remote
+        assert _lacks_wrapper(outer)
+        assert not _lacks_wrapper(EvaluationError("obs_norm: expected a numeric mean"))
 
     def test_only_whole_observations(self):
         train = VecNormalize(make_vec_env("CartPole-v1", n_envs=1), norm_obs=False)

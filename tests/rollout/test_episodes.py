@@ -328,6 +328,13 @@ class TestMakeEnvs:
         with pytest.raises(ValueError, match=message):
             make_envs(**arguments)
 
+    def test_a_factory_of_one_env_for_several_slots_is_refused(self):
+        # stepped as two slots, one env would interleave their episodes
+        env = gym.wrappers.TimeLimit(LengthEnv(), 100)
+        with pytest.raises(ValueError, match="make_env: expected a factory that builds a new "
+                           "env on each call, got one that returned the same LengthEnv"):
+            make_envs(lambda: gym.wrappers.RecordEpisodeStatistics(env), num_envs=2)
+
     @pytest.mark.parametrize(("kwargs", "message"), [
         ({"num_episodes": 0}, "num_episodes: expected an integer >= 1, got int 0"),
         ({"max_steps": 2.5}, "max_steps: expected an integer >= 1"),

@@ -75,3 +75,37 @@ class TestRecordedReturns:
             assert result[f"eval/task/{task}/wrapped_reward"] == -result[
                 f"eval/task/{task}/reward"]
 
+
+
+def recorded_vector(normalize: bool = False) -> gym.vector.VectorEnv:
+    """CartPole vector envs inside Gymnasium's vector RecordEpisodeStatistics (and vector
+    NormalizeObservation), which need whole resets."""
+    envs = gym.make_vec("CartPole-v1", 4, vectorization_mode="sync")
+    if normalize:
+        envs = gym.wrappers.vector.NormalizeObservation(envs)
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+class TestVectorRecorders:
+    """The vector recorder looks for options["reset_mask"] after the vector env has popped it,
+    so a masked reset would zero every sub-env's running return: such envs run on their own
+    autoresets."""
+
+    @pytest.mark.parametrize("normalize", [False, True], ids=["recorder", "normalizer"])
+    @pytest.mark.filterwarnings("ignore:the evaluation envs normalise observations")
+    def test_the_floating_tail_keeps_their_returns_right(self, normalize):
+        # 16 episodes on 4 envs: each slot's last episode floats, which needs masked resets
+        # with envs that reset alone
+        with EvalRunner(lambda: recorded_vector(normalize), cartpole_evaluator(), num_envs=4,
+                        num_episodes=16, max_steps=None, seed=0) as runner:
+            result = runner.evaluate()
+        assert len(result.episodes) == 16
+        assert all(record.reward == record.length for record in result.episodes)
+
+    def test_cuts_that_need_masked_resets_are_refused_clearly(self):
+        with EvalRunner(recorded_vector, cartpole_evaluator(), num_envs=4, num_episodes=8,
+                        max_steps=12, seed=0) as runner, pytest.raises(Exception) as caught:
+            runner.evaluate()
+        message = str(caught.value) + str(caught.value.__cause__)
+        assert "vector RecordEpisodeStatistics" in message
+        assert "inside each sub-env" in message

@@ -122,6 +122,15 @@ def test_bad_video_options(tmp_path, kwargs, message):
                    **{"video_dir": tmp_path, **kwargs})
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"video_select": "median"}, "video_select: expected one of"),  # checked without a folder
+    ({"video_episodes": 3}, "video_dir: expected a folder for the videos"),
+    ({"video_select": "best"}, "video_dir: expected a folder for the videos")])
+def test_video_options_without_a_folder_are_not_ignored(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EvalRunner(PaintedLengthEnv, DummyEvaluator(LengthEnv.action_space), **kwargs)
+
+
 def test_the_cli_writes_videos(tmp_path):
     import torch
 
