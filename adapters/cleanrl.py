@@ -95,7 +95,10 @@ class CleanRLEvaluator(Evaluator):
                 return value, None, {"entropy": entropy}
             return agent.get_value(inputs.obs), None, {}
         critic = getattr(agent, "critic", None)
-        features = None if critic is None else _lstm_inputs(agent, inputs)
+        # Reading the LSTM's inputs swaps the agent's lstm for a moment: only in a private
+        # copy, never in the training agent that copy_agent=False queries in place.
+        in_place = self._live_source is not None
+        features = None if critic is None or in_place else _lstm_inputs(agent, inputs)
         if features is None:
             return super()._get_value_sequence(inputs, policy)
         hidden, next_state = _packed_lstm(agent.lstm, features, inputs)
@@ -228,7 +231,7 @@ def _lstm_inputs(agent: nn.Module, inputs: AgentInputs) -> torch.Tensor | None:
         return None
     steps, batch = inputs.steps, inputs.batch_size
     recorder = _LSTMInputs(lstm)
-    agent.lstm = recorder  # the private copy, under the query's lock
+    agent.lstm = recorder  # a private copy (never the live agent), under the query's lock
     try:
         agent.get_states(inputs.obs, tuple(torch.zeros_like(t) for t in inputs.lstm_state),
                          inputs.done)

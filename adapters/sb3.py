@@ -35,7 +35,7 @@ from torch import nn
 from syllabus_eval.compiled import unwrap_compiled
 from syllabus_eval.errors import bad_argument, describe
 from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
-from syllabus_eval.inputs import TensorTree, as_batch, check_against_space
+from syllabus_eval.inputs import TensorTree
 
 _CPU = torch.device("cpu")
 _SUPPORTED = ("PPO and A2C (ActorCriticPolicy), DQN (DQNPolicy), SAC (SACPolicy), TD3 and DDPG "
@@ -110,16 +110,16 @@ class SB3Evaluator(Evaluator):
     """
 
     obs_dtype = None  # the policy's preprocess_obs casts and scales (images / 255) itself
+    recurrent = False  # sb3-contrib's recurrent policies are not supported
 
     def __init__(self, model: Any, device: str | torch.device | None = None,
                  preprocess_obs: Any = None, copy_agent: bool = True, **kwargs: Any) -> None:
         sb3 = _sb3()
         is_model = isinstance(model, sb3.BaseAlgorithm)
         policy = model.policy if is_model else model
-        if isinstance(policy, nn.Module):
-            # A compiled policy (torch.compile) holds no weights of its own: the policy it
-            # wraps trains, and is the one to copy and query.
-            policy = unwrap_compiled(policy)
+        # A compiled policy (torch.compile) holds no weights of its own: the policy it wraps
+        # trains, and is the one to copy and query.
+        policy = unwrap_compiled(policy)
         kind = next((kind for cls, kind in sb3.kinds if isinstance(policy, cls)), None)
         if kind is None or hasattr(policy, "lstm_actor"):  # sb3-contrib's recurrent policies
             wrapped = "" if policy is model or is_model else (
@@ -127,8 +127,6 @@ class SB3Evaluator(Evaluator):
             raise TypeError(f"model: SB3Evaluator supports {_SUPPORTED}; got "
                             f"{type(model).__name__}{wrapped}"
                             + (" (recurrent policies are not supported)" if kind else ""))
-        if kwargs.get("is_lstm"):
-            raise TypeError("is_lstm: SB3Evaluator queries feedforward policies only")
         super().__init__(policy, device, preprocess_obs, copy_agent, **kwargs)
         self._kind = kind
         # DQN's exploration is the model's (epsilon-greedy in DQN.predict), read at each query.
@@ -151,12 +149,8 @@ class SB3Evaluator(Evaluator):
     # --- observations ------------------------------------------------------------------------
 
     def _prepare_state(self, state: Any) -> TensorTree:
-        if self.preprocess_obs is not None:
-            state = self.preprocess_obs(state)
         # obs_to_tensor takes numpy arrays: make them on the CPU, keeping their dtypes.
-        batch = as_batch(state, _CPU, None, "state")
-        if self.observation_space is not None:
-            check_against_space(batch, self.observation_space, "state")
+        batch = self._batched_observations(state, _CPU, None)
         space = self.agent.observation_space
         if isinstance(space, spaces.Dict) != isinstance(batch, dict) or (
                 isinstance(batch, dict) and batch.keys() != space.spaces.keys()):

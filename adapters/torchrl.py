@@ -94,6 +94,7 @@ class TorchRLEvaluator(Evaluator):
     """
 
     obs_dtype = None  # integer and bool observations are kept; floats: see _prepare_state
+    recurrent = False
 
     def __init__(self, policy: nn.Module, value: nn.Module | None = None,
                  device: str | torch.device | None = None, preprocess_obs: Any = None,
@@ -103,13 +104,10 @@ class TorchRLEvaluator(Evaluator):
         td = _tensordict()
         # Compiled modules (torch.compile) hold no weights of their own: the modules they wrap
         # train, and are the ones to copy, sync and query.
-        policy = unwrap_compiled(policy) if isinstance(policy, nn.Module) else policy
-        value = unwrap_compiled(value) if isinstance(value, nn.Module) else value
+        policy, value = unwrap_compiled(policy), unwrap_compiled(value)
         _check_module("policy", policy, action_key, td)
         if value is not None:
             _check_module("value", value, value_key, td)
-        if kwargs.get("is_lstm"):
-            raise TypeError("is_lstm: TorchRLEvaluator queries feedforward policies only")
         agent = policy if value is None else nn.ModuleDict({"policy": policy, "value": value})
         super().__init__(agent, device, preprocess_obs, copy_agent, **kwargs)
         self.observation_key = observation_key

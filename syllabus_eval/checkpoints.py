@@ -75,9 +75,14 @@ def save_checkpoint(path: str | os.PathLike, snapshot: Snapshot,
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> Checkpoint:
     """The :class:`Checkpoint` in ``path``: one :func:`save_checkpoint` wrote, or a plain
     state dict.
+
+    Args:
+        path: the file.
+        mmap: map the tensors instead of reading them (only the pickled dict is read), where
+            the file is in torch's zip format; other files are read whole.
 
     Raises:
         FileNotFoundError: no such file.
@@ -87,7 +92,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise FileNotFoundError(f"no such file {str(path)!r}")
     try:
-        content: Any = torch.load(path, map_location="cpu", weights_only=True)
+        content: Any = _read(path, mmap)
     except Exception as error:
         raise ValueError(f"{str(path)!r} does not load as a torch checkpoint: {error}"
                          ) from None
@@ -101,3 +106,13 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()):
         return Checkpoint(dict(content))
     raise ValueError(f"{str(path)!r} holds neither a {FORMAT} nor a state dict")
+
+
+def _read(path: Path, mmap: bool) -> Any:
+    """``torch.load`` of ``path``, tensors mapped where ``mmap`` and the format allow."""
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # torch maps only its zip format: other files are read whole
+            pass
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -28,8 +28,10 @@ import gymnasium as gym
 from .backends import BACKENDS
 from .checkpoints import Checkpoint, load_checkpoint
 from .errors import describe
+from .loggers import json_ready
+from .normalization import normalizes_observations
 from .rollout.video import render_offscreen
-from .sweep import check_sweep_arguments, checkpoint_files, json_ready
+from .sweep import check_sweep_arguments, checkpoint_files
 
 ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
 
@@ -191,16 +193,28 @@ def _load_checkpoint(args: argparse.Namespace) -> Checkpoint | None:
         raise UsageError(f"--checkpoint: {error}") from None
 
 
-def _build_evaluator(args: argparse.Namespace) -> Any:
+def _takes_obs_norm(args: argparse.Namespace, checkpoint: Checkpoint | None) -> bool:
+    """Whether the evaluation envs take observation statistics: ``--checkpoint``'s, or those
+    of ``--checkpoints``."""
+    return (checkpoint is not None and checkpoint.obs_norm is not None
+            or _series_normalizes(args))
+
+
+def _build_evaluator(args: argparse.Namespace, checkpoint: Checkpoint | None = None,
+                     make_env: Callable[[], Any] | None = None) -> Any:
+    """The evaluator of ``--adapter``, its agent built on an env of ``make_env`` and loaded
+    with ``--checkpoint``; what is not given is made from ``args`` (as in a worker)."""
     from . import adapters
 
     if args.adapter in ADAPTERS:
         adapter = getattr(adapters, ADAPTERS[args.adapter])
     else:
         adapter = _load_attribute(args.adapter, "--adapter")
-    checkpoint = _load_checkpoint(args)
-    normalize = checkpoint is not None and checkpoint.obs_norm is not None
-    probe = gym.vector.SyncVectorEnv([_env_factory(args, normalize)])
+    if checkpoint is None:
+        checkpoint = _load_checkpoint(args)
+    if make_env is None:
+        make_env = _env_factory(args, _takes_obs_norm(args, checkpoint))
+    probe = gym.vector.SyncVectorEnv([make_env])
     try:
         if args.adapter == "dummy":
             return adapter(probe.single_action_space, seed=args.seed)
@@ -233,11 +247,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                          f"tasks), got {args.episodes}")
     if args.adapter == "dummy":
         for option, value in (("--checkpoint", args.checkpoint), ("--lstm", args.lstm),
-                              ("--agent", args.agent)):
+                              ("--agent", args.agent), ("--checkpoints", args.checkpoints)):
             if value:
                 raise UsageError(f"{option}: not used by --adapter dummy (random actions)")
-    if args.checkpoints is not None and args.adapter == "dummy":
-        raise UsageError("--checkpoints: not used by --adapter dummy (random actions)")
     if args.checkpoints is not None:
         try:  # before building anything: a mistyped path is found at once
             check_sweep_arguments(args.checkpoints, results=args.results,
@@ -247,14 +259,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise UsageError(_with_options(error)) from None
     checkpoint = _load_checkpoint(args)
     obs_norm = None if checkpoint is None else checkpoint.obs_norm
-    normalize = obs_norm is not None or _series_normalizes(args)
+    normalize = _takes_obs_norm(args, checkpoint)
     make_env = _env_factory(args, normalize=normalize)
     if args.make_env is not None:
         _check_own_env(args, make_env, normalize)
-    evaluator = _build_evaluator(args)
+    evaluator = _build_evaluator(args, checkpoint, make_env)
     # Picklable factories: process and Ray workers build their env and evaluator from them.
-    workers = {} if args.backend == "thread" else {"evaluator_fn": partial(_build_evaluator,
-                                                                          args)}
+    workers = {} if args.backend == "thread" else {
+        "evaluator_fn": partial(_build_evaluator, args, make_env=make_env)}
     with EvalRunner(make_env, evaluator, num_envs=args.num_envs,
                     num_episodes=args.episodes, max_steps=args.max_steps, backend=args.backend,
                     deterministic=args.deterministic, seed=args.seed, tasks=tasks,
@@ -274,13 +286,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         print()
         print(format_table(rows, ["task", "reward", "success", "episodes"]))
     if args.json:
-        _write_json(args.json, metrics)
+        _write_json(args.json, json_ready(metrics))
     return 0
 
 
 def _write_json(path: str, value: Any) -> None:
-    """``value`` as strict JSON (NaN as null, which every parser reads) in ``path``."""
-    Path(path).write_text(json.dumps(json_ready(value), indent=2, allow_nan=False))
+    """``value``, made :func:`~syllabus_eval.loggers.json_ready`, as strict JSON in ``path``."""
+    Path(path).write_text(json.dumps(value, indent=2, allow_nan=False))
 
 
 def _check_own_env(args: argparse.Namespace, factory: Callable[[], Any],
@@ -295,7 +307,7 @@ def _check_own_env(args: argparse.Namespace, factory: Callable[[], Any],
     except Exception as error:
         raise UsageError(f"--make-env: {args.make_env}() failed: {error!r}") from None
     try:
-        if normalize and not _normalizes(env):
+        if normalize and not normalizes_observations(env):
             what = (f"--checkpoint {args.checkpoint!r} carries" if args.checkpoint is not None
                     else "the checkpoints of --checkpoints carry")
             raise UsageError(
@@ -311,16 +323,6 @@ def _check_own_env(args: argparse.Namespace, factory: Callable[[], Any],
                 "make it with gym.make(..., render_mode='rgb_array')")
     finally:
         env.close()
-
-
-def _normalizes(env: Any) -> bool:
-    """Whether ``env`` (one env or a vector env) has a ``NormalizeObservation``."""
-    if isinstance(env, gym.vector.VectorEnv):
-        from .normalization import normalizes_observations
-
-        return normalizes_observations(env)
-    has = getattr(env, "has_wrapper_attr", None)
-    return bool(has("obs_rms")) if has is not None else hasattr(env, "obs_rms")
 
 
 # The argument names evaluate_checkpoints words its errors with, and the options they come from.

@@ -49,6 +49,7 @@ from .inputs import (
     batch_size_of,
     check_against_space,
     check_done_flags,
+    take_rows,
 )
 from .protocols import AgentQueries, LSTMState
 from .weights import WeightSource, snapshot_state_dict, weight_source
@@ -127,9 +128,11 @@ class Evaluator:
 
     obs_dtype: torch.dtype | None = torch.float32
     lstm_batch_dim: int = 1  # the batch dimension of each recurrent-state tensor
+    recurrent: bool = True  # whether the adapter takes recurrent agents (is_lstm=True)
     # The form each two-form hook is written in (see HOOK_FORMS), set per class.
     _lstm_gets_batch_size: bool = True
     _train_mode_gets_previous: bool = True
+    _ported_prepare_state: bool = False  # a _prepare_state written outside the project
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -145,6 +148,8 @@ class Evaluator:
         forms = {name: hook_form(cls, name) for name in HOOK_FORMS}
         cls._lstm_gets_batch_size = forms["_prepare_lstm"] == 0
         cls._train_mode_gets_previous = forms["_set_train_mode"] == 0
+        cls._ported_prepare_state = not getattr(cls._prepare_state, "__module__",
+                                                "").startswith("syllabus_eval.")
 
     def __init__(
         self,
@@ -170,6 +175,8 @@ class Evaluator:
         if observation_space is not None and not isinstance(observation_space, spaces.Space):
             raise bad_argument("observation_space", "a gymnasium.spaces.Space", observation_space)
         check_flag("deterministic", deterministic)
+        if is_lstm and not self.recurrent:
+            raise TypeError(f"is_lstm: {type(self).__name__} queries feedforward policies only")
         self.training_agent = agent
         self.device = as_device(device) if device is not None else device_of(agent)
         self.preprocess_obs = preprocess_obs
@@ -339,7 +346,7 @@ class Evaluator:
         """The rows of what ``_prepare_state`` gave. A ported one (Syllabus's template body is
         ``return state``) may give the observations unconverted, arrays, lists or dicts of
         them, for its own hooks to take as they are: their first dimension is the batch."""
-        if getattr(type(self)._prepare_state, "__module__", "").startswith("syllabus_eval."):
+        if not self._ported_prepare_state:
             return batch_size_of(obs, "state")  # ours: the errors are about the user's input
         hook = f"{type(self).__name__}._prepare_state"
         try:
@@ -374,20 +381,22 @@ class Evaluator:
         (CleanRL's LSTM, moolib's ``[T, B]`` inputs) override it with one pass.
         """
         batch, state, values, extras = inputs.batch_size, inputs.lstm_state, [], []
-        dim = self.lstm_batch_dim
+        lengths = None  # [B] where each env's state may move on, shaped like a state tensor
+        if inputs.lengths is not None and state:  # () : no recurrent state
+            dim = self.lstm_batch_dim
+            lengths = inputs.lengths.to(state[0].device).view(
+                *[-1 if d == dim else 1 for d in range(state[0].dim())])
         for t in range(inputs.steps):
             rows = slice(t * batch, (t + 1) * batch)
-            step = AgentInputs(_rows(inputs.obs, rows),
+            step = AgentInputs(take_rows(inputs.obs, rows),
                                state, None if inputs.done is None else inputs.done[rows],
                                batch, inputs.deterministic)
             if policy:
                 _, value, next_state, step_extras = self._get_action_and_value(step)
             else:
                 value, next_state, step_extras = self._get_value(step)
-            if inputs.lengths is not None and state and next_state:  # () : no recurrent state
-                going = (inputs.lengths > t).to(state[0].device).view(
-                    *[-1 if d == dim else 1 for d in range(state[0].dim())])
-                next_state = tuple(torch.where(going, new, old)
+            if lengths is not None and next_state:
+                next_state = tuple(torch.where(lengths > t, new, old)
                                    for new, old in zip(next_state, state))
             state = next_state
             values.append(value)
@@ -410,9 +419,15 @@ class Evaluator:
 
     def _prepare_state(self, state: Any) -> TensorTree:
         """Observations to tensors on ``device`` (after the user's ``preprocess_obs``)."""
+        return self._batched_observations(state, self.device, self.obs_dtype)
+
+    def _batched_observations(self, state: Any, device: torch.device,
+                              dtype: torch.dtype | None) -> TensorTree:
+        """``state`` after ``preprocess_obs``, as a batch of tensors on ``device`` checked
+        against ``observation_space``: for adapters whose preparation starts elsewhere."""
         if self.preprocess_obs is not None:
             state = self.preprocess_obs(state)
-        obs = as_batch(state, self.device, self.obs_dtype, "state")
+        obs = as_batch(state, device, dtype, "state")
         if self.observation_space is not None:
             check_against_space(obs, self.observation_space, "state")
         return obs
@@ -708,6 +723,3 @@ def _lengths(lengths: Any, steps: int, batch_size: int) -> torch.Tensor:
     return lengths
 
 
-def _rows(obs: TensorTree, rows: slice) -> TensorTree:
-    return {key: _rows(value, rows) for key, value in obs.items()} if isinstance(
-        obs, dict) else obs[rows]

@@ -83,6 +83,16 @@ def batch_size_of(value: Any, name: str) -> int:
     return int(shape[0])
 
 
+def take_rows(batch: Any, rows: Any) -> Any:
+    """Rows ``rows`` (an index array or a slice) of a batch: arrays or tensors, dicts and
+    tuples of them."""
+    if isinstance(batch, dict):
+        return {key: take_rows(sub, rows) for key, sub in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(take_rows(sub, rows) for sub in batch)
+    return batch[rows]
+
+
 def check_done_flags(value: Any, name: str) -> Any:
     """``value`` as it came, once checked to hold booleans or 0/1 only: done flags, which a
     packed LSTM pass takes as resets where nonzero and a step by step one may scale by."""

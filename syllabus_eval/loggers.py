@@ -10,15 +10,16 @@ Usage::
 Each logger is a callable that takes an :class:`~syllabus_eval.EvalResult` (a flat dict of
 numbers). :class:`TensorBoardLogger` writes each metric as a scalar at the result's step
 (``torch.utils.tensorboard``; ``pip install 'syllabus-eval[tensorboard]'``);
-:class:`JSONLinesLogger` appends one line per result and flushes it, so a crash loses nothing
-already written. Weights & Biases needs no logger of ours: ``on_result=lambda result:
-wandb.log(dict(result), step=result.step)`` (or plain ``on_result=wandb.log``, which logs at
-W&B's own step).
+:class:`JSONLinesLogger` appends one line of strict JSON per result (NaN as ``null``) and
+flushes it, so a crash loses nothing already written. Weights & Biases needs no logger of
+ours: ``on_result=lambda result: wandb.log(dict(result), step=result.step)`` (or plain
+``on_result=wandb.log``, which logs at W&B's own step).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -74,13 +75,27 @@ class JSONLinesLogger(_Logger):
         self.write(_plain(result))
 
     def write(self, record: Mapping[str, Any]) -> None:
-        """Append any JSON-serializable mapping as one line, flushed."""
-        line = json.dumps(record, allow_nan=True)
+        """Append any JSON-serializable mapping as one line of strict JSON (non-finite
+        numbers as ``null``), flushed."""
+        line = json.dumps(json_ready(record), allow_nan=False)
         with self._lock:
             self._sink.write(line + "\n")
             self._sink.flush()
             if self.fsync:
                 os.fsync(self._sink.fileno())
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinities) replaced by ``None``, through
+    dicts, lists and tuples: what ``json.dumps(..., allow_nan=False)`` takes (strict
+    parsers reject the ``NaN`` Python writes by default)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
 
 
 class TensorBoardLogger(_Logger):

@@ -100,10 +100,6 @@ class ObsNormStats:
         """Plain lists and a number, for JSON and checkpoints."""
         return {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": self.count}
 
-    def normalize(self, obs: np.ndarray, epsilon: float = 1e-8) -> np.ndarray:
-        """``(obs - mean) / sqrt(var + epsilon)`` as float32, as the wrapper computes it."""
-        return np.float32((obs - self.mean) / np.sqrt(self.var + epsilon))
-
 
 def read_obs_norm(source: Any) -> ObsNormStats:
     """A private copy of the normalisation statistics ``source`` holds now (module docs).
@@ -194,9 +190,12 @@ def apply_obs_norm(envs: Any, stats: ObsNormStats) -> int:
 
 
 def normalizes_observations(envs: Any) -> bool:
-    """Whether ``envs`` (a pool or a vector env) has ``NormalizeObservation`` wrappers."""
+    """Whether ``envs`` (a pool, a vector env or one env) has ``NormalizeObservation``
+    wrappers."""
     if isinstance(envs, VectorEnv):
         return _vector_layer(envs) is not None or _sub_envs_normalize(envs)
+    if isinstance(envs, gym.Env):
+        return envs.has_wrapper_attr("obs_rms")
     return any(env.has_wrapper_attr("obs_rms") for env in getattr(envs, "envs", ()))
 
 
@@ -255,9 +254,12 @@ def _write(layer: Any, stats: ObsNormStats) -> None:
     layer.update_running_mean = False  # frozen: evaluation must not move them
 
 
+# How evaluation envs without the wrapper are refused: the SB3 integration recognises it.
+NO_WRAPPER = "obs_norm: expected evaluation envs with gymnasium.wrappers.NormalizeObservation"
+
+
 def _no_wrapper(envs: Any) -> ValueError:
     return ValueError(
-        f"obs_norm: expected evaluation envs with gymnasium.wrappers.NormalizeObservation to "
-        f"take the training statistics, got {describe(envs)} without it; build the "
-        "evaluation envs with the training script's env factory (the one that adds the "
-        "wrapper), or leave obs_norm out for an agent trained on raw observations")
+        f"{NO_WRAPPER} to take the training statistics, got {describe(envs)} without it; "
+        "build the evaluation envs with the training script's env factory (the one that adds "
+        "the wrapper), or leave obs_norm out for an agent trained on raw observations")

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from .backends import create_backend
 from .compiled import unwrap_compiled
-from .errors import bad_argument, check_number, describe
+from .errors import bad_argument, check_count, check_number, describe
 from .jobs import BUSY_POLICIES, Job, JobQueue
 from .normalization import read_obs_norm
 from .protocols import AgentQueries, WeightedAgentQueries
@@ -334,9 +334,7 @@ class EvalRunner:
         if schedule is None:
             raise ValueError("eval_every: maybe_trigger needs a schedule, "
                              "EvalRunner(..., eval_every=N); got None")
-        if step is None or isinstance(step, bool) or not isinstance(step, Integral):
-            raise bad_argument("step", "an int: the training step (env steps so far)", step)
-        step = int(step)  # a NumPy integer would reach checkpoints and JSON
+        step = _checked_step(step, "an int: the training step (env steps so far)")
         if not schedule.due(step):
             return False
         return self.trigger_eval(weights, step, obs_norm=obs_norm)
@@ -416,9 +414,7 @@ class EvalRunner:
         if not isinstance(state, Mapping) or not {"schedule", "skipped", "results"} <= set(
                 state):
             raise bad_argument("state", "what EvalRunner.state_dict() returned", state)
-        skipped = state["skipped"]
-        if isinstance(skipped, bool) or not isinstance(skipped, Integral) or skipped < 0:
-            raise bad_argument("state['skipped']", "a count of skipped triggers", skipped)
+        skipped = check_count("state['skipped']", state["skipped"], 0)
         if state["schedule"] is not None and self.schedule is None:
             raise ValueError(f"eval_every: the state carries a schedule {state['schedule']}; "
                              "build this runner with eval_every= to resume it, or set "
@@ -426,7 +422,7 @@ class EvalRunner:
         if state["schedule"] is not None:
             self.schedule.load_state_dict(state["schedule"])
         self.tracker.load_state_dict(state["results"])
-        self._skipped = int(skipped)
+        self._skipped = skipped
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -454,9 +450,8 @@ class EvalRunner:
 
     def _submit(self, weights: Weights, step: int | None, obs_norm: Any, *, blocking: bool,
                 busy_policy: str) -> Job | None:
-        if step is not None and (isinstance(step, bool) or not isinstance(step, Integral)):
-            raise bad_argument("step", "an int (the training step) or None", step)
-        step = None if step is None else int(step)  # a NumPy integer would reach JSON
+        if step is not None:
+            step = _checked_step(step, "an int (the training step) or None")
         job = self._jobs.submit(lambda: self._snapshot(weights, step, obs_norm), blocking,
                                 busy_policy)
         if job is None:
@@ -514,6 +509,13 @@ class EvalRunner:
         result.videos = videos
         self.tracker.take(result, job.snapshot)
         return result
+
+
+def _checked_step(step: Any, expected: str) -> int:
+    """``step`` as a plain int: a NumPy counter would reach checkpoints and JSON."""
+    if isinstance(step, bool) or not isinstance(step, Integral):
+        raise bad_argument("step", expected, step)
+    return int(step)
 
 
 # Metrics an evaluation without suites reports, which suites report as eval/<suite>/...

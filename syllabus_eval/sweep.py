@@ -39,16 +39,15 @@ import math
 import os
 import re
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .checkpoints import FORMAT, Checkpoint, load_checkpoint
+from .checkpoints import Checkpoint, load_checkpoint
 from .errors import bad_argument, check_flag, check_number
-from .loggers import JSONLinesLogger, TensorBoardLogger
+from .loggers import JSONLinesLogger, TensorBoardLogger, json_ready
 from .report import format_table, plot_curves
 from .results import EvalResult
 from .runner import EvalRunner
@@ -76,22 +75,13 @@ class SweepEntry:
 
     def to_json(self) -> dict[str, Any]:
         """The entry as a results line: strict JSON, non-finite metrics as ``None``."""
+        return json_ready(self._line())
+
+    def _line(self) -> dict[str, Any]:
+        """The results line, NaN as it is (:class:`JSONLinesLogger` writes it as ``null``)."""
         entry = {"checkpoint": self.checkpoint, "sha256": self.sha256, "step": self.step}
         entry.update({"error": self.error} if self.error else {"metrics": self.metrics})
-        return json_ready(entry)
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, infinities) replaced by ``None``, through
-    dicts, lists and tuples: what ``json.dumps(..., allow_nan=False)`` takes (strict parsers
-    reject the ``NaN`` Python writes by default)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(item) for item in value]
-    return value
+        return entry
 
 
 def evaluate_checkpoints(source: str | os.PathLike | Iterable[str | os.PathLike],
@@ -155,11 +145,11 @@ def evaluate_checkpoints(source: str | os.PathLike | Iterable[str | os.PathLike]
                 if digest is not None and digest not in tried:
                     tried.add(digest)
                     fresh.append((path, digest))
-            for path, digest, checkpoint in _in_step_order(fresh):
-                entry = _evaluate(path, digest, checkpoint, runner)
+            for path, digest, step, checkpoint in _in_step_order(fresh):
+                entry = _evaluate(path, digest, step, checkpoint, runner)
                 latest[digest] = entry
                 if lines is not None:
-                    lines.write(entry.to_json())
+                    lines.write(entry._line())
                 if board is not None and entry.error is None:
                     board(EvalResult(entry.metrics, [], entry.step))
                 if on_entry is not None:
@@ -173,8 +163,8 @@ def evaluate_checkpoints(source: str | os.PathLike | Iterable[str | os.PathLike]
         for sink in (lines, board):
             if sink is not None:
                 sink.close()
-    entries = sorted(latest.values(), key=lambda entry: (entry.step is None, entry.step or 0,
-                                                         entry.checkpoint))
+    entries = sorted(latest.values(), key=lambda entry: _step_order(entry.step,
+                                                                    entry.checkpoint))
     if curve is not None:
         try:
             plot_sweep(entries, curve)
@@ -340,13 +330,15 @@ def plot_sweep(entries: Iterable[SweepEntry], path: str | os.PathLike) -> Path:
     return plot_curves(results, dict(ordered) or {"all": "eval/"}, path)
 
 
-def _evaluate(path: Path, digest: str, checkpoint: Checkpoint | None,
+def _evaluate(path: Path, digest: str, step: int | None, checkpoint: Checkpoint | None,
               runner: EvalRunner) -> SweepEntry:
-    step = step_in_name(path)
+    """The entry of one checkpoint at ``step`` (its step order's), loading it unless
+    ``checkpoint`` is given."""
     try:
         if checkpoint is None:
             checkpoint = load_checkpoint(path)
-        step = checkpoint.step if checkpoint.step is not None else step
+            # Its own step, as in step order, also for a file that did not load when ordered.
+            step = checkpoint.step if checkpoint.step is not None else step
         if step is None:
             raise ValueError("no step: neither a 'step' entry nor a number in its name")
         result = runner.evaluate(checkpoint.state_dict, step=step,
@@ -380,34 +372,34 @@ def _settled(path: Path, sizes: dict[Path, int], watch: bool) -> bool:
     return not watch or before == size
 
 
+def _step_order(step: int | None, name: str) -> tuple[bool, int, str]:
+    """The sort key of step order: by step, those without one last, then by name."""
+    return step is None, step or 0, name
+
+
 def _in_step_order(fresh: list[tuple[Path, str]]
-                   ) -> list[tuple[Path, str, Checkpoint | None]]:
-    """``fresh`` in step order, each with its checkpoint where it had to be loaded to learn
-    its step (a file ``torch.load`` cannot map), else ``None``: loaded when evaluated."""
+                   ) -> list[tuple[Path, str, int | None, Checkpoint | None]]:
+    """``fresh`` in step order, each with its step and with its checkpoint where it had to
+    be loaded whole to learn its step, else ``None``: loaded when evaluated."""
     keyed = []
     for path, digest in fresh:
         own, checkpoint = _own_step(path)
         step = own if own is not None else step_in_name(path)
-        keyed.append(((step is None, step or 0, str(path)), (path, digest, checkpoint)))
+        keyed.append((_step_order(step, str(path)), (path, digest, step, checkpoint)))
     return [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
 
 
 def _own_step(path: Path) -> tuple[int | None, Checkpoint | None]:
-    """A checkpoint's own ``step`` entry, read without reading its tensors: ``mmap`` maps
-    them and reads only the pickled dict. Files saved without the zip format (or not at all
-    by torch) are loaded whole, and the checkpoint is kept, so as not to load them twice."""
+    """A checkpoint's own ``step`` entry, and the checkpoint if it was read whole (a file
+    ``torch.load`` cannot map), so as not to read it twice."""
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip-format file: load it whole (it may still be a checkpoint)
-        try:
-            checkpoint = load_checkpoint(path)
-        except Exception:  # reported when it is evaluated
-            return None, None
-        return checkpoint.step, checkpoint
-    if isinstance(content, dict) and content.get("format") == FORMAT:
-        step = content.get("step")
-        return (step if isinstance(step, int) else None), None
-    return None, None
+        checkpoint = load_checkpoint(path, mmap=True)
+    except Exception:  # reported when it is evaluated
+        return None, None
+    step = checkpoint.step if isinstance(checkpoint.step, int) else None
+    # A mapped one is dropped: its tensors are read only when used, and a file rewritten in
+    # place by then would change them, or kill the process (SIGBUS) while it is shorter.
+    return step, None if zipfile.is_zipfile(path) else checkpoint
 
 
 def step_in_name(path: str | os.PathLike) -> int | None:

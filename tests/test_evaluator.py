@@ -233,6 +233,32 @@ class TestValueSequences:
         torch.testing.assert_close(torch.cat([first, rest]), whole, rtol=1e-5, atol=1e-6)
 
 
+def test_in_place_sequence_queries_leave_the_training_agents_lstm_alone() -> None:
+    """copy_agent=False queries the training agent itself: a rollout in another thread must
+    never find its lstm swapped for the one-pass path's recorder."""
+    agent = tiny_lstm_agent()
+    lstm, get_states, seen = agent.lstm, agent.get_states, []
+
+    def watched(*args, **kwargs):
+        seen.append(agent.lstm)
+        return get_states(*args, **kwargs)
+
+    agent.get_states = watched
+    evaluator = CleanRLEvaluator(agent, is_lstm=True, copy_agent=False)
+    obs, done = torch.randn(T, 2, 4), torch.zeros(T, 2)
+    state = evaluator.initial_lstm_state(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # copy_agent=False warns once
+        values, _ = evaluator.get_value_sequence(obs, state, done)
+        expected, carried = [], state
+        for t in range(T):
+            value, extras = evaluator.get_value(obs[t], lstm_state=carried, done=done[t])
+            expected.append(value.view(-1))
+            carried = extras["lstm_state"]
+    assert seen and all(module is lstm for module in seen)
+    torch.testing.assert_close(values, torch.stack(expected), rtol=1e-5, atol=1e-6)
+
+
 class TestValueSequenceInputs:
     def test_cleanrl_lstm_runs_its_lstm_once_per_sequence(self) -> None:
         case = next(c for c in CASES if c.name == "cleanrl-lstm")

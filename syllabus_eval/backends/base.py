@@ -36,6 +36,7 @@ from ..rollout import (
     run_episodes,
 )
 from ..snapshot import Snapshot
+from ..weights import snapshot_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ class Backend(abc.ABC):
                  device: str | torch.device | None = None) -> None:
         self.make_env = make_env
         self.num_envs = num_envs
-        self.plan = plan
         self.vectorization_mode = vectorization_mode
         self.set_task = set_task
 
@@ -108,11 +108,12 @@ class LocalEpisodes:
         weighted = isinstance(evaluator, WeightedAgentQueries)
         self.evaluator = evaluator.detached(device) if weighted else evaluator
         # A job without weights evaluates the evaluator's own (a worker's factory's): kept
-        # here, since jobs with weights load theirs into the same agent.
+        # here, since jobs with weights load theirs into the same agent. A copy, not
+        # training_agent: a factory may have loaded other weights into its evaluator.
         self._own_weights = None
         if weighted and self.evaluator.agent is not None:
-            self._own_weights = ({k: v.clone() for k, v in
-                                  self.evaluator.agent.state_dict().items()},
+            self._own_weights = (snapshot_state_dict(self.evaluator.agent.state_dict(),
+                                                     self.evaluator.device),
                                  self.evaluator.weights_version)
         self._loaded = False  # whether the agent holds weights other than its own
         self.device = torch.device(device if device is not None
@@ -125,17 +126,24 @@ class LocalEpisodes:
         self.set_task = set_task
         self._norm_checked = False
         self._owns_envs = not isinstance(make_env, GivenEnvs)  # an instance stays the caller's
-        self._envs: EnvPool | gym.vector.VectorEnv | None = None
-        self._envs = self._build_envs()
+        self._envs: EnvPool | gym.vector.VectorEnv | None = self._build_envs()
 
     def _build_envs(self) -> EnvPool | gym.vector.VectorEnv:
         envs = make_envs(self.make_env, len(self.slots), self.vectorization_mode, self.set_task)
         try:
             check_fit(self.evaluator, envs, self.plan[0].deterministic)
         except BaseException:
-            envs.close()
+            self._close_envs(envs)
             raise
         return envs
+
+    def _close_envs(self, envs: EnvPool | gym.vector.VectorEnv) -> None:
+        """Close ``envs`` unless they are the caller's instance; a failure is only logged."""
+        if self._owns_envs:
+            try:
+                envs.close()
+            except Exception:
+                logger.exception("closing the evaluation envs failed")
 
     def run(self, snapshot: Snapshot, stop: StopFlag | None,
             on_episode: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
@@ -174,8 +182,5 @@ class LocalEpisodes:
 
     def close(self) -> None:
         envs, self._envs = self._envs, None
-        if envs is not None and self._owns_envs:
-            try:
-                envs.close()
-            except Exception:
-                logger.exception("closing the evaluation envs failed")
+        if envs is not None:
+            self._close_envs(envs)

@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import replace
 from functools import partial
 from multiprocessing import connection
 from typing import Any
@@ -87,8 +86,8 @@ def _process_main(conn: connection.Connection, cancelled: Any, spec: bytes,
 
 
 def _send_episode(conn: connection.Connection, job: int, record: EpisodeRecord) -> None:
-    # For progress only: its video, if any, comes with the job's records.
-    conn.send(Event(EventKind.EPISODE, job, replace(record, clip=None)))
+    """An episode that ended, for the runner's progress (the loop attaches clips later)."""
+    conn.send(Event(EventKind.EPISODE, job, record))
 
 
 class _ProcessWorker:

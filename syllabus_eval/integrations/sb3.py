@@ -37,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..errors import EvaluationError, bad_argument
+from ..normalization import NO_WRAPPER
 from ..results import EvalResult
 from ..runner import EvalRunner
 
@@ -47,9 +48,6 @@ except ImportError as error:  # pragma: no cover - the extra is installed by `ma
     raise ImportError("syllabus_eval.integrations.sb3 needs Stable-Baselines3: "
                       "pip install 'syllabus-eval[sb3]'") from error
 
-# How syllabus_eval.normalization words evaluation envs without NormalizeObservation (its
-# _no_wrapper); the callback's tests raise it for real, so a rewording shows there.
-_NO_WRAPPER = "obs_norm: expected evaluation envs with gymnasium.wrappers.NormalizeObservation"
 
 
 class EvalRunnerCallback(BaseCallback):
@@ -84,8 +82,10 @@ class EvalRunnerCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         with self._sb3_advice():
-            self.runner.maybe_trigger(self.model.policy, step=self.num_timesteps,
-                                      obs_norm=self._obs_norm())
+            # One comparison while nothing is due: the statistics are looked up only then.
+            if self.num_timesteps >= self.runner.schedule.next_due:
+                self.runner.maybe_trigger(self.model.policy, step=self.num_timesteps,
+                                          obs_norm=self._obs_norm())
             self._take_results()
         return not (self.stop and self.runner.should_stop)
 
@@ -145,7 +145,7 @@ def _lacks_wrapper(error: BaseException) -> bool:
     ``NormalizeObservation`` (a worker's comes back pickled, or as its text)."""
     seen: BaseException | None = error
     while seen is not None:
-        if _NO_WRAPPER in str(seen):
+        if NO_WRAPPER in str(seen):
             return True
         seen = seen.__cause__
     return False

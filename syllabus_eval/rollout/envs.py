@@ -131,6 +131,7 @@ class EnvPool:
 
     autoresets = False  # a finished env waits for the loop to reset it
     resets_alone = True  # any env can be reset on its own (a floating episode's seed)
+    same_step = False  # no autoreset, so none that resets before the next task is known
 
     def __init__(self, envs: Sequence[gym.Env]) -> None:
         if not envs or not all(isinstance(env, gym.Env) for env in envs):
@@ -369,15 +370,6 @@ def _row_writer(batch: Any) -> Callable[[int, Any], None]:
         writers = [_row_writer(sub) for sub in batch]
         return lambda row, value: [put(row, item) for put, item in zip(writers, value)]
     return batch.__setitem__  # the hot path: one array
-
-
-def take_rows(batch: Any, rows: np.ndarray) -> Any:
-    """Rows ``rows`` of a batch (arrays, dicts, tuples)."""
-    if isinstance(batch, dict):
-        return {key: take_rows(sub, rows) for key, sub in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(take_rows(sub, rows) for sub in batch)
-    return batch[rows]
 
 
 class _TaskHook(gym.Wrapper):

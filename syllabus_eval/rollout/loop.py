@@ -26,11 +26,12 @@ from gymnasium.vector import VectorEnv
 from gymnasium.vector.utils import create_empty_array
 
 from ..errors import EvaluationCancelled, bad_argument, check_count, describe
+from ..inputs import take_rows
 from ..protocols import AgentQueries, PreviousStepQueries, RecurrentAgentQueries, is_recurrent
-from .envs import EnvPool, StepResult, VectorSlots, as_slots, take_rows
+from .envs import EnvPool, StepResult, VectorSlots, as_slots
 from .infos import InfoReducer
 from .plan import EpisodePlan, Job
-from .records import EpisodeRecord, RolloutSettings, episode_number, episode_quota, sort_records
+from .records import EpisodeRecord, RolloutSettings, sort_records
 from .video import EpisodeRecorder
 
 
@@ -132,14 +133,12 @@ class _Loop:
         check_count("num_slots", num_slots)
         if global_slots.min() < 0 or global_slots.max() >= num_slots:
             raise bad_argument("slots", f"indices in [0, {num_slots})", slots)
-        if settings.tasks is not None and isinstance(pool, VectorSlots) and pool.same_step:
+        if settings.tasks is not None and pool.same_step:
             raise ValueError("tasks: a SAME_STEP vector env resets finished sub-envs before the "
                              "next task is known; use NEXT_STEP autoreset or an env factory")
         self.evaluator, self.pool, self.settings = evaluator, pool, settings
         self.on_episode = on_episode
-        self.num_slots = num_slots
-        self.slot_ids = global_slots.tolist()  # [k] global index of each local slot
-        self.plan = EpisodePlan(settings, self.slot_ids, num_slots)
+        self.plan = EpisodePlan(settings, global_slots.tolist(), num_slots)
         # Reset by hand what does not restart by itself: our pool's envs, and every episode
         # that needs its task passed at reset (and episodes that max_steps cuts, and seeded
         # floating ones where sub-envs reset alone: elsewhere the vector env's one generator
@@ -175,7 +174,7 @@ class _Loop:
             self.prev_actions = create_empty_array(pool.single_action_space, size, fn=np.zeros)
             self.prev_rewards = np.zeros(size, dtype=np.float32)
         self.recorder = None if settings.video is None else EpisodeRecorder(
-            settings.video, self._groups(), pool.render_fps)
+            settings.video, self._groups, pool.render_fps)
         # Which observations begin an episode matters to recurrent agents, to the above and to
         # videos.
         self.tracks_starts = self.done is not None or self.previous or self.recorder is not None
@@ -301,27 +300,26 @@ class _Loop:
 
     # --- videos ------------------------------------------------------------------------------
 
+    def _group(self, task_id: int | None) -> tuple[str | None, str | None]:
+        """The video group of an episode with task ``task_id``: ``(suite, task name)``."""
+        return self.settings.suite, None if task_id is None else str(self.settings.tasks[task_id])
+
     def _groups(self) -> dict[tuple[int, int], Any]:
         """The video group of every episode of the evaluation, all slots' (``"first"`` picks
-        among them all): ``(suite, task name)``."""
-        settings, tasks = self.settings, self.settings.tasks
-        groups = {}
-        for slot in range(self.num_slots):
-            for episode in range(episode_quota(settings.num_episodes, self.num_slots, slot)):
-                task = None if tasks is None else str(tasks[episode_number(
-                    settings.num_episodes, self.num_slots, slot, episode) % len(tasks)])
-                groups[slot, episode] = (settings.suite, task)
-        return groups
+        among them all)."""
+        # A plan of every slot, whose local slots are the global ones.
+        whole = EpisodePlan(self.settings, range(self.plan.num_slots), self.plan.num_slots)
+        return {(slot, episode): self._group(whole.task((slot, episode)))
+                for slot, quota in enumerate(whole.quotas) for episode in range(quota)}
 
     def _begin_videos(self, positions: np.ndarray) -> None:
         """Episodes begin at active ``positions``: record those the recorder wants, from their
         first frame."""
+        plan = self.plan
         for p in positions.tolist():
-            slot, episode = self.jobs[p]
-            task_id = self.plan.task(self.jobs[p])
-            self.recorder.start(int(self.active[p]), (self.slot_ids[slot], episode), (
-                self.settings.suite, None if task_id is None else str(
-                    self.settings.tasks[task_id])))
+            slot, episode = job = self.jobs[p]
+            self.recorder.start(int(self.active[p]), (plan.slot_ids[slot], episode),
+                                self._group(plan.task(job)))
         self._capture(positions)
 
     def _capture(self, positions: np.ndarray) -> None:
@@ -342,14 +340,14 @@ class _Loop:
     # --- helpers -----------------------------------------------------------------------------
 
     def _record(self, position: int, step: StepResult, cut: bool) -> None:
-        slot, episode = self.jobs[position]
-        task_id = None if self.settings.tasks is None else self.plan.task(self.jobs[position])
+        slot, episode = job = self.jobs[position]
+        task_id = self.plan.task(job)
         info = step.final_info(position)
         success = info.get(self.settings.success_key) if info else None
         summed = float(self.returns[position])
         recorded = _recorded_return(info) if info else None
         record = EpisodeRecord(
-            env_index=self.slot_ids[slot], episode_index=episode,
+            env_index=self.plan.slot_ids[slot], episode_index=episode,
             reward=summed if recorded is None else recorded,
             length=int(self.lengths[position]),
             terminated=bool(step.terminated[position]),

@@ -3,7 +3,7 @@
 Usage (what the episode loop does with ``RolloutSettings.video``)::
 
     settings = RolloutSettings(20, tasks=["a", "b"], video=VideoSettings(episodes=2))
-    recorder = EpisodeRecorder(settings.video, plan_of_every_episode, fps=50)
+    recorder = EpisodeRecorder(settings.video, groups_of_every_episode, fps=50)
     recorder.start(env, (slot, episode), group)   # an episode begins on env: record it?
     recorder.add(env, frame)                      # a frame of the episode env records
     recorder.finish(env, reward)                  # it ended: kept if it may still be selected
@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -117,20 +117,22 @@ class EpisodeRecorder:
 
     Args:
         settings: what to record.
-        groups: the group of every episode of the evaluation, ``{(slot, episode): group}``
-            (all slots, not only this share's: ``"first"`` needs the whole order).
+        groups: gives the group of every episode of the evaluation,
+            ``{(slot, episode): group}`` (all slots, not only this share's: ``"first"`` needs
+            the whole order, and is the only selection that calls it).
         fps: the frame rate the videos play at (the env's ``render_fps``).
     """
 
-    def __init__(self, settings: VideoSettings, groups: dict[tuple[int, int], Any],
-                 fps: float) -> None:
+    def __init__(self, settings: VideoSettings,
+                 groups: Callable[[], dict[tuple[int, int], Any]], fps: float) -> None:
         self.settings, self.fps = settings, fps
         self.imageio, self.mp4 = video_support()
         self._first: set[tuple[int, int]] | None = None
         if settings.select == "first":
             by_group: dict[Any, list[tuple[int, int]]] = {}
-            for key in sorted(groups):
-                by_group.setdefault(groups[key], []).append(key)
+            every = groups()
+            for key in sorted(every):
+                by_group.setdefault(every[key], []).append(key)
             self._first = {key for keys in by_group.values()
                            for key in keys[:settings.episodes]}
         self._folder = tempfile.TemporaryDirectory(prefix="syllabus-eval-video-")
