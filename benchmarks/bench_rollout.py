@@ -7,8 +7,9 @@ Usage::
 
 1. Counted env steps per second of ``EvalRunner.evaluate`` against a hand-written loop over
    the same envs with the same policy, as a user would write it. Each workload runs 8 envs;
-   the runner counts the steps of its episodes (fixed quotas, tail included), the hand loop
-   every sub-env step it takes (autoreset steps excluded) until its ``N``-th episode ends.
+   the runner counts the steps of its episodes (exact per-env quotas, each env's on its own
+   env, tail included; and with the opt-in floating tail), the hand loop every sub-env step
+   it takes (autoreset steps excluded) until its ``N``-th episode ends.
 
    - CartPole, CleanRL's ``ppo.py`` agent (untrained: short episodes, where resets and
      per-step bookkeeping weigh most), 200 episodes, greedy and sampled actions; the hand loop
@@ -176,16 +177,19 @@ def throughput(rounds: int, episodes: int, cnn_episodes: int) -> None:
     sync_frames = gym.vector.SyncVectorEnv([AtariShaped] * NUM_ENVS)
 
     def runner(make_env: Callable[[], Any], agent: nn.Module, deterministic: bool = True,
-               n: int = episodes, ci: float | None = None, max_steps: int | None = MAX_STEPS
-               ) -> EvalRunner:
+               n: int = episodes, ci: float | None = None, max_steps: int | None = MAX_STEPS,
+               floating: bool = False) -> EvalRunner:
         return EvalRunner(make_env, CleanRLEvaluator(agent), num_envs=NUM_ENVS, num_episodes=n,
-                          max_steps=max_steps, deterministic=deterministic, ci=ci)
+                          max_steps=max_steps, deterministic=deterministic, ci=ci,
+                          interchangeable_slots=floating)
 
     # The native env keeps its own 500-step limit: it cannot reset single sub-envs.
     runners = {"greedy": runner(make_cartpole, mlp),
                "sampled": runner(make_cartpole, mlp, deterministic=False),
                "native": runner(native, mlp, max_steps=None),  # an instance: left open
                "cnn": runner(AtariShaped, cnn, n=cnn_episodes),
+               "greedy floating": runner(make_cartpole, mlp, floating=True),
+               "cnn floating": runner(AtariShaped, cnn, n=cnn_episodes, floating=True),
                "intervals": runner(make_cartpole, mlp, ci=0.95)}
     contenders: dict[str, Callable[[int], float]] = {
         name: lambda _, r=r: runner_rate(r) for name, r in runners.items()}
@@ -214,10 +218,13 @@ def throughput(rounds: int, episodes: int, cnn_episodes: int) -> None:
         [f"CartPole, greedy, {episodes} episodes: SyncVectorEnv of gym.make envs",
          ratio("greedy", "hand greedy"), ">= 0.95x"],
         ["CartPole, sampled actions, the same", ratio("sampled", "hand sampled"), ">= 0.95x"],
+        ["CartPole, greedy, floating tail (interchangeable_slots=True)",
+         ratio("greedy floating", "hand greedy"), ""],
         ["CartPole, greedy, native CartPoleVectorEnv", ratio("native", "hand native"),
          ">= 0.9x"],
         [f"Atari-shaped CNN (4x84x84 uint8), greedy, {cnn_episodes} episodes",
          ratio("cnn", "hand cnn"), ""],
+        ["Atari-shaped CNN, greedy, floating tail", ratio("cnn floating", "hand cnn"), ""],
         ["CartPole greedy with the default intervals (ci=0.95) / ci=None",
          ratio("intervals", "greedy"), ""]]
     if "TorchRL" in rates:

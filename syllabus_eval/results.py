@@ -16,7 +16,8 @@ suite ``eval/<suite>/`` and ``eval/<suite>/task/<task>/``):
   :class:`~syllabus_eval.EpisodeRecord`), ``reward_std`` (population standard deviation),
   ``reward_iqm`` (the interquartile mean), ``reward_ci_low`` / ``reward_ci_high`` (the BCa
   bootstrap interval of the mean at ``ci``, seeded), ``episode_length`` (mean),
-  ``num_episodes``;
+  ``num_episodes``, ``truncated`` (how many were truncated, by the env's own limit or by
+  ``max_steps``) and ``max_steps_cut`` (how many of those ``max_steps`` cut);
 * ``success`` (the rate over the episodes whose last info reported one; absent when none did)
   with its Wilson interval ``success_ci_low`` / ``success_ci_high``;
 * ``wrapped_reward`` (the mean of what the agent received, only where reward wrappers made it
@@ -181,6 +182,8 @@ class _Grouper:
             prefix + "reward_iqm": _Float(iqm(rewards)),
             prefix + "episode_length": _Float(np.mean([r.length for r in episodes])),
             prefix + "num_episodes": _Int(len(episodes)),
+            prefix + "truncated": _Int(sum(r.truncated for r in episodes)),
+            prefix + "max_steps_cut": _Int(sum(r.cut for r in episodes)),
         }
         if self.ci is not None:
             # A seed per group, the same in every process: intervals are reproducible.

@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral
@@ -85,9 +86,12 @@ class EvalRunner:
             Those backends need none (``None``, TorchRL's ``policy_factory``): weights then
             come from :meth:`evaluate` / :meth:`trigger_eval`, or are the factory's own.
         num_envs: env slots (default 8, or the size of a vector env instance); slot ``i``
-            runs ``(num_episodes + i) // num_envs`` episodes.
+            runs ``(num_episodes + i) // num_envs`` episodes, each on its own env (the slots
+            may differ).
         num_episodes: episodes per evaluation.
-        max_steps: steps after which an episode is truncated; ``None``: the env's own limit.
+        max_steps: steps after which an episode is truncated; ``None`` (the default): the
+            env's own limit. Episodes it cuts are counted as ``eval/max_steps_cut`` (a warning
+            says so, once per runner).
         backend: where episodes run: ``"thread"`` (the runner's daemon thread),
             ``"process"`` (spawned worker processes) or ``"ray"`` (Ray actors; needs
             ``pip install 'syllabus-eval[ray]'``). The options below marked *process, ray*
@@ -113,8 +117,9 @@ class EvalRunner:
         stop_patience: :attr:`should_stop` after this many results without a new best.
         deterministic: greedy actions (default), sampled (``False``) or the evaluator's default
             (``None``); see :class:`RolloutSettings`.
-        seed: slot ``i`` starts each evaluation reset with ``seed + i`` (default 0: every
-            evaluation sees the same start states); ``None``: unseeded.
+        seed: a non-negative int from which each episode's reset seed is derived by its slot
+            and index (default 0: every evaluation sees the same episodes; different seeds
+            share none, :mod:`syllabus_eval.rollout`); ``None``: unseeded.
         tasks: tasks assigned to episodes round robin, passed as the reset option ``"task"``.
         suites: ``{name: [tasks]}``: each evaluation runs every suite on the same snapshot,
             each with its own ``num_episodes``, reported under ``eval/<name>/...`` (per task
@@ -137,6 +142,10 @@ class EvalRunner:
         video_select: which: ``"first"`` (in slot order), ``"best"`` or ``"worst"`` return.
         video_max_frames: the most frames of one video (default 500); a longer episode's
             video stops there, with a warning.
+        interchangeable_slots: declare the env slots alike, so that each slot's last quarter
+            of episodes may run on whichever env is free (the floating tail: evaluations end
+            sooner). Default ``False``: every episode runs on its own slot's env, which is
+            exact whatever the envs are (see :class:`RolloutSettings`).
         vectorization_mode: ``"sync"`` (our env pool, in the runner's thread) or ``"async"``
             (a Gymnasium ``AsyncVectorEnv``).
         device: the evaluation device (default: the evaluator's; in workers: that of the
@@ -180,7 +189,7 @@ class EvalRunner:
         evaluator: AgentQueries | None = None,
         num_envs: int | None = None,
         num_episodes: int = 20,
-        max_steps: int | None = 1000,
+        max_steps: int | None = None,
         backend: str = "thread",
         busy_policy: str | None = None,
         on_result: Callback | Sequence[Callback] | None = None,
@@ -205,6 +214,7 @@ class EvalRunner:
         video_episodes: int = 1,
         video_select: str = "first",
         video_max_frames: int = 500,
+        interchangeable_slots: bool = False,
         vectorization_mode: str = "sync",
         device: str | torch.device | None = None,
         progress: bool = False,
@@ -255,13 +265,15 @@ class EvalRunner:
             video_support()  # a clear error now, without the video extra
         self.plan = _plan(suites, tasks, num_episodes=num_episodes, max_steps=max_steps,
                           deterministic=deterministic, seed=seed, success_key=success_key,
-                          info_keys=info_keys, video=video)
+                          info_keys=info_keys, video=video,
+                          interchangeable_slots=interchangeable_slots)
         _check_ranking(self.tracker, suites, evaluator)
         self.busy_policy = busy_policy
         self.metrics_fn = metrics_fn
         self.progress = progress
         self.ci = ci
         self._skipped = 0  # triggers dropped by busy_policy="skip"
+        self._warned_cut = False  # whether max_steps cutting episodes was reported
         self._last_job: Job | None = None  # the latest evaluation triggered
         # Only the worker options that were given: each backend refuses those it does not take.
         options = {name: value for name, value in (
@@ -505,6 +517,13 @@ class EvalRunner:
         finally:
             if bar is not None:
                 bar.close()
+        cut = sum(record.cut for record in records)
+        if cut and not self._warned_cut:
+            self._warned_cut = True  # once per runner: every evaluation reports it as a metric
+            warnings.warn(f"max_steps={settings.max_steps} cut {cut} of {len(records)} episodes "
+                          "short (counted as eval/max_steps_cut): their returns are partial; "
+                          "pass max_steps=None to run episodes to the env's own end",
+                          RuntimeWarning, stacklevel=2)
         result.weights_version = job.snapshot.version
         result.videos = videos
         self.tracker.take(result, job.snapshot)
@@ -563,8 +582,10 @@ def _plan(suites: Mapping[str, Sequence[Any]] | None, tasks: Sequence[Any] | Non
 def _env_source(make_env: Any, num_envs: int | None, backend: str) -> tuple[Any, int]:
     """The env factory and the number of slots: an env instance becomes a factory of itself
     (thread backend only), whose size is the number of slots."""
+    if num_envs is not None:
+        check_count("num_envs", num_envs)
     if not isinstance(make_env, (gym.Env, gym.vector.VectorEnv)):
-        return make_env, 8 if num_envs is None else num_envs
+        return make_env, 8 if num_envs is None else int(num_envs)
     if backend != "thread":
         raise bad_argument("make_env", f"an env factory for backend={backend!r}, whose workers "
                            "build their own envs (e.g. lambda: gym.make(...), or "

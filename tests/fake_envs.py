@@ -14,7 +14,6 @@ from gymnasium import spaces
 
 from syllabus_eval import Evaluator, RolloutSettings, episode_quota
 from syllabus_eval.evaluator import AgentInputs
-from syllabus_eval.rollout.records import episode_number
 
 
 class LengthEnv(gym.Env):
@@ -56,6 +55,58 @@ class LengthEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         return np.array([self.t, self.task], dtype=np.float32)
+
+
+class FixedLengthEnv(gym.Env):
+    """Every episode lasts ``length`` steps, reward 1 each: slots that differ, with known
+    answers (LengthEnv's spaces, so its agents fit)."""
+
+    observation_space = LengthEnv.observation_space
+    action_space = LengthEnv.action_space
+
+    def __init__(self, length: int) -> None:
+        self.length, self.t = length, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, dtype=np.float32), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        return (np.array([self.t, 0], dtype=np.float32), 1.0, self.t >= self.length, False,
+                {})
+
+
+class AlternatingLengths:
+    """An env factory that returns episodes of ``lengths[0]`` steps, then ``lengths[1]``, ...
+    on successive calls: the slots of one evaluation differ."""
+
+    def __init__(self, *lengths: int) -> None:
+        self.lengths, self.calls = lengths, 0
+
+    def __call__(self) -> FixedLengthEnv:
+        self.calls += 1
+        return FixedLengthEnv(self.lengths[(self.calls - 1) % len(self.lengths)])
+
+
+class DrawEnv(gym.Env):
+    """Each reset draws an episode id from the env's generator; episodes of 1 to 3 steps
+    report it as ``info["id"]`` at their end: which episodes two evaluations share."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.id, self.t = float(self.np_random.random()), 0
+        self.length = int(self.np_random.integers(1, 4))
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        done = self.t >= self.length
+        return np.zeros(1, dtype=np.float32), 1.0, done, False, {"id": self.id} if done else {}
 
 
 class TaskEnv(gym.Env):
@@ -253,25 +304,26 @@ class CountEnv(gym.Env):
         return np.zeros(1, dtype=np.float32), reward, self.t >= self.length, False, {}
 
 
+def seed_by_hand(seed: int, slot: int, episode: int) -> int:
+    """The documented reset seed of episode ``episode`` of slot ``slot``, computed here."""
+    return int(np.random.SeedSequence(seed, spawn_key=(slot, episode))
+               .generate_state(1, np.uint32)[0])
+
+
 def ground_truth(make_env: Any, settings: RolloutSettings, num_slots: int,
-                 policy: Any = lambda obs: 0, floating: bool = True) -> list[tuple]:
+                 policy: Any = lambda obs: 0) -> list[tuple]:
     """``(env_index, episode_index, reward, length, terminated, truncated, success)`` of each
     episode, running each slot's episodes one env at a time, as the module docs define them:
-    slot ``i`` seeded once with ``seed + i`` for its quota ``q`` of episodes, except the last
-    ``q // 4`` (with ``floating``), each reset with ``seed + K + e`` for its number ``e``;
+    slot ``i`` runs its quota of episodes on an env of its own, episode ``j`` reset with the
+    first 32-bit word of ``SeedSequence(seed, spawn_key=(i, j))`` (unseeded without a seed);
     ``max_steps`` as truncation."""
     episodes = []
     for slot in range(num_slots):
         env = make_env()
-        obs, _ = env.reset(seed=settings.seed + slot)
         quota = episode_quota(settings.num_episodes, num_slots, slot)
-        floats_from = max(1, quota - quota // 4) if floating else quota
         for episode in range(quota):
-            if episode >= floats_from:
-                number = episode_number(settings.num_episodes, num_slots, slot, episode)
-                obs, _ = env.reset(seed=settings.seed + num_slots + number)
-            elif episode:
-                obs, _ = env.reset()
+            seed = None if settings.seed is None else seed_by_hand(settings.seed, slot, episode)
+            obs, _ = env.reset(seed=seed)
             total, length, info = 0.0, 0, {}
             terminated = truncated = False
             while not (terminated or truncated):

@@ -14,7 +14,7 @@ import torch
 from syllabus_eval import EvalRunner, EvaluationError
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.normalization import ObsNormStats, apply_obs_norm, read_obs_norm
-from tests.fake_envs import GatedEnv
+from tests.fake_envs import GatedEnv, seed_by_hand
 from tests.workers import (
     cartpole_agent,
     cartpole_evaluator,
@@ -32,8 +32,8 @@ def by_hand(agent, stats: ObsNormStats) -> list[tuple[float, int]]:
     for slot in range(NUM_ENVS):
         env = normalized_cartpole()
         apply_obs_norm(gym.vector.SyncVectorEnv([lambda env=env: env]), stats)
-        obs, _ = env.reset(seed=SEED + slot)
-        for _ in range((EPISODES + slot) // NUM_ENVS):
+        for episode in range((EPISODES + slot) // NUM_ENVS):
+            obs, _ = env.reset(seed=seed_by_hand(SEED, slot, episode))
             total, length, done = 0.0, 0, False
             while not done:
                 with torch.no_grad():
@@ -41,7 +41,6 @@ def by_hand(agent, stats: ObsNormStats) -> list[tuple[float, int]]:
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total, length, done = total + reward, length + 1, terminated or truncated
             episodes.append((total, length))
-            obs, _ = env.reset()
         env.close()
     return episodes
 
@@ -191,6 +190,34 @@ class TestEvaluation:
         with EvalRunner(normalized_cartpole, cartpole_evaluator(), num_envs=2,
                         num_episodes=2) as runner, pytest.raises(ValueError, match="obs_norm"):
             runner.trigger_eval(obs_norm=gym.make("CartPole-v1"))
+
+    @pytest.mark.filterwarnings("ignore:the evaluation envs normalise:RuntimeWarning")
+    def test_an_evaluation_without_obs_norm_carries_no_earlier_statistics(self):
+        """``evaluate(obs_norm=A)`` then ``evaluate()``: the second equals a fresh runner's,
+        whose envs start from fresh statistics (and so does a second evaluation of it: the
+        statistics its first one moved do not carry over either)."""
+        envs, agent = trained_envs(), cartpole_agent(seed=3)
+        options = {"num_envs": NUM_ENVS, "num_episodes": EPISODES, "seed": SEED}
+        with EvalRunner(normalized_cartpole, CleanRLEvaluator(agent), **options) as fresh:
+            first, second = fresh.evaluate(agent), fresh.evaluate(agent)
+        with EvalRunner(normalized_cartpole, CleanRLEvaluator(agent), **options) as runner:
+            frozen = runner.evaluate(agent, obs_norm=envs)
+            after = runner.evaluate(agent)
+        assert episodes_of(after) == episodes_of(first) == episodes_of(second)
+        assert episodes_of(frozen) != episodes_of(first)  # the statistics matter here
+        envs.close()
+
+    def test_an_env_instance_cannot_be_made_fresh_so_obs_norm_is_asked_again(self):
+        envs, agent = trained_envs(), cartpole_agent(seed=3)
+        instance = gym.vector.SyncVectorEnv([normalized_cartpole] * NUM_ENVS)
+        with EvalRunner(instance, CleanRLEvaluator(agent), num_episodes=EPISODES) as runner:
+            runner.evaluate(agent, obs_norm=envs)
+            with pytest.raises(EvaluationError) as caught:
+                runner.evaluate(agent)
+        assert str(caught.value.__cause__).startswith(
+            "obs_norm: expected the training statistics again")
+        instance.close()
+        envs.close()
 
     def test_normalising_envs_without_obs_norm_warn(self):
         with EvalRunner(normalized_cartpole, cartpole_evaluator(), num_envs=2,

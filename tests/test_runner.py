@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+import warnings
 
 import gymnasium as gym
 import pytest
@@ -13,7 +14,7 @@ import torch
 from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.demo.agents import MLPAgent
-from tests.fake_envs import EndlessEnv, LengthEnv, TaskEnv
+from tests.fake_envs import EndlessEnv, FixedLengthEnv, LengthEnv, TaskEnv
 from tests.gates import SPACES, set_action
 
 CARTPOLE = lambda: gym.make("CartPole-v1")  # noqa: E731
@@ -289,10 +290,52 @@ class TestFailures:
         assert set(threading.enumerate()) == before
 
 
+class TestMaxSteps:
+    """``max_steps`` is off by default: episodes run to the env's own end; a cut that is asked
+    for is counted and announced, never silent."""
+
+    def test_by_default_episodes_run_to_their_end(self):
+        # 2,500-step episodes, Atari-length: a default cut at 1000 would report 1000.
+        make_env = lambda: FixedLengthEnv(2500)  # noqa: E731
+        with EvalRunner(make_env, DummyEvaluator(FixedLengthEnv.action_space), num_envs=2,
+                        num_episodes=2) as runner, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = runner.evaluate()
+        assert result["eval/reward"] == 2500.0
+        assert result["eval/truncated"] == result["eval/max_steps_cut"] == 0
+
+    def test_a_cut_is_counted_per_task_and_warned_once(self):
+        with EvalRunner(TaskEnv, DummyEvaluator(TaskEnv.action_space), num_envs=2,
+                        num_episodes=6, tasks=[1, 5], max_steps=3) as runner:
+            with pytest.warns(RuntimeWarning, match="max_steps=3 cut 3 of 6 episodes"):
+                result = runner.evaluate()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                runner.evaluate()  # once per runner
+        # Task 1 lasts 2 steps, task 5 six: each of its 3 episodes is cut at 3.
+        assert result["eval/max_steps_cut"] == result["eval/truncated"] == 3
+        assert result["eval/task/5/max_steps_cut"] == 3
+        assert result["eval/task/1/max_steps_cut"] == 0
+        assert result["eval/task/5/reward"] == 15.0  # 3 steps of reward 5
+
+    def test_the_env_time_limit_is_truncation_but_no_cut(self):
+        with EvalRunner(CARTPOLE, DummyEvaluator(gym.spaces.Discrete(2)), num_envs=2,
+                        num_episodes=2) as runner:
+            result = runner.evaluate()
+        truncated = sum(r.truncated for r in result.episodes)
+        assert result["eval/truncated"] == truncated and result["eval/max_steps_cut"] == 0
+
+
 class TestBadArguments:
     @pytest.mark.parametrize(("kwargs", "message"), [
         ({"num_episodes": 0}, "num_episodes: expected an integer >= 1, got int 0"),
         ({"num_envs": 0}, "num_envs: expected an integer >= 1"),
+        ({"num_envs": -1}, "num_envs: expected an integer >= 1, got int -1"),
+        ({"num_envs": 2.5}, "num_envs: expected an integer >= 1, got float 2.5"),
+        ({"num_envs": True}, "num_envs: expected an integer >= 1, got bool True"),
+        ({"seed": -1}, "seed: expected an integer >= 0, got int -1"),
+        ({"seed": "0"}, "seed: expected an integer >= 0, got str '0'"),
+        ({"interchangeable_slots": "yes"}, "interchangeable_slots: expected True or False"),
         ({"max_steps": -1}, "max_steps: expected an integer >= 1"),
         ({"backend": "gpu"}, "backend: expected one of 'thread', 'process', 'ray', got 'gpu'"),
         ({"busy_policy": "wait"}, "busy_policy: expected one of 'error', 'queue', 'skip'"),

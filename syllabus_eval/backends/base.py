@@ -124,7 +124,10 @@ class LocalEpisodes:
         self.slots = list(range(num_slots)) if slots is None else list(slots)
         self.vectorization_mode = vectorization_mode
         self.set_task = set_task
-        self._norm_checked = False
+        # Whether the envs' NormalizeObservation statistics are no longer a fresh env's: frozen
+        # from an earlier evaluation's obs_norm, or moved while one ran without it.
+        self._norm_used = False
+        self._norm_warned = False
         self._owns_envs = not isinstance(make_env, GivenEnvs)  # an instance stays the caller's
         self._envs: EnvPool | gym.vector.VectorEnv | None = self._build_envs()
 
@@ -132,9 +135,11 @@ class LocalEpisodes:
         envs = make_envs(self.make_env, len(self.slots), self.vectorization_mode, self.set_task)
         try:
             check_fit(self.evaluator, envs, self.plan[0].deterministic)
+            self._normalizes = normalizes_observations(envs)
         except BaseException:
             self._close_envs(envs)
             raise
+        self._norm_used = False
         return envs
 
     def _close_envs(self, envs: EnvPool | gym.vector.VectorEnv) -> None:
@@ -167,18 +172,30 @@ class LocalEpisodes:
             raise
 
     def _normalize(self, stats: ObsNormStats | None) -> None:
-        """The snapshot's observation statistics into the envs, frozen; without any, a warning
-        (once) for envs that would normalise with statistics of their own."""
+        """The snapshot's observation statistics into the envs, frozen. Without any, envs
+        that normalise get fresh statistics of their own, as a new runner's would (nothing
+        carries over from an earlier evaluation), and a warning (once): those move while they
+        evaluate."""
         if stats is not None:
-            apply_obs_norm(self._envs, stats)
-        elif not self._norm_checked:
-            self._norm_checked = True
-            if normalizes_observations(self._envs):
-                warnings.warn(
-                    "the evaluation envs normalise observations (NormalizeObservation) with "
-                    "statistics of their own, which move while they evaluate: pass the "
-                    "training envs as obs_norm= when triggering evaluations (CleanRL PR #556)",
-                    RuntimeWarning, stacklevel=2)
+            apply_obs_norm(self._envs, stats)  # without a wrapper to take them: a clear error
+        elif self._normalizes and self._norm_used:
+            if not self._owns_envs:
+                raise ValueError(
+                    "obs_norm: expected the training statistics again: an earlier evaluation "
+                    "changed the NormalizeObservation statistics of the env instance given as "
+                    "make_env (froze given ones, or moved its own), and an instance cannot be "
+                    "rebuilt fresh; pass obs_norm= to every evaluation, or an env factory as "
+                    "make_env, got None")
+            self.close()
+            self._envs = self._build_envs()
+        self._norm_used = self._normalizes
+        if stats is None and self._normalizes and not self._norm_warned:
+            self._norm_warned = True
+            warnings.warn(
+                "the evaluation envs normalise observations (NormalizeObservation) with "
+                "statistics of their own, fresh at each evaluation and moving while it runs: "
+                "pass the training envs as obs_norm= when triggering evaluations "
+                "(CleanRL PR #556)", RuntimeWarning, stacklevel=2)
 
     def close(self) -> None:
         envs, self._envs = self._envs, None

@@ -21,30 +21,35 @@ split across workers and merged.
 **Env slots, quotas and pausing.** ``N`` episodes over ``k`` env slots give slot ``i`` the
 fixed quota ``(N + i) // k`` (SB3 #402 / PR #447): never "the first N episodes to finish",
 which over-counts short episodes. Which episodes count is fixed before any runs; an episode
-that starts is counted when it ends, whatever its length. Env ``i`` runs slot ``i``'s episodes
-in order.
-
-**The floating tail.** With fixed quotas the slowest slot sets an evaluation's end: the other
-envs would wait, or step for nothing, through the tail. So each slot's last ``q // 4``
-episodes (of its quota ``q``) *float*: an env that met its own quota takes one, from the back
-of the slot with the most left, and so on until none is left. A floating episode is reset with
-a seed of its own (below), so it is the same episode whichever env runs it, and counting stays
-as fixed as the quotas: the same episodes, only sooner (``bench_rollout.py``). An env with
-nothing left is paused: its recurrent state is sliced out of the batch (Habitat's
+that starts is counted when it ends, whatever its length. Env ``i`` runs slot ``i``'s episodes,
+in order, and no others, whatever the envs are: the slots of one vector env may differ (one
+level, scene or config per slot, as in Habitat), and so may the envs a factory returns. An
+env that met its quota is paused: its recurrent state is sliced out of the batch (Habitat's
 ``pause_envs``). An :class:`EnvPool` of our own no longer steps a paused env; a Gymnasium
 vector env steps all its sub-envs, so a paused one gets its last action again and its results
 are dropped.
 
-**Seeding.** With ``seed`` set, slot ``i`` (its *global* index, see below) is reset with
-``seed + i`` at the start of its first episode and without a seed afterwards, so its env's own
-random stream carries on from episode to episode, as a single env that is reset with a seed
-once does; each floating episode is reset with ``seed + K + e`` instead (``K`` slots, ``e``
-its number, as numbered for tasks). With deterministic actions (the default, see
-:class:`RolloutSettings`) slot ``i``'s episodes depend only on ``(seed, i, its quota, its
-tasks)``: never on timing, on which env ran a floating one, or on how the slots are split
-between workers. (A vector env with one generator for all its sub-envs, such as Gymnasium's
-native ones, which reset sub-envs only by themselves, gets the single seed ``seed + i`` of its
-first slot instead, and its floating episodes start from its own autoresets.)
+**The floating tail (opt-in).** With fixed quotas the slowest slot sets an evaluation's end.
+A user whose slots are alike can say so with ``interchangeable_slots=True``
+(:class:`RolloutSettings`): each slot's last ``q // 4`` episodes (of its quota ``q``) then
+*float*: an env that met its own quota takes one, from the back of the slot with the most
+left, and so on until none is left. A floating episode keeps its slot's seed (below), so it
+is the same episode whichever env runs it *if the envs are alike*; on slots that differ it
+would run on the wrong env and bias the numbers, hence the default.
+
+**Seeding.** With ``seed`` set, every episode is reset with a seed of its own, derived from
+``(seed, slot, episode)``: the first 32-bit word of
+``numpy.random.SeedSequence(seed, spawn_key=(slot, episode)).generate_state(1)`` for the
+*global* slot index (see below) and the episode's index in the slot's quota
+(:func:`~syllabus_eval.rollout.plan.episode_seed`). So evaluations with different seeds share
+no episodes (evaluating training seeds 0..4 with ``seed=run_seed`` gives independent
+samples), the same seed reproduces them exactly, and with deterministic actions (the default,
+see :class:`RolloutSettings`) each episode depends only on its env, its seed and its task:
+never on timing, on which env ran a floating one, or on how the slots are split between
+workers. A vector env that cannot reset one sub-env alone (Gymnasium's native ones, with one
+generator for all sub-envs, or one inside a vector wrapper that needs whole resets) is seeded
+once, at its first reset, with its first slot's seed, and its later episodes start from its
+own autoresets.
 
 **Tasks.** Episodes are numbered round by round: round ``j`` holds the ``j``-th episode of
 every slot that has one, in slot order, and episode number ``e`` runs ``tasks[e % len(tasks)]``
@@ -54,9 +59,9 @@ episodes). The task reaches the env at its reset, as ``options={"task": task}``,
 
 **A subset of slots.** ``run_episodes(..., slots=[4, 5, 6, 7], num_slots=8)`` runs global slots
 4 to 7 of an 8-slot evaluation on a 4-env pool: quotas, seeds and tasks follow the global
-indices (floating episodes move only between the share's envs), so the records of workers that
-each run a share of the slots, put together, are the records of one run over all of them (for
-stochastic actions see :class:`RolloutSettings`).
+indices (floating episodes, where opted in, move only between the share's envs), so the
+records of workers that each run a share of the slots, put together, are the records of one
+run over all of them (for stochastic actions see :class:`RolloutSettings`).
 
 **Autoreset.** Gymnasium 1.x vector envs come in two modes (``envs.metadata["autoreset_mode"]``).
 ``NEXT_STEP`` (the default) resets a finished sub-env during the *next* step, which ignores
@@ -64,11 +69,11 @@ the action and gives reward 0: that step is counted in no episode, and the recur
 restarts after it, on the new episode's first observation. ``SAME_STEP`` resets a finished
 sub-env inside the step that ends its episode: that step's reward is the episode's last, its
 observation is the next episode's first, and its info is under ``info["final_info"]``; it is
-counted once (Gymnasium PR #1624 under-counts it). Episodes that ``max_steps`` cuts, seeded
-floating ones, and with tasks every episode, are reset by the loop through
-``reset(options={"reset_mask": ...})``; a
-vector env that ignores the mask (Gymnasium's native ``CartPoleVectorEnv`` does) is caught
-rather than miscounted. ``DISABLED`` vector envs are refused.
+counted once (Gymnasium PR #1624 under-counts it). Episodes that ``max_steps`` cuts, and with
+a seed or tasks every episode, are reset by the loop through
+``reset(seed=..., options={"reset_mask": ...})``; a vector env that ignores the mask
+(Gymnasium's native ``CartPoleVectorEnv`` does) is caught rather than miscounted, and tasks on
+one are refused. ``DISABLED`` vector envs are refused.
 
 **Rewards.** An episode's return is the sum of the rewards the envs return. Wrappers applied
 inside the env factory are part of the env, so evaluate on raw rewards by leaving reward

@@ -130,7 +130,8 @@ class EnvPool:
     """
 
     autoresets = False  # a finished env waits for the loop to reset it
-    resets_alone = True  # any env can be reset on its own (a floating episode's seed)
+    resets_alone = True  # any env can be reset on its own, with a seed of its own
+    native = False  # envs of their own, not one native vector env
     same_step = False  # no autoreset, so none that resets before the next task is known
 
     def __init__(self, envs: Sequence[gym.Env]) -> None:
@@ -184,9 +185,9 @@ class VectorSlots:
     """A Gymnasium vector env seen as slots: every sub-env is stepped, paused ones included.
 
     Finished sub-envs reset themselves (autoreset). Masked resets (``options["reset_mask"]``)
-    are needed only for tasks and ``max_steps`` cuts; vector envs that ignore the mask (such as
-    Gymnasium's native ``CartPoleVectorEnv``) are caught, when the observations of sub-envs
-    outside the mask change, instead of being miscounted.
+    are needed for tasks, per-episode seeds and ``max_steps`` cuts; vector envs that ignore the
+    mask (such as Gymnasium's native ``CartPoleVectorEnv``) are caught, when the observations
+    of sub-envs outside the mask change, instead of being miscounted.
     """
 
     autoresets = True
@@ -204,12 +205,12 @@ class VectorSlots:
         _refuse_reward_wrappers(envs)
         self.envs = envs
         self._whole_resets_only = _whole_resets_only(envs)
-        # Gymnasium's own vector envs reset the sub-envs of options["reset_mask"] alone; others
-        # (the native CartPoleVectorEnv), and those inside a vector wrapper that needs whole
-        # resets, run on their autoresets: their floating episodes start unseeded, as all
-        # their episodes after the first.
-        self.resets_alone = (isinstance(envs.unwrapped, (SyncVectorEnv, AsyncVectorEnv))
-                             and self._whole_resets_only is None)
+        # Gymnasium's own vector envs reset the sub-envs of options["reset_mask"] alone, each
+        # with a seed of its own; others (native ones such as CartPoleVectorEnv: one generator
+        # for all sub-envs, one int seed), and those inside a vector wrapper that needs whole
+        # resets, run on their autoresets: seeded once, at their first reset.
+        self.native = not isinstance(envs.unwrapped, (SyncVectorEnv, AsyncVectorEnv))
+        self.resets_alone = not self.native and self._whole_resets_only is None
         self.same_step = mode is AutoresetMode.SAME_STEP
         self.num_envs = envs.num_envs
         self.single_observation_space = envs.single_observation_space
@@ -227,7 +228,7 @@ class VectorSlots:
             # The first reset is of every sub-env at once (a masked reset needs them reset
             # once); a masked one below seeds again, so sub-envs start as if reset once with
             # their seed and options.
-            self.observations, _ = self.envs.reset(seed=_seed_argument(every_seed))
+            self.observations, _ = self.envs.reset(seed=self._seed_argument(every_seed))
             if options is None and len(index) == self.num_envs:
                 return
         mask = np.zeros(self.num_envs, dtype=bool)
@@ -242,7 +243,7 @@ class VectorSlots:
                 "does), or use no tasks and max_steps=None")
         before = self.observations
         # A fresh dict: the vector env pops "reset_mask" from it.
-        self.observations, _ = self.envs.reset(seed=_seed_argument(every_seed),
+        self.observations, _ = self.envs.reset(seed=self._seed_argument(every_seed),
                                                options={**(options or {}), "reset_mask": mask})
         self._autoresetting[mask] = False
         if not _rows_equal(before, self.observations, np.flatnonzero(~mask)):
@@ -252,6 +253,13 @@ class VectorSlots:
                 "others too; with it, use no tasks and max_steps=None (its own time limit), "
                 "or build it with vectorization_mode='sync'"
             )
+
+    def _seed_argument(self, seeds: list[int | None]) -> int | list[int | None] | None:
+        """Seeds for ``VectorEnv.reset``: the list, or for a native vector env (one generator,
+        int seeds only) the first slot's seed."""
+        if all(seed is None for seed in seeds):
+            return None
+        return next(seed for seed in seeds if seed is not None) if self.native else seeds
 
     def step_slots(self, index: np.ndarray, actions: np.ndarray) -> StepResult:
         if self._actions is None:  # sub-envs that never act repeat a valid action
@@ -316,15 +324,6 @@ def _whole_resets_only(envs: VectorEnv) -> VectorEnv | None:
             return layer
         layer = layer.env
     return None
-
-
-def _seed_argument(seeds: list[int | None]) -> int | list[int | None] | None:
-    """Seeds for ``VectorEnv.reset``: an int ``s`` when they are ``s, s + 1, ...`` (which vector
-    envs with a single generator, such as native ones, also take), else the list."""
-    first = seeds[0]
-    if first is None:
-        return None if all(seed is None for seed in seeds) else seeds
-    return first if seeds == list(range(first, first + len(seeds))) else seeds
 
 
 def _rows_equal(before: Any, after: Any, rows: np.ndarray) -> bool:

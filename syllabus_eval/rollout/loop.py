@@ -133,18 +133,23 @@ class _Loop:
         check_count("num_slots", num_slots)
         if global_slots.min() < 0 or global_slots.max() >= num_slots:
             raise bad_argument("slots", f"indices in [0, {num_slots})", slots)
+        if settings.tasks is not None and pool.native:
+            raise ValueError(
+                f"tasks: expected envs that reset one sub-env at a time with its task (an env "
+                f"factory, or a Gymnasium SyncVectorEnv or AsyncVectorEnv), got a "
+                f"{type(pool.envs.unwrapped).__name__}, whose sub-envs reset only together or "
+                "by themselves; pass a factory of single envs instead")
         if settings.tasks is not None and pool.same_step:
             raise ValueError("tasks: a SAME_STEP vector env resets finished sub-envs before the "
                              "next task is known; use NEXT_STEP autoreset or an env factory")
         self.evaluator, self.pool, self.settings = evaluator, pool, settings
         self.on_episode = on_episode
         self.plan = EpisodePlan(settings, global_slots.tolist(), num_slots)
-        # Reset by hand what does not restart by itself: our pool's envs, and every episode
-        # that needs its task passed at reset (and episodes that max_steps cuts, and seeded
-        # floating ones where sub-envs reset alone: elsewhere the vector env's one generator
-        # carries on, as for all its episodes).
-        self.reset_by_hand = not pool.autoresets or settings.tasks is not None
-        self.reseeds_floating = settings.seed is not None and pool.resets_alone
+        # Reset by hand what does not restart by itself (our pool's envs), every episode that
+        # needs its task or its own seed passed at reset (where sub-envs reset alone: else the
+        # vector env's one generator carries on), and episodes that max_steps cuts.
+        self.reset_by_hand = (not pool.autoresets or settings.tasks is not None
+                              or (settings.seed is not None and pool.resets_alone))
         self.max_steps = settings.max_steps or np.iinfo(np.int64).max
         # Steps before the longest running episode can reach max_steps: the lengths are
         # compared with it only then (a comparison on every step cost more than the check).
@@ -250,7 +255,7 @@ class _Loop:
                 paused.append(p)
                 continue
             self.jobs[p] = job
-            if self.reset_by_hand or was_cut or (self.reseeds_floating and plan.floats(job)):
+            if self.reset_by_hand or was_cut:
                 by_hand.append(p)
             elif step.restarted is not None and step.restarted[p]:
                 restarted.append(p)
@@ -357,7 +362,7 @@ class _Loop:
             wrapped_reward=None if recorded is None or math.isclose(
                 recorded, summed, rel_tol=1e-6, abs_tol=1e-9) else summed,
             info={} if self.infos is None else self.infos.episode(position),
-            suite=self.settings.suite)
+            suite=self.settings.suite, cut=cut)
         if self.infos is not None:
             self.infos.restart(position)
         self.records.append(record)

@@ -1,5 +1,5 @@
-"""Which episode each env runs next: the slots' fixed quotas, and the floating tail that envs
-which met their own quota take over.
+"""Which episode each env runs next: the slots' fixed quotas, each on its own env, and the
+floating tail for slots declared interchangeable; and the seed each episode is reset with.
 
 Usage::
 
@@ -15,19 +15,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from .records import RolloutSettings, episode_number, episode_quota
 
 Job = tuple[int, int]  # (local slot, episode index in the slot's quota)
 
 
+def episode_seed(seed: int, slot: int, episode: int) -> int:
+    """The reset seed of episode ``episode`` of global slot ``slot`` in an evaluation seeded
+    ``seed``: the first 32-bit word of ``numpy.random.SeedSequence(seed, spawn_key=(slot,
+    episode))``.
+
+    Hashed rather than ``seed + slot``-style offsets, so that evaluations with different seeds
+    share no episodes (with ``seed + i``, seed 1's slot ``i`` was seed 0's slot ``i + 1``).
+    32 bits: the range every Gymnasium env and simulator takes as a seed.
+    """
+    return int(np.random.SeedSequence(seed, spawn_key=(slot, episode)).generate_state(1)[0])
+
+
 class EpisodePlan:
     """The episodes of one share of an evaluation's slots, and who runs which.
 
-    Env ``i`` of the share owns local slot ``i``: it runs its slot's episodes in order. Each
-    slot's last ``quota // 4`` episodes *float*: each is reset with a seed of its own, so that
-    an env that met its own quota can run one, taken from the back of the slot with the most
-    floating episodes left. Which env runs a floating episode never changes it, so a share's
-    episodes stay those of one run over every slot, however it is split.
+    Env ``i`` of the share owns local slot ``i`` and runs its slot's episodes in order, and
+    only those: slots may differ (one level or scene per slot), so an episode belongs to its
+    slot's env. With ``settings.interchangeable_slots``, each slot's last ``quota // 4``
+    episodes *float* instead: an env that met its own quota runs one, taken from the back of
+    the slot with the most floating episodes left. Every episode is reset with a seed of its
+    own, so which env runs a floating episode does not change it when the slots' envs are
+    alike, and a share's episodes stay those of one run over every slot, however it is split.
 
     Args:
         settings: the evaluation's episodes, seed and tasks.
@@ -40,7 +56,8 @@ class EpisodePlan:
         self.settings, self.slot_ids, self.num_slots = settings, list(slot_ids), num_slots
         self.quotas = [episode_quota(settings.num_episodes, num_slots, i) for i in slot_ids]
         # Episode 0 never floats: it is the slot's seeded start, on its own env.
-        self.floating_from = [max(1, q - q // 4) for q in self.quotas]
+        self.floating_from = ([max(1, q - q // 4) for q in self.quotas]
+                              if settings.interchangeable_slots else list(self.quotas))
         self._front = [0] * len(self.quotas)  # the next episode each owner takes
         self._end = list(self.quotas)  # one past the last episode not yet started
 
@@ -74,16 +91,13 @@ class EpisodePlan:
                               episode)
 
     def seed(self, job: Job) -> int | None:
-        """The seed the episode's reset takes: ``seed + i`` for slot ``i``'s first,
-        ``seed + K + e`` for a floating one numbered ``e``, None for the rest (the env's own
-        generator carries on) and without a seed."""
+        """The seed the episode's reset takes (:func:`episode_seed` of its global slot and
+        index); None without a seed."""
         seed = self.settings.seed
         if seed is None:
             return None
         slot, episode = job
-        if self.floats(job):
-            return seed + self.num_slots + self.number(job)
-        return seed + self.slot_ids[slot] if episode == 0 else None
+        return episode_seed(seed, self.slot_ids[slot], episode)
 
     def task(self, job: Job) -> int | None:
         """An index into the tasks for the episode (None: no tasks)."""

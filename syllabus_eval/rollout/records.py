@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..errors import bad_argument, check_count, check_flag
 from .video import Clip, VideoSettings
 
@@ -44,6 +42,8 @@ class EpisodeRecord:
         info: the ``info_keys`` of :class:`RolloutSettings`, each reduced over the episode's
             steps; a key the episode never reported is absent.
         suite: the evaluation suite it belongs to (``None`` without suites).
+        cut: ``max_steps`` cut it short (it is ``truncated`` too); the env's own time limit
+            is not a cut.
         clip: its encoded video while it travels to the runner (``RolloutSettings.video``);
             results keep none (their videos are on ``result.videos``).
     """
@@ -59,6 +59,7 @@ class EpisodeRecord:
     wrapped_reward: float | None = None
     info: Mapping[str, float] = field(default_factory=dict, hash=False)
     suite: str | None = None
+    cut: bool = False
     clip: Clip | None = field(default=None, compare=False, hash=False, repr=False)
 
 
@@ -78,8 +79,9 @@ class RolloutSettings:
             reproducible and identical across backends with greedy actions; sampled actions
             are so only when the evaluator's sampler is seeded and batches are split the same
             way (PyTorch's global generator is shared with training, so it is not re-seeded).
-        seed: slot ``i`` is first reset with ``seed + i``, floating episodes with seeds of
-            their own (:mod:`syllabus_eval.rollout`); ``None``: unseeded resets.
+        seed: a non-negative int from which every episode's reset seed is derived (by its
+            slot and index, :mod:`syllabus_eval.rollout`): different seeds share no episodes,
+            the same seed reproduces them; ``None``: unseeded resets.
         tasks: tasks assigned to episodes round robin (see :mod:`syllabus_eval.rollout`);
             ``None``: none.
         success_key: the info key read at the last step of an episode for its success.
@@ -89,10 +91,15 @@ class RolloutSettings:
         suite: the name of the evaluation suite these settings run (``None``: no suites).
         video: which episodes to record (``env.render()`` frames, see
             :mod:`syllabus_eval.rollout.video`); ``None``: none.
+        interchangeable_slots: declare every env slot alike (same env, same settings), so
+            that each slot's last quarter of episodes may run on whichever env is free (the
+            *floating tail*, :mod:`syllabus_eval.rollout`): evaluations end sooner. With slots
+            that differ (one level, scene or config per slot) it biases the numbers toward
+            short episodes; the default, ``False``, runs every episode on its own slot's env.
     """
 
     num_episodes: int
-    max_steps: int | None = 1000
+    max_steps: int | None = None
     deterministic: bool | None = True
     seed: int | None = 0
     tasks: Sequence[Any] | None = None
@@ -100,15 +107,16 @@ class RolloutSettings:
     info_keys: Mapping[str, str] | None = None
     suite: str | None = None
     video: VideoSettings | None = None
+    interchangeable_slots: bool = False
 
     def __post_init__(self) -> None:
         check_count("num_episodes", self.num_episodes)
         if self.max_steps is not None:
             check_count("max_steps", self.max_steps)
         check_flag("deterministic", self.deterministic, none_ok=True)
-        if self.seed is not None and (isinstance(self.seed, bool)
-                                      or not isinstance(self.seed, (int, np.integer))):
-            raise bad_argument("seed", "an int or None", self.seed)
+        if self.seed is not None:
+            check_count("seed", self.seed, low=0)  # SeedSequence takes no negative entropy
+            object.__setattr__(self, "seed", int(self.seed))
         if self.tasks is not None:
             if isinstance(self.tasks, (str, bytes)) or not isinstance(self.tasks, Sequence) \
                     or not self.tasks:
@@ -134,6 +142,7 @@ class RolloutSettings:
         if self.suite is not None and (not isinstance(self.suite, str) or not self.suite
                                        or "/" in self.suite):
             raise bad_argument("suite", "a suite name without '/'", self.suite)
+        check_flag("interchangeable_slots", self.interchangeable_slots)
 
 
 def episode_quota(num_episodes: int, num_slots: int, slot: int) -> int:

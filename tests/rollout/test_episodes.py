@@ -22,10 +22,12 @@ from syllabus_eval.demo.agents import LSTMAgent, MLPAgent
 from tests.fake_envs import (
     CountEnv,
     CountingEvaluator,
+    DrawEnv,
     LengthEnv,
     TaskEnv,
     as_tuples,
     ground_truth,
+    seed_by_hand,
 )
 
 DUMMY = DummyEvaluator(gym.spaces.Discrete(2), deterministic=True)  # always action 0
@@ -124,7 +126,7 @@ class TestAutoresetModes:
         envs.close()
         # The same env, seeded alike and stepped by hand, skipping its autoreset steps.
         hand = gym.make_vec("CartPole-v1", num_envs=4)
-        hand.reset(seed=0)
+        hand.reset(seed=seed_by_hand(0, 0, 0))  # one generator: the first slot's seed
         quotas = [episode_quota(10, 4, i) for i in range(4)]
         count, length, autoreset, expected = [0] * 4, [0] * 4, [False] * 4, []
         while count != quotas:
@@ -145,6 +147,13 @@ class TestAutoresetModes:
         envs = gym.make_vec("CartPole-v1", num_envs=4)
         with pytest.raises(ValueError, match="resets only the sub-envs in options"):
             run_episodes(DUMMY, envs, RolloutSettings(num_episodes=12, max_steps=9))
+        envs.close()
+
+    def test_tasks_on_a_native_vector_env_are_refused_by_name(self):
+        envs = gym.make_vec("CartPole-v1", num_envs=2)
+        with pytest.raises(ValueError, match="tasks: expected envs that reset one sub-env at "
+                                             "a time.*got a CartPoleVectorEnv"):
+            run_episodes(DUMMY, envs, RolloutSettings(num_episodes=2, tasks=[0, 1]))
         envs.close()
 
     def test_disabled_autoreset_is_refused(self):
@@ -243,11 +252,33 @@ class TestSeeding:
         assert as_tuples(first) == as_tuples(again)
         assert as_tuples(first) != as_tuples(other)
 
-    def test_slot_i_is_seeded_once_with_seed_plus_i(self):
-        pool = EnvPool([TaskEnv() for _ in range(3)])
+    @pytest.mark.parametrize("kind", ["pool", "sync-next", "sync-same"])
+    def test_every_episode_is_reset_with_its_own_seed(self, kind):
+        envs = [TaskEnv() for _ in range(3)]
+        pool = EnvPool(envs) if kind == "pool" else SyncVectorEnv(
+            [lambda env=env: env for env in envs],
+            autoreset_mode=AutoresetMode.SAME_STEP if kind == "sync-same" else
+            AutoresetMode.NEXT_STEP)
         run_episodes(DUMMY, pool, RolloutSettings(num_episodes=6, seed=10))
-        assert [[seed for seed, _ in env.resets] for env in pool.envs] == [
-            [10, None], [11, None], [12, None]]
+        expected = [[seed_by_hand(10, slot, episode) for episode in range(2)]
+                    for slot in range(3)]
+        # A vector env's first reset seeds every sub-env once before the first episode's own
+        # masked reset; SAME_STEP autoresets are unseeded and replaced by the seeded reset.
+        assert [[seed for seed, _ in env.resets if seed is not None][-2:]
+                for env in envs] == expected
+
+    def test_evaluations_with_other_seeds_share_no_episode(self):
+        """Each episode reports an id its env draws at reset: seeds 0 and 1 (and 0..4 as a
+        user evaluating training runs 0..4 would) share none; seed 0 again gives the same."""
+        def ids(seed):
+            records, _ = run("pool", DrawEnv, RolloutSettings(
+                num_episodes=80, seed=seed, info_keys={"id": "last"}), 8)
+            return [r.info["id"] for r in records]
+
+        runs = [ids(seed) for seed in range(5)]
+        assert all(len(set(run_ids)) == 80 for run_ids in runs)
+        assert len(set().union(*runs)) == 5 * 80
+        assert ids(0) == runs[0]
 
 
 class TestSlotSubsets:
@@ -339,7 +370,10 @@ class TestMakeEnvs:
         ({"num_episodes": 0}, "num_episodes: expected an integer >= 1, got int 0"),
         ({"max_steps": 2.5}, "max_steps: expected an integer >= 1"),
         ({"deterministic": "yes"}, "deterministic: expected True, False or None"),
-        ({"seed": 1.0}, "seed: expected an int or None"),
+        ({"seed": 1.0}, "seed: expected an integer >= 0, got float 1.0"),
+        ({"seed": -1}, "seed: expected an integer >= 0, got int -1"),
+        ({"seed": True}, "seed: expected an integer >= 0, got bool True"),
+        ({"interchangeable_slots": 1}, "interchangeable_slots: expected True or False"),
         ({"tasks": []}, "tasks: expected a non-empty list"),
         ({"tasks": [1, "1"]}, "tasks: expected tasks with distinct names"),
         ({"success_key": 1}, "success_key: expected an info key"),
