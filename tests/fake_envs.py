@@ -306,16 +306,16 @@ class CountEnv(gym.Env):
 
 def seed_by_hand(seed: int, slot: int, episode: int) -> int:
     """The documented reset seed of episode ``episode`` of slot ``slot``, computed here."""
-    return int(np.random.SeedSequence(seed, spawn_key=(slot, episode))
-               .generate_state(1, np.uint32)[0])
+    words = np.random.SeedSequence(seed, spawn_key=(slot,)).generate_state(episode + 1)
+    return int(words[episode])
 
 
 def ground_truth(make_env: Any, settings: RolloutSettings, num_slots: int,
                  policy: Any = lambda obs: 0) -> list[tuple]:
     """``(env_index, episode_index, reward, length, terminated, truncated, success)`` of each
     episode, running each slot's episodes one env at a time, as the module docs define them:
-    slot ``i`` runs its quota of episodes on an env of its own, episode ``j`` reset with the
-    first 32-bit word of ``SeedSequence(seed, spawn_key=(i, j))`` (unseeded without a seed);
+    slot ``i`` runs its quota of episodes on an env of its own, episode ``j`` reset with word
+    ``j`` of ``SeedSequence(seed, spawn_key=(i,)).generate_state`` (unseeded without a seed);
     ``max_steps`` as truncation."""
     episodes = []
     for slot in range(num_slots):

@@ -38,10 +38,10 @@ is the same episode whichever env runs it *if the envs are alike*; on slots that
 would run on the wrong env and bias the numbers, hence the default.
 
 **Seeding.** With ``seed`` set, every episode is reset with a seed of its own, derived from
-``(seed, slot, episode)``: the first 32-bit word of
-``numpy.random.SeedSequence(seed, spawn_key=(slot, episode)).generate_state(1)`` for the
-*global* slot index (see below) and the episode's index in the slot's quota
-(:func:`~syllabus_eval.rollout.plan.episode_seed`). So evaluations with different seeds share
+``(seed, slot, episode)``: the 32-bit word ``j`` of
+``numpy.random.SeedSequence(seed, spawn_key=(slot,)).generate_state(...)`` for episode ``j``
+of the *global* slot index ``slot`` (see below)
+(:func:`~syllabus_eval.rollout.plan.episode_seeds`). So evaluations with different seeds share
 no episodes (evaluating training seeds 0..4 with ``seed=run_seed`` gives independent
 samples), the same seed reproduces them exactly, and with deterministic actions (the default,
 see :class:`RolloutSettings`) each episode depends only on its env, its seed and its task:

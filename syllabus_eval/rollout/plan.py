@@ -22,16 +22,17 @@ from .records import RolloutSettings, episode_number, episode_quota
 Job = tuple[int, int]  # (local slot, episode index in the slot's quota)
 
 
-def episode_seed(seed: int, slot: int, episode: int) -> int:
-    """The reset seed of episode ``episode`` of global slot ``slot`` in an evaluation seeded
-    ``seed``: the first 32-bit word of ``numpy.random.SeedSequence(seed, spawn_key=(slot,
-    episode))``.
+def episode_seeds(seed: int, slot: int, count: int) -> list[int]:
+    """The reset seeds of the first ``count`` episodes of global slot ``slot`` in an evaluation
+    seeded ``seed``: ``numpy.random.SeedSequence(seed, spawn_key=(slot,))``'s
+    ``generate_state(count)``, 32-bit words (episode ``j`` gets word ``j``, the same for any
+    ``count > j``).
 
     Hashed rather than ``seed + slot``-style offsets, so that evaluations with different seeds
     share no episodes (with ``seed + i``, seed 1's slot ``i`` was seed 0's slot ``i + 1``).
     32 bits: the range every Gymnasium env and simulator takes as a seed.
     """
-    return int(np.random.SeedSequence(seed, spawn_key=(slot, episode)).generate_state(1)[0])
+    return np.random.SeedSequence(seed, spawn_key=(slot,)).generate_state(count).tolist()
 
 
 class EpisodePlan:
@@ -58,6 +59,9 @@ class EpisodePlan:
         # Episode 0 never floats: it is the slot's seeded start, on its own env.
         self.floating_from = ([max(1, q - q // 4) for q in self.quotas]
                               if settings.interchangeable_slots else list(self.quotas))
+        self._seeds = None if settings.seed is None else [  # [slot][episode], drawn once
+            episode_seeds(settings.seed, slot, quota)
+            for slot, quota in zip(self.slot_ids, self.quotas)]
         self._front = [0] * len(self.quotas)  # the next episode each owner takes
         self._end = list(self.quotas)  # one past the last episode not yet started
 
@@ -91,13 +95,12 @@ class EpisodePlan:
                               episode)
 
     def seed(self, job: Job) -> int | None:
-        """The seed the episode's reset takes (:func:`episode_seed` of its global slot and
-        index); None without a seed."""
-        seed = self.settings.seed
-        if seed is None:
+        """The seed the episode's reset takes (:func:`episode_seeds` of its global slot);
+        None without a seed."""
+        if self._seeds is None:
             return None
         slot, episode = job
-        return episode_seed(seed, self.slot_ids[slot], episode)
+        return self._seeds[slot][episode]
 
     def task(self, job: Job) -> int | None:
         """An index into the tasks for the episode (None: no tasks)."""

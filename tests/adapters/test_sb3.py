@@ -25,7 +25,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import SB3Evaluator  # noqa: E402
-from tests.fake_envs import DictEnv, FramesEnv  # noqa: E402
+from tests.fake_envs import DictEnv, FramesEnv, seed_by_hand  # noqa: E402
 from tests.readme import readme_snippet  # noqa: E402
 from tests.test_evaluator import assert_same, in_thread, snapshot  # noqa: E402
 
@@ -371,21 +371,18 @@ def test_queries_from_a_thread_while_the_model_learns() -> None:
 
 class TestEvalRunner:
     def test_same_episodes_as_evaluate_policy(self) -> None:
-        # SB3's evaluate_policy uses the same per-env quotas ((n + i) // k) and seeds env i
-        # with seed + i at its first reset: with greedy actions, the very same episodes.
+        # SB3's evaluate_policy on each episode alone, its env seeded with that episode's
+        # documented seed: with greedy actions, the very same episodes.
         model = BY_NAME["ppo-cartpole"].build()
         model.learn(64)
         runner = EvalRunner(_cartpole, SB3Evaluator(model), num_envs=4, num_episodes=8,
                             seed=0)
         result = runner.evaluate()
         runner.shutdown()
-        envs = DummyVecEnv([_cartpole] * 4)
-        envs.seed(0)
-        rewards, lengths = evaluate_policy(model, envs, n_eval_episodes=8, deterministic=True,
-                                           return_episode_rewards=True, warn=False)
+        rewards, lengths = sb3_episode_by_episode(model, _cartpole, num_envs=4, num_episodes=8)
         assert len(set(lengths)) > 1  # episodes that differ: a wrong action would show
-        assert sorted(e.length for e in result.episodes) == sorted(lengths)
-        assert sorted(e.reward for e in result.episodes) == sorted(rewards)
+        assert [e.length for e in result.episodes] == lengths
+        assert [e.reward for e in result.episodes] == rewards
         assert result["eval/reward"] == pytest.approx(np.mean(rewards))
 
     def test_box_actions_reach_the_env_as_predict_sends_them(self) -> None:
@@ -396,11 +393,26 @@ class TestEvalRunner:
 
         with EvalRunner(short, SB3Evaluator(model), num_envs=2, num_episodes=4) as runner:
             result = runner.evaluate(model.policy)  # the policy's weights, as a module
-        envs = DummyVecEnv([short] * 2)
-        envs.seed(0)
-        rewards, _ = evaluate_policy(model, envs, n_eval_episodes=4, deterministic=True,
-                                     return_episode_rewards=True, warn=False)
-        assert sorted(e.reward for e in result.episodes) == pytest.approx(sorted(rewards))
+        rewards, _ = sb3_episode_by_episode(model, short, num_envs=2, num_episodes=4)
+        assert [e.reward for e in result.episodes] == pytest.approx(rewards)
+
+
+def sb3_episode_by_episode(model, make_env, num_envs: int, num_episodes: int, seed: int = 0
+                           ) -> tuple[list[float], list[int]]:
+    """Returns and lengths of ``evaluate_policy`` run on each episode of the runner's plan
+    alone (slot order), its env seeded with the episode's documented seed."""
+    rewards, lengths = [], []
+    for slot in range(num_envs):
+        for episode in range((num_episodes + slot) // num_envs):
+            envs = DummyVecEnv([make_env])
+            envs.seed(seed_by_hand(seed, slot, episode))
+            reward, length = evaluate_policy(model, envs, n_eval_episodes=1,
+                                             deterministic=True, return_episode_rewards=True,
+                                             warn=False)
+            rewards += reward
+            lengths += length
+            envs.close()
+    return rewards, lengths
 
 
 def test_the_readme_example_runs() -> None:

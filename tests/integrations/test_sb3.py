@@ -27,6 +27,7 @@ from syllabus_eval.integrations.sb3 import (  # noqa: E402
     _lacks_wrapper,
     normalized_like,
 )
+from tests.fake_envs import seed_by_hand  # noqa: E402
 from tests.readme import readme_snippet  # noqa: E402
 
 
@@ -90,15 +91,21 @@ class TestVecNormalize:
             assert env.get_wrapper_attr("update_running_mean") is False
         final = callback.results[-1]
         runner.shutdown()
-        # SB3's own evaluation on a VecNormalize eval env synced to the same statistics
-        evaluation = VecNormalize(DummyVecEnv([cartpole] * 4), training=False,
-                                  norm_reward=False)
-        evaluation.obs_rms = train.obs_rms.copy()
-        evaluation.seed(3)
-        rewards, lengths = evaluate_policy(model, evaluation, n_eval_episodes=8,
-                                           deterministic=True, return_episode_rewards=True,
-                                           warn=False)
-        assert sorted(r.length for r in final.episodes) == sorted(lengths)
+        # SB3's own evaluation on a VecNormalize eval env synced to the same statistics, each
+        # episode alone, seeded with its documented seed
+        rewards, lengths = [], []
+        for slot in range(4):
+            for episode in range(2):
+                evaluation = VecNormalize(DummyVecEnv([cartpole]), training=False,
+                                          norm_reward=False)
+                evaluation.obs_rms = train.obs_rms.copy()
+                evaluation.seed(seed_by_hand(3, slot, episode))
+                reward, length = evaluate_policy(model, evaluation, n_eval_episodes=1,
+                                                 deterministic=True,
+                                                 return_episode_rewards=True, warn=False)
+                rewards, lengths = rewards + reward, lengths + length
+                evaluation.close()
+        assert [r.length for r in final.episodes] == lengths
         assert final["eval/reward"] == pytest.approx(np.mean(rewards))
 
     @pytest.mark.parametrize("final_eval", [True, False], ids=["final", "scheduled"])
