@@ -55,7 +55,12 @@ EXPERIENCE_KINDS = ("reset", "step", "close")
 
 @runtime_checkable
 class TaskSource(Protocol):
-    """What :class:`~syllabus_eval.curricula.CurriculumWrapper` needs: a curriculum or a client."""
+    """What :class:`~syllabus_eval.curricula.CurriculumWrapper` needs: a curriculum or a client.
+
+    ``observe`` of a ``close`` record should not raise a failure the curriculum reports
+    elsewhere: the wrapper's ``close`` would pass it on and stop a vector env's ``close`` at
+    its first sub-env.
+    """
 
     wants_experience: bool
 

@@ -60,6 +60,11 @@ class LearningProgressCurriculum(Curriculum):
     task and also while it forgets it. Tasks never measured get the highest weight, so each
     task is played until it has an estimate. A failure of ``evaluate_fn`` is raised, as
     :class:`~syllabus_eval.CurriculumError`, from the next :meth:`sample` or :meth:`close`.
+
+    Only finite success rates in [0, 1] enter the moving averages (issue #19): a NaN or inf
+    rate, given directly or in a metrics dict, raises ``ValueError`` naming the task and the
+    number, and the whole measurement changes nothing; from ``evaluate_fn`` it is that
+    failure of the background thread. Progress and sampling probabilities stay finite.
     """
 
     def __init__(
@@ -100,12 +105,13 @@ class LearningProgressCurriculum(Curriculum):
     def update_success_rates(self, rates: Mapping[Hashable, float]) -> None:
         """Take one measurement: ``{task: success rate in [0, 1]}`` (any subset of the tasks).
 
-        Every entry is checked before any is applied: a bad one changes nothing.
+        Every entry is checked before any is applied: a bad one (NaN and inf included)
+        changes nothing.
         """
         if not isinstance(rates, Mapping) or not rates:
             raise bad_argument("rates", "a non-empty dict {task: success rate}", rates)
         checked = {self.task_space.index(task, "rates"):
-                   check_number(f"rates[{task!r}]", rate, 0.0, 1.0)
+                   check_number(f"rates[{task!r}]", _plain(rate), 0.0, 1.0)
                    for task, rate in rates.items()}
         with self._lock:
             for i, rate in checked.items():
@@ -178,3 +184,11 @@ class LearningProgressCurriculum(Curriculum):
         self._stop.set()
         if self._evaluator is not None:
             self._evaluator.join()
+
+
+def _plain(rate: Any) -> Any:
+    """A numpy scalar as a Python float, so that an error about it shows the number (``nan``)
+    rather than its dtype."""
+    if isinstance(rate, np.floating):
+        return float(rate)
+    return rate

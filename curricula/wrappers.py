@@ -64,6 +64,12 @@ class CurriculumWrapper(gym.Wrapper):
         set_task: optional ``set_task(env, task)`` called before each reset, for envs that do
             not read ``options["task"]``; the options then reach the env unchanged.
         env_id: names this env's stream; default: a new unique id.
+
+    :meth:`close` always closes the env, and a curriculum's failure does not stop it: PLR and
+    :class:`CurriculumClient` take the ``close`` record without raising one (issue #19), so a
+    vector env closes every sub-env. Resets and steps raise the failure (every time: the
+    curriculum is broken); closes never do, and if nothing raised it before, the curriculum's
+    own ``close()`` (PLR's, or the server's) raises it, once.
     """
 
     def __init__(self, env: gym.Env, curriculum: TaskSource, *,
@@ -105,6 +111,7 @@ class CurriculumWrapper(gym.Wrapper):
         return obs, reward, terminated, truncated, {**info, "task": self.task}
 
     def close(self) -> None:
+        """Tell the curriculum the stream ended, then close the env (whatever happened)."""
         try:
             if self._streaming:
                 self._streaming = False
@@ -172,9 +179,18 @@ class CurriculumClient:
         return reply
 
     def observe(self, experience: Experience) -> None:
-        """Send one record to the curriculum (blocks while the server is behind)."""
+        """Send one record to the curriculum (blocks while the server is behind).
+
+        A ``close`` record to a server that is gone is dropped: the env is closing, and
+        :meth:`CurriculumServer.close` reports why the server went (raising here would stop a
+        vector env's ``close`` at its first sub-env).
+        """
         with self._lock:
-            self._send(experience)
+            try:
+                self._send(experience)
+            except RuntimeError:
+                if experience.kind != "close":
+                    raise
 
     def _send(self, item: int | Experience) -> Connection:
         try:

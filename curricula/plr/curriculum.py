@@ -80,7 +80,17 @@ class PrioritizedLevelReplay(Curriculum):
     scores every record observed before it, scores the open segments as if truncated there,
     and stops the worker. A failure in the worker is raised, as
     :class:`~syllabus_eval.CurriculumError` chained to the original exception, from the next
-    :meth:`observe`, :meth:`sample`, :meth:`flush` or :meth:`close`.
+    :meth:`observe`, :meth:`sample` or :meth:`flush` (every time), or else from :meth:`close`;
+    ``observe`` of a ``close`` record never raises it, so that closing a vector env of
+    :class:`~syllabus_eval.curricula.CurriculumWrapper` s closes every env.
+
+    Only finite numbers enter the score table. A NaN or inf reward, a non-finite value or
+    policy score from the agent (an inf observation gives one; so do weights gone NaN) or a
+    segment score that overflows is an error, not a skipped segment: it fails the worker
+    (``ValueError`` naming the env, its task and the number, chained to the
+    ``CurriculumError``) and the table keeps the scores it had. Skipping would bias the
+    scores without a sign, and a NaN reward poisons the training loop too, which needs to
+    stop. :meth:`update_score` refuses a non-finite score at once with ``ValueError``.
     """
 
     wants_experience = True
@@ -140,8 +150,9 @@ class PrioritizedLevelReplay(Curriculum):
         """Queue one record of an environment's stream for the worker (thread-safe).
 
         Blocks while ``queue_size`` records wait (back-pressure); raises the worker's failure
-        if it failed, and ``RuntimeError`` once closed (``close`` records are then ignored:
-        :meth:`close` already scored what their envs played).
+        if it failed, and ``RuntimeError`` once closed. ``close`` records raise neither: after
+        :meth:`close` they are ignored (it already scored what their envs played), after a
+        failure too (their envs have nothing left to score; the failure is raised elsewhere).
         """
         if not isinstance(experience, Experience):
             raise bad_argument("experience", "an Experience record", experience)

@@ -18,6 +18,7 @@ uniform draws of unseen ones.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 
@@ -81,6 +82,7 @@ REPLAY_SCHEDULES = ("proportionate", "fixed")
 class TaskScores:
     """Per task: its score S_i, whether it was seen, the transitions scored, and when it was
     last drawn; every method holds ``lock`` (the curriculum's, so a draw sees one state).
+    Every score in it is finite: :meth:`record` refuses a NaN or inf (issue #19).
 
     Args:
         num_tasks: N, the size of the task space.
@@ -100,10 +102,19 @@ class TaskScores:
         self.last_drawn = np.zeros(num_tasks, dtype=np.int64)  # C_i: c when i was last drawn
 
     def record(self, index: int, score: float, steps: int) -> None:
-        """Task ``index`` got a segment ``score`` over ``steps`` transitions."""
+        """Task ``index`` got a segment ``score`` over ``steps`` transitions.
+
+        Raises:
+            ValueError: the score, or its average with the task's score, is NaN or inf; the
+                table is left as it was.
+        """
         with self.lock:
             if self.seen[index]:
                 score = (1.0 - self.score_alpha) * self.scores[index] + self.score_alpha * score
+            # One NaN here would make every draw uniform (the power transform) or rank the task
+            # last (rank), silently; the callers check their inputs, this is the last guard.
+            if not math.isfinite(score):
+                raise ValueError(f"task {index}'s score: expected a finite number, got {score}")
             self.scores[index] = score
             self.seen[index] = True
             self.steps[index] += steps

@@ -21,10 +21,16 @@ segments: an episode, or ``num_steps`` steps of a longer one. Every finished seg
 and updates its task's score in the :class:`~syllabus_eval.curricula.plr.scores.TaskScores`
 table. :meth:`ScoringWorker.put` blocks while the queue is full (back-pressure: stepping slows
 to the scoring rate; no experience is dropped).
+
+Only finite numbers are scored (issue #19): a NaN or inf reward, a non-finite value or policy
+score from the agent (an inf observation gives one) or a segment score that overflows fails the
+worker with a ``ValueError`` naming the env, its task and the number, and the table keeps what it
+had.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -70,7 +76,8 @@ class ScoringWorker:
 
     The thread starts at construction. A failure in it is raised, as
     :class:`~syllabus_eval.CurriculumError` chained to the original, by :meth:`check` and by
-    every method after it.
+    every method after it, except :meth:`put` of a ``close`` record (see there) and a
+    :meth:`close` after it was reported.
     """
 
     def __init__(self, evaluator: AgentQueries, table: TaskScores,
@@ -102,19 +109,28 @@ class ScoringWorker:
 
     def put(self, experience: Experience) -> None:
         """Queue a checked record; blocks while the queue is full (see the curriculum's
-        ``observe``)."""
+        ``observe``).
+
+        A ``close`` record never raises the thread's failure: the env is going away with
+        nothing left to score, and raising from every env's ``close`` would stop a vector
+        env at its first sub-env (issue #19). The failure stays for the next call that needs
+        the worker, or for :meth:`close`.
+        """
+        closing = experience.kind == "close"
         with self._cond:
             if self._closed:
-                if experience.kind == "close":
+                if closing:
                     return  # an env closed after the curriculum: close() scored its segment
                 raise RuntimeError("PrioritizedLevelReplay is closed: it takes no more "
                                    "experience")
             self._putting += 1
         queued = False
         try:
-            self._thread.check()
+            if not closing:
+                self._thread.check()
             queued = self._thread.feed(self._queue, experience)
-            self._thread.check()  # it ended before taking the record: it failed
+            if not closing:
+                self._thread.check()  # it ended before taking the record: it failed
         finally:
             with self._cond:
                 self._putting -= 1
@@ -289,6 +305,7 @@ class ScoringWorker:
         """Extend the env's open segment by one record; score it when it ends."""
         env_id = record.env_id
         if record.kind == "reset":
+            _require_finite(record, record.task, self.strategy, value, term)
             cut_short = self._segments.get(env_id)
             if cut_short is not None:  # reset mid-episode: score as truncated there
                 self._score(cut_short, terminated=False)
@@ -297,6 +314,7 @@ class ScoringWorker:
         segment = self._segments.get(env_id)
         if segment is None:
             raise _step_before_reset(env_id)
+        _require_finite(record, segment.task, self.strategy, value, term)
         segment.rewards.append(float(record.reward))
         segment.values.append(value)
         segment.terms.append(term)
@@ -318,7 +336,37 @@ class ScoringWorker:
             score = VALUE_SCORES[self.strategy](advantages)
         else:
             score = float(np.mean(segment.terms[:-1]))  # s_0 .. s_{T-1}: where actions were taken
+        if not math.isfinite(score):  # finite inputs can still overflow (rewards near 1e308)
+            raise ValueError(f"the {self.strategy} score of a {steps}-step segment of task "
+                             f"{segment.task!r} is {score}: its rewards or values overflow")
         self.table.record(self.task_space.index(segment.task), score, steps)
+
+
+def _require_finite(record: Experience, task: Any, strategy: str, value: float, term: float
+                    ) -> None:
+    """Fail on a NaN or inf the segment would be scored with (issue #19): in the table it
+    would turn the task's score NaN and, with the power transform, every draw uniform."""
+    where = f"env {record.env_id!r} (task {task!r}) at a {record.kind}"
+    reward = float(record.reward)
+    if not math.isfinite(reward):
+        raise ValueError(f"experience.reward: expected a finite number, got {reward} from "
+                         f"{where}")
+    for name, number in (("value", value), (f"{strategy} score", term)):
+        if not math.isfinite(number):
+            cause = ("its observation holds NaN or inf" if not _all_finite(record.obs)
+                     else "the agent's weights or outputs are not finite")
+            raise ValueError(f"the agent's {name} of the observation of {where} is {number}: "
+                             f"{cause}")
+
+
+def _all_finite(obs: Any) -> bool:
+    """Whether every number of an observation (arrays, or dicts and tuples of them) is finite."""
+    if isinstance(obs, dict):
+        return all(_all_finite(item) for item in obs.values())
+    if isinstance(obs, tuple):
+        return all(_all_finite(item) for item in obs)
+    array = np.asarray(obs)
+    return not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
 
 
 def _step_before_reset(env_id: Hashable) -> ValueError:

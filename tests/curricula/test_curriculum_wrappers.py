@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+import math
+import threading
+from contextlib import ExitStack, suppress
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from syllabus_eval import EvaluationError
+from syllabus_eval import CurriculumError, EvaluationError
 from syllabus_eval.adapters import DummyEvaluator
 from syllabus_eval.curricula import (
     Curriculum,
@@ -175,6 +177,111 @@ class TestServer:
         envs.close()
         with pytest.raises(EvaluationError, match="no distribution today"):
             server.close()
+
+
+class Closable(gym.Wrapper):
+    """Remembers its close: where a simulator would be released."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.was_closed = False
+
+    def close(self) -> None:
+        self.was_closed = True
+        super().close()
+
+
+class NanReward(gym.Wrapper):
+    """Every reward is NaN: PLR's worker fails on the first one it scores (issue #19)."""
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        return obs, math.nan, terminated, truncated, info
+
+
+def new_thread(name: str, before: set[threading.Thread]) -> threading.Thread:
+    (thread,) = [t for t in threading.enumerate() if t.name == name and t not in before]
+    return thread
+
+
+class TestCloseAfterFailure:
+    """A SyncVectorEnv of four wrappers closes all four after its curriculum failed, and the
+    failure is reported once: by the first step after it, or else by the curriculum's close."""
+
+    def reset(self, chain_env, source):
+        """Four closable envs paying NaN rewards, after their first reset."""
+        inner = [Closable(NanReward(chain_env())) for _ in range(4)]
+        envs = SyncVectorEnv([lambda env=env: CurriculumWrapper(env, source) for env in inner])
+        envs.reset(seed=0)
+        return envs, inner
+
+    def fail(self, envs, worker: threading.Thread) -> None:
+        """One step: PLR's worker dies on the NaN rewards."""
+        envs.step(np.ones(4, dtype=np.int64))
+        worker.join(30)  # ends only by failing: nothing closed the curriculum
+        assert not worker.is_alive()
+
+    def failed(self, chain_env, source, worker: threading.Thread):
+        envs, inner = self.reset(chain_env, source)
+        self.fail(envs, worker)
+        return envs, inner
+
+    def plr(self):
+        before = set(threading.enumerate())
+        plr = PrioritizedLevelReplay([5], DummyEvaluator(gym.spaces.Discrete(2)))
+        return plr, new_thread("PrioritizedLevelReplay worker", before)
+
+    def test_reported_by_a_step_then_every_env_closes(self, chain_env, no_leaked_threads):
+        plr, worker = self.plr()
+        envs, inner = self.failed(chain_env, plr, worker)
+        with pytest.raises(CurriculumError, match="PrioritizedLevelReplay worker failed") as info:
+            envs.step(np.ones(4, dtype=np.int64))
+        assert "experience.reward: expected a finite number, got nan" in str(
+            info.value.__cause__)
+        envs.close()  # does not raise it again
+        assert [env.was_closed for env in inner] == [True] * 4 and envs.closed
+        plr.close()  # nor does the curriculum
+
+    def test_unreported_then_every_env_closes_and_the_curriculum_reports_it(
+            self, chain_env, no_leaked_threads):
+        plr, worker = self.plr()
+        envs, inner = self.failed(chain_env, plr, worker)
+        envs.close()
+        assert [env.was_closed for env in inner] == [True] * 4 and envs.closed
+        with pytest.raises(CurriculumError, match="experience.reward"):
+            plr.close()  # reported once, here
+        plr.close()
+
+    def test_through_a_failed_server(self, chain_env, no_leaked_threads):
+        plr, worker = self.plr()
+        before = set(threading.enumerate())
+        server = CurriculumServer(plr)
+        envs, inner = self.reset(chain_env, server.client)
+        handler = new_thread("CurriculumServer connection", before)
+        self.fail(envs, worker)
+        # The server's next observe fails and drops the client: on one of the first step's
+        # records, or on this step's (then this step passes).
+        with suppress(RuntimeError):
+            envs.step(np.ones(4, dtype=np.int64))
+        handler.join(30)
+        assert not handler.is_alive()
+        envs.close()  # the close records find the connection gone: dropped, the envs closed
+        assert [env.was_closed for env in inner] == [True] * 4 and envs.closed
+        with pytest.raises(EvaluationError, match="CurriculumServer connection failed"):
+            server.close()
+        plr.close()  # the server's thread was told first
+
+    def test_after_the_server_closed(self, chain_env, no_leaked_threads):
+        inner = [Closable(chain_env()) for _ in range(4)]
+        with PrioritizedLevelReplay(TASKS, DummyEvaluator(gym.spaces.Discrete(2))) as plr:
+            server = CurriculumServer(plr)
+            envs = SyncVectorEnv(
+                [lambda env=env: CurriculumWrapper(env, server.client) for env in inner])
+            envs.reset(seed=0)
+            envs.step(np.ones(4, dtype=np.int64))
+            server.close()  # the wrong order: the envs are still open
+            envs.close()
+        assert [env.was_closed for env in inner] == [True] * 4 and envs.closed
 
 
 class TestBadInputs:

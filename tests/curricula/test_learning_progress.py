@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from syllabus_eval import EvaluationError
+from syllabus_eval import CurriculumError, EvaluationError
 from syllabus_eval.curricula import LearningProgressCurriculum
 
 RISING, FALLING, FLAT = [0.0, 0.4, 0.8], [0.8, 0.4, 0.0], [0.5, 0.5, 0.5]
@@ -146,6 +148,50 @@ class TestBackgroundEvaluation:
         assert isinstance(info.value.__cause__, RuntimeError)
         with pytest.raises(EvaluationError):
             curriculum.sample()
+        curriculum.close()  # reported already
+
+
+NON_FINITE = [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf"),
+              (np.float32(np.nan), "nan"), (np.float64(np.inf), "inf")]
+
+
+class TestNonFiniteRates:
+    """A NaN or inf success rate never enters the moving averages (issue #19)."""
+
+    @pytest.mark.parametrize("rate, shown", NON_FINITE)
+    @pytest.mark.parametrize("interface", ["update_success_rates", "on_result"])
+    def test_refused_whole_and_named(self, rate, shown, interface):
+        curriculum = fed(SCRIPT[:2])
+        rates, distribution = curriculum.success_rates(), curriculum.distribution()
+        bad = {"a": 0.9, "b": rate}
+        with pytest.raises(ValueError, match=rf"rates\['b'\]: expected a finite number in "
+                                             rf"\[0.0, 1.0\], got float {shown}$"):
+            if interface == "on_result":
+                curriculum.on_result(metrics(bad))
+            else:
+                curriculum.update_success_rates(bad)
+        assert curriculum.success_rates() == rates  # "a" is not applied either
+        assert curriculum.num_updates == 2
+        np.testing.assert_array_equal(curriculum.distribution(), distribution)
+        assert np.isfinite(curriculum.learning_progress()).all()
+
+    def test_from_evaluate_fn_fails_the_background_thread(self, no_leaked_threads):
+        returned = []
+
+        def evaluate():
+            returned.append(len(returned))
+            return metrics(SCRIPT[0] if len(returned) == 1 else {"a": math.nan})
+
+        curriculum = LearningProgressCurriculum(["a", "b", "c"], evaluate_fn=evaluate,
+                                                eval_interval=0.0)
+        with pytest.raises(CurriculumError, match="LearningProgressCurriculum evaluation "
+                                                  "failed") as info:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the second evaluation fails the thread
+                curriculum.sample()
+        assert "rates['a']: expected a finite number" in str(info.value.__cause__)
+        assert curriculum.success_rates() == fed(SCRIPT[:1]).success_rates()
+        assert np.isfinite(curriculum.distribution()).all()
         curriculum.close()  # reported already
 
 

@@ -492,11 +492,24 @@ class TestWorkerFailures:
         plr = self.failing_plr()
         plr.observe(Experience("reset", 0, "a", np.zeros(3)))  # the agent takes shape [1]
         for call in (lambda: plr.flush(timeout=30), plr.sample,
-                     lambda: plr.observe(Experience("close", 0))):
+                     lambda: plr.observe(Experience("step", 0, obs=np.zeros(1)))):
             with pytest.raises(EvaluationError, match="worker failed") as info:
                 call()
             assert "state: expected a batch of shape [B, 1]" in str(info.value.__cause__)
+        plr.observe(Experience("close", 0))  # an env closing: nothing to score, no raise
         plr.close()  # already reported: closes quietly
+
+    def test_a_close_record_neither_raises_nor_reports_it(self, no_leaked_threads):
+        before = set(threading.enumerate())
+        plr = self.failing_plr()
+        (worker,) = [thread for thread in threading.enumerate()
+                     if thread not in before and thread.name == "PrioritizedLevelReplay worker"]
+        plr.observe(Experience("reset", 0, "a", np.zeros(3)))
+        worker.join(30)  # it ends by failing: nothing closed the curriculum
+        assert not worker.is_alive()
+        plr.observe(Experience("close", 0))
+        with pytest.raises(CurriculumError, match="worker failed"):
+            plr.close()  # still unreported: the curriculum's close reports it
 
     def test_surfaces_from_close_if_unreported(self, no_leaked_threads):
         plr = self.failing_plr()
