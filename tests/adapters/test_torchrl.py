@@ -22,7 +22,7 @@ from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator  # noq
 
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import TorchRLEvaluator  # noqa: E402
-from tests.fake_envs import CheetahSpacesEnv  # noqa: E402
+from tests.fake_envs import CheetahSpacesEnv, seed_by_hand  # noqa: E402
 from tests.readme import readme_snippet  # noqa: E402
 from tests.test_evaluator import assert_same, in_thread, snapshot  # noqa: E402
 
@@ -72,20 +72,20 @@ def run(module: nn.Module, obs: Any, mode: ExplorationType | None = None) -> Ten
 
 def returns_by_hand(policy: nn.Module, num_envs: int, num_episodes: int, seed: int = 0
                     ) -> list[float]:
-    """Each env slot alone, as EvalRunner plays it: env i seeded with seed + i at its first
-    reset, its quota (num_episodes + i) // num_envs, the policy acting on one observation."""
+    """Each env slot alone, as EvalRunner plays it: env i runs its quota
+    (num_episodes + i) // num_envs, each episode reset with its documented seed, the policy
+    acting on one observation."""
     returns = []
     for i in range(num_envs):
         env = CheetahSpacesEnv()
-        obs, _ = env.reset(seed=seed + i)
-        for _ in range((num_episodes + i) // num_envs):
+        for episode in range((num_episodes + i) // num_envs):
+            obs, _ = env.reset(seed=seed_by_hand(seed, i, episode))
             total, done = 0.0, False
             while not done:
                 action = run(policy, obs[None])["action"][0].numpy()
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total, done = total + reward, terminated or truncated
             returns.append(total)
-            obs, _ = env.reset()
     return returns
 
 
