@@ -31,6 +31,7 @@ from .errors import describe
 from .loggers import json_ready
 from .normalization import normalizes_observations
 from .rollout.video import render_offscreen
+from .runner import EvalRunner
 from .sweep import check_sweep_arguments, checkpoint_files
 
 ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
@@ -193,13 +194,6 @@ def _load_checkpoint(args: argparse.Namespace) -> Checkpoint | None:
         raise UsageError(f"--checkpoint: {error}") from None
 
 
-def _takes_obs_norm(args: argparse.Namespace, checkpoint: Checkpoint | None) -> bool:
-    """Whether the evaluation envs take observation statistics: ``--checkpoint``'s, or those
-    of ``--checkpoints``."""
-    return (checkpoint is not None and checkpoint.obs_norm is not None
-            or _series_normalizes(args))
-
-
 def _build_evaluator(args: argparse.Namespace, checkpoint: Checkpoint | None = None,
                      make_env: Callable[[], Any] | None = None) -> Any:
     """The evaluator of ``--adapter``, its agent built on an env of ``make_env`` and loaded
@@ -212,8 +206,8 @@ def _build_evaluator(args: argparse.Namespace, checkpoint: Checkpoint | None = N
         adapter = _load_attribute(args.adapter, "--adapter")
     if checkpoint is None:
         checkpoint = _load_checkpoint(args)
-    if make_env is None:
-        make_env = _env_factory(args, _takes_obs_norm(args, checkpoint))
+    if make_env is None:  # the agent is built on its spaces, which normalisation keeps
+        make_env = _env_factory(args, checkpoint is not None and checkpoint.obs_norm is not None)
     probe = gym.vector.SyncVectorEnv([make_env])
     try:
         if args.adapter == "dummy":
@@ -239,7 +233,6 @@ def _build_evaluator(args: argparse.Namespace, checkpoint: Checkpoint | None = N
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .report import format_table
-    from .runner import EvalRunner
 
     tasks = args.tasks
     if tasks and args.episodes < len(tasks):
@@ -259,18 +252,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise UsageError(_with_options(error)) from None
     checkpoint = _load_checkpoint(args)
     obs_norm = None if checkpoint is None else checkpoint.obs_norm
-    normalize = _takes_obs_norm(args, checkpoint)
-    make_env = _env_factory(args, normalize=normalize)
+    # A series' --env envs take statistics per checkpoint (_evaluate_series): its folder may
+    # still be empty when --watch starts, so its first file cannot decide for all.
+    make_env = _env_factory(args, normalize=obs_norm is not None)
     if args.make_env is not None:
-        _check_own_env(args, make_env, normalize)
-    evaluator = _build_evaluator(args, checkpoint, make_env)
-    # Picklable factories: process and Ray workers build their env and evaluator from them.
-    workers = {} if args.backend == "thread" else {
-        "evaluator_fn": partial(_build_evaluator, args, make_env=make_env)}
-    with EvalRunner(make_env, evaluator, num_envs=args.num_envs,
-                    num_episodes=args.episodes, max_steps=args.max_steps, backend=args.backend,
-                    deterministic=args.deterministic, seed=args.seed, tasks=tasks,
-                    video_dir=args.video, progress=sys.stderr.isatty(), **workers) as runner:
+        _check_own_env(args, make_env, obs_norm is not None or _series_normalizes(args))
+    with _runner(args, make_env, _build_evaluator(args, checkpoint, make_env)) as runner:
         if args.checkpoints is not None:
             return _evaluate_series(args, runner)
         result = runner.evaluate(obs_norm=obs_norm)
@@ -288,6 +275,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(args.json, json_ready(metrics))
     return 0
+
+
+def _runner(args: argparse.Namespace, make_env: Callable[[], Any], evaluator: Any
+            ) -> EvalRunner:
+    """The :class:`~syllabus_eval.EvalRunner` of ``args`` on envs of ``make_env``."""
+    # Picklable factories: process and Ray workers build their env and evaluator from them.
+    workers = {} if args.backend == "thread" else {
+        "evaluator_fn": partial(_build_evaluator, args, make_env=make_env)}
+    return EvalRunner(make_env, evaluator, num_envs=args.num_envs, num_episodes=args.episodes,
+                      max_steps=args.max_steps, backend=args.backend,
+                      deterministic=args.deterministic, seed=args.seed, tasks=args.tasks,
+                      video_dir=args.video, progress=sys.stderr.isatty(), **workers)
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -340,7 +339,8 @@ def _with_options(error: Exception) -> str:
 
 def _series_normalizes(args: argparse.Namespace) -> bool:
     """Whether the checkpoints of ``--checkpoints`` carry observation statistics (the first
-    that loads says; ``--env`` envs then take them)."""
+    that loads says), for the early check of a ``--make-env`` factory's wrapper; ``--env``
+    envs decide per checkpoint instead."""
     if args.checkpoints is None:
         return False
     for path in checkpoint_files(args.checkpoints):
@@ -351,7 +351,14 @@ def _series_normalizes(args: argparse.Namespace) -> bool:
     return False
 
 
-def _evaluate_series(args: argparse.Namespace, runner: Any) -> int:
+def _normalized_runner(args: argparse.Namespace) -> EvalRunner:
+    """The runner of ``--checkpoints`` on ``--env`` envs with ``NormalizeObservation``, for
+    the checkpoints that carry observation statistics (built when the first one comes)."""
+    make_env = _env_factory(args, normalize=True)
+    return _runner(args, make_env, _build_evaluator(args, None, make_env))
+
+
+def _evaluate_series(args: argparse.Namespace, runner: EvalRunner) -> int:
     from .sweep import evaluate_checkpoints, groups_of, plot_sweep, sweep_table
 
     def progress(entry: Any) -> None:
@@ -360,13 +367,24 @@ def _evaluate_series(args: argparse.Namespace, runner: Any) -> int:
                    for label, prefix in groups_of(entry.metrics).items()
                    if "/task/" not in prefix] or ["no return"]
         outcome = entry.error or ", ".join(returns)
+        if entry.reused_from is not None:
+            outcome += (f" (the evaluation of {Path(entry.reused_from).name}, whose content "
+                        "it has)")
         print(f"step {entry.step}: {Path(entry.checkpoint).name}: {outcome}", flush=True)
 
+    # Each checkpoint decides whether --env envs normalise (issue #19: a --watch started on
+    # an empty folder decided "no" for all); a --make-env factory brings its own wrapper.
+    normalized = None if args.env is None else partial(_normalized_runner, args)
+    # What the numbers depend on that the runner names only as a factory: the results of
+    # another env or agent are not reused (issue #19).
+    settings = {"env": args.env if args.env is not None else args.make_env,
+                "agent": args.agent, "adapter": args.adapter, "lstm": args.lstm}
     try:  # the curve is drawn here, after the table, so that a failure loses nothing
         entries = evaluate_checkpoints(args.checkpoints, runner, results=args.results,
                                        tensorboard=args.tensorboard, watch=args.watch,
                                        idle_timeout=args.idle_timeout,
-                                       poll_interval=args.poll_interval, on_entry=progress)
+                                       poll_interval=args.poll_interval, on_entry=progress,
+                                       settings=settings, normalized_runner=normalized)
     except ValueError as error:
         raise UsageError(_with_options(error)) from None
     print(sweep_table(entries))

@@ -7,30 +7,49 @@ Usage::
     with EvalRunner(make_env, CleanRLEvaluator(Agent(envs)), num_envs=8, num_episodes=20,
                     tasks=tasks) as runner:
         entries = evaluate_checkpoints("runs/ckpts/*.pt", runner, results="results.jsonl",
-                                       tensorboard="runs/tb", curve="curve.png")
+                                       tensorboard="runs/tb", curve="curve.png",
+                                       settings={"env": "MyEnv-v0"})
 
 Habitat's ``evaluate_agent`` evaluates checkpoint after checkpoint, each with its index, step
 and TensorBoard writer; this is that loop, made safe to interrupt. Every checkpoint is
 evaluated in step order (its own ``step`` entry, see :mod:`syllabus_eval.checkpoints`, else the
 step in its file name, see :func:`step_in_name`), with the observation statistics it carries,
-and one JSON line per checkpoint is appended to ``results`` as it finishes: ``{"checkpoint",
-"sha256", "step", "metrics"}``, or ``"error"`` for a file that does not load or fit (the sweep
-goes on). Metrics that are not finite (NaN: a metric no episode had) are written as ``null``,
-so that strict JSON parsers read the file, and read back as NaN. A rerun skips the
-checkpoints whose content (SHA-256) already has metrics in ``results``, so an interrupted sweep
-loses nothing finished and repeats nothing; those that failed are evaluated again (after a fix
-of ``--agent`` or the env, say), and the latest line of each counts. With ``watch``, the folder
-is polled for new checkpoints until ``idle_timeout`` seconds pass without one (Habitat #796: no
-endless loop); a file is taken once its size stops changing between two polls (write
-checkpoints to a temporary name and rename them, as
+and one JSON line per checkpoint file is appended to ``results`` as it finishes:
+``{"checkpoint", "sha256", "step", "metrics", "settings_sha256", "settings"}``, or ``"error"``
+for a file that does not load or fit (the sweep goes on). Metrics that are not finite (NaN: a
+metric no episode had) are written as ``null``, so that strict JSON parsers read the file, and
+read back as NaN.
+
+**What a result is keyed by** (issue #19): a checkpoint's content (SHA-256) *and* the settings
+it was evaluated with, :func:`sweep_settings`: the env, the evaluator and agent, the episodes,
+``max_steps``, tasks or suites, seed, greedy or sampled actions, ... (``settings`` adds what
+the runner cannot name, such as an env id). Each line records them and their fingerprint,
+``settings_sha256``. A rerun skips the checkpoint files whose content already has metrics in
+``results`` under the same settings, so an interrupted sweep loses nothing finished and
+repeats nothing; those that failed are evaluated again (after a fix of ``--agent`` or the env,
+say), and the latest line of each counts. A rerun with other settings (``max_steps=20`` after
+none) evaluates every checkpoint again, and its lines are kept apart from the others' (a
+warning names the settings that differ): a sweep reports the numbers of its own settings only.
+
+**Every file is an entry**: a file whose content equals one already evaluated under the same
+settings (``agent_9000.pt`` a copy of ``agent_1000.pt``: no update in between) is not evaluated
+again, but gets its own entry at its own step, saying whose evaluation it reuses
+(``reused_from``; a ``reused from`` column in :func:`sweep_table`).
+
+With ``watch``, the folder is polled for new checkpoints until ``idle_timeout`` seconds pass
+without one (Habitat #796: no endless loop); a file is taken once its size stops changing
+between two polls (write checkpoints to a temporary name and rename them, as
 :func:`~syllabus_eval.checkpoints.save_checkpoint` does, to be safe), and a file still being
 written counts as activity. Each file is hashed once, and again only when its size or
-modification time changes. At the end, ``curve`` is drawn: return and success against step,
-overall (or per suite) and per task, with confidence bands.
+modification time changes. Whether envs normalise observations is decided per checkpoint:
+one that carries statistics is evaluated by ``normalized_runner`` where one is given (a
+watched folder may be empty at start-up). At the end, ``curve`` is drawn: return and success
+against step, overall (or per suite) and per task, with confidence bands.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -40,16 +59,20 @@ import os
 import re
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import gymnasium as gym
+import numpy as np
 
 from .checkpoints import Checkpoint, load_checkpoint
 from .errors import bad_argument, check_flag, check_number
 from .loggers import JSONLinesLogger, TensorBoardLogger, json_ready
 from .report import format_table, plot_curves
 from .results import EvalResult
+from .rollout import GivenEnvs
 from .runner import EvalRunner
 
 logger = logging.getLogger(__name__)
@@ -61,17 +84,37 @@ _GLOB_MAGIC = re.compile(r"[*?[]")
 _STEP_WORD = r"(?:steps?|iter(?:ation)?s?|updates?|frames?)"
 _AFTER_WORD = re.compile(_STEP_WORD + r"[-_=]?(\d+)", re.IGNORECASE)
 _BEFORE_WORD = re.compile(r"(\d+)[-_]?" + _STEP_WORD + r"(?![a-z])", re.IGNORECASE)
+# The settings a normalising runner may differ from the sweep's runner in: its envs.
+_ENV_SETTINGS = ("env",)
+
+NormalizedRunner = EvalRunner | Callable[[], EvalRunner]
 
 
 @dataclass
 class SweepEntry:
-    """One checkpoint of a sweep: its metrics, or the error that stopped it."""
+    """One checkpoint file of a sweep: its metrics, or the error that stopped it.
+
+    Attributes:
+        checkpoint: the file.
+        sha256: the SHA-256 of its content.
+        step: its training step: its own ``step`` entry, else the one in its name.
+        metrics: the evaluation's metrics (empty where it failed).
+        error: why it has no metrics; ``None``: it has.
+        reused_from: the file whose evaluation ``metrics`` are: one of the same content,
+            evaluated under the same settings, so this one was not evaluated again;
+            ``None``: its own evaluation.
+        settings: what its numbers depend on besides the content (:func:`sweep_settings`).
+        settings_sha256: their fingerprint (:func:`settings_sha256`).
+    """
 
     checkpoint: str
     sha256: str
     step: int | None
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    reused_from: str | None = None
+    settings: dict[str, Any] | None = None
+    settings_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The entry as a results line: strict JSON, non-finite metrics as ``None``."""
@@ -79,8 +122,12 @@ class SweepEntry:
 
     def _line(self) -> dict[str, Any]:
         """The results line, NaN as it is (:class:`JSONLinesLogger` writes it as ``null``)."""
-        entry = {"checkpoint": self.checkpoint, "sha256": self.sha256, "step": self.step}
+        entry: dict[str, Any] = {"checkpoint": self.checkpoint, "sha256": self.sha256,
+                                 "step": self.step}
+        if self.reused_from is not None:
+            entry["reused_from"] = self.reused_from
         entry.update({"error": self.error} if self.error else {"metrics": self.metrics})
+        entry.update(settings_sha256=self.settings_sha256, settings=self.settings)
         return entry
 
 
@@ -89,7 +136,9 @@ def evaluate_checkpoints(source: str | os.PathLike | Iterable[str | os.PathLike]
                          tensorboard: str | os.PathLike | None = None,
                          curve: str | os.PathLike | None = None, watch: bool = False,
                          idle_timeout: float = 60.0, poll_interval: float = 2.0,
-                         on_entry: Callable[[SweepEntry], Any] | None = None
+                         on_entry: Callable[[SweepEntry], Any] | None = None,
+                         settings: Mapping[str, Any] | None = None,
+                         normalized_runner: NormalizedRunner | None = None
                          ) -> list[SweepEntry]:
     """Evaluate every checkpoint of ``source`` with ``runner`` (module docs).
 
@@ -108,10 +157,18 @@ def evaluate_checkpoints(source: str | os.PathLike | Iterable[str | os.PathLike]
         idle_timeout: seconds without a new checkpoint after which watching stops.
         poll_interval: seconds between polls.
         on_entry: called with each entry as it is written.
+        settings: ``{name: value}``: what the numbers depend on that ``runner`` cannot name
+            (an env id, the agent's ``module:Class``); added to :func:`sweep_settings`, so
+            that results of other values are not reused.
+        normalized_runner: the runner of checkpoints that carry observation statistics, where
+            ``runner``'s envs take none (an env id without the training wrappers): its envs
+            have ``NormalizeObservation``, and its settings are ``runner``'s. A runner, or a
+            function that builds one when the first such checkpoint comes (the sweep shuts
+            that one down at its end). ``None``: ``runner`` evaluates every checkpoint.
 
     Returns:
-        The entries of this sweep and of the ones in ``results`` before it, in step order:
-        one per checkpoint content, its latest outcome.
+        The entries under these settings, of this sweep and of the ones in ``results``
+        before it, in step order: one per checkpoint file and content, its latest outcome.
 
     Raises:
         ValueError: a bad argument (named), e.g. a ``source`` with no checkpoint.
@@ -119,52 +176,23 @@ def evaluate_checkpoints(source: str | os.PathLike | Iterable[str | os.PathLike]
     if not isinstance(runner, EvalRunner):
         raise bad_argument("runner", "an EvalRunner", runner)
     check_sweep_arguments(source, results=results, tensorboard=tensorboard, curve=curve,
-                          watch=watch)
+                          watch=watch, settings=settings)
     check_number("idle_timeout", idle_timeout, 0.0)
     check_number("poll_interval", poll_interval, 0.0, low_open=True)
     if on_entry is not None and not callable(on_entry):
         raise bad_argument("on_entry", "a callable taking a SweepEntry, or None", on_entry)
-    latest: dict[str, SweepEntry] = {}  # by content: the last line of each counts
-    for entry in _read_results(results) if results is not None else []:
-        latest[entry.sha256] = entry
-    # Checkpoints with metrics are done; failed ones are tried again, once per sweep.
-    tried = {digest for digest, entry in latest.items() if entry.error is None}
-    lines = None if results is None else JSONLinesLogger(results, fsync=True)
-    board = None if tensorboard is None else TensorBoardLogger(tensorboard)
-    sizes: dict[Path, int] = {}  # a file's size at the last poll: taken once it holds still
-    digests: dict[Path, tuple[int, int, str]] = {}  # (size, mtime) at hashing, and the hash
-    last_new = time.monotonic()
+    record = sweep_settings(runner, settings)
+    runners = _Runners(runner, normalized_runner, record, settings)
+    outcomes = _Outcomes(record, _read_results(results) if results is not None else [],
+                         results)
+    sinks = _Sinks(results, tensorboard, on_entry)
     try:
-        while True:
-            fresh, pending = [], False
-            for path in checkpoint_files(source):
-                if not _settled(path, sizes, watch):
-                    pending = pending or path in sizes  # being written (not gone)
-                    continue
-                digest = _sha256(path, digests)
-                if digest is not None and digest not in tried:
-                    tried.add(digest)
-                    fresh.append((path, digest))
-            for path, digest, step, checkpoint in _in_step_order(fresh):
-                entry = _evaluate(path, digest, step, checkpoint, runner)
-                latest[digest] = entry
-                if lines is not None:
-                    lines.write(entry._line())
-                if board is not None and entry.error is None:
-                    board(EvalResult(entry.metrics, [], entry.step))
-                if on_entry is not None:
-                    on_entry(entry)
-            if fresh or pending:  # a file still growing counts as a new one: wait for it
-                last_new = time.monotonic()
-            if not watch or time.monotonic() - last_new >= idle_timeout:
-                break
-            time.sleep(poll_interval)
+        _poll(source, outcomes, runners, sinks, watch, idle_timeout, poll_interval)
     finally:
-        for sink in (lines, board):
-            if sink is not None:
-                sink.close()
-    entries = sorted(latest.values(), key=lambda entry: _step_order(entry.step,
-                                                                    entry.checkpoint))
+        sinks.close()
+        runners.close()
+    entries = sorted(outcomes.latest.values(),
+                     key=lambda entry: _step_order(entry.step, entry.checkpoint))
     if curve is not None:
         try:
             plot_sweep(entries, curve)
@@ -173,15 +201,255 @@ def evaluate_checkpoints(source: str | os.PathLike | Iterable[str | os.PathLike]
     return entries
 
 
+def _poll(source: Any, outcomes: _Outcomes, runners: _Runners, sinks: _Sinks, watch: bool,
+          idle_timeout: float, poll_interval: float) -> None:
+    """Evaluate what ``source`` holds that ``outcomes`` lacks, polling it while watching."""
+    sizes: dict[Path, int] = {}  # a file's size at the last poll: taken once it holds still
+    digests: dict[Path, tuple[int, int, str]] = {}  # (size, mtime) at hashing, and the hash
+    last_new = time.monotonic()
+    while True:
+        fresh, pending = [], False
+        for path in checkpoint_files(source):
+            if not _settled(path, sizes, watch):
+                pending = pending or path in sizes  # being written (not gone)
+                continue
+            digest = _sha256(path, digests)
+            if digest is not None and (str(path), digest) not in outcomes.tried:
+                outcomes.tried.add((str(path), digest))
+                fresh.append((path, digest))
+        for path, digest, step, checkpoint in _in_step_order(fresh):
+            sinks.write(outcomes.take(path, digest, step, checkpoint, runners))
+        if fresh or pending:  # a file still growing counts as a new one: wait for it
+            last_new = time.monotonic()
+        if not watch or time.monotonic() - last_new >= idle_timeout:
+            return
+        time.sleep(poll_interval)
+
+
+class _Sinks:
+    """Where each entry goes as it is made: the results file, TensorBoard, ``on_entry``."""
+
+    def __init__(self, results: Any, tensorboard: Any,
+                 on_entry: Callable[[SweepEntry], Any] | None) -> None:
+        self.lines = None if results is None else JSONLinesLogger(results, fsync=True)
+        self.board = None if tensorboard is None else TensorBoardLogger(tensorboard)
+        self.on_entry = on_entry
+
+    def write(self, entry: SweepEntry) -> None:
+        if self.lines is not None:
+            self.lines.write(entry._line())
+        if self.board is not None and entry.error is None:
+            self.board(EvalResult(entry.metrics, [], entry.step))
+        if self.on_entry is not None:
+            self.on_entry(entry)
+
+    def close(self) -> None:
+        for sink in (self.lines, self.board):
+            if sink is not None:
+                sink.close()
+
+
+class _Outcomes:
+    """The entries under one sweep's settings: those ``results`` held, then this sweep's.
+
+    Lines of other settings are left in the file but never reused: their numbers are of
+    another evaluation (issue #19: a rerun with ``max_steps=20`` reported returns of 380).
+    """
+
+    def __init__(self, settings: dict[str, Any], previous: list[SweepEntry],
+                 results: Any) -> None:
+        self.settings, self.fingerprint = settings, settings_sha256(settings)
+        # By (file, content): the last line of each counts.
+        self.latest: dict[tuple[str, str], SweepEntry] = {}
+        self.evaluated: dict[str, SweepEntry] = {}  # by content: one with metrics
+        others = []
+        for entry in previous:
+            if entry.settings_sha256 == self.fingerprint:
+                self.add(entry)
+            else:
+                others.append(entry)
+        if others:
+            _warn_other_settings(results, others, settings)
+        # Files with metrics are done; failed ones are tried again, once per sweep.
+        self.tried = {key for key, entry in self.latest.items() if entry.error is None}
+
+    def add(self, entry: SweepEntry) -> None:
+        self.latest[entry.checkpoint, entry.sha256] = entry
+        if entry.error is None:
+            self.evaluated.setdefault(entry.sha256, entry)
+
+    def take(self, path: Path, digest: str, step: int | None, checkpoint: Checkpoint | None,
+             runners: _Runners) -> SweepEntry:
+        """The entry of one file: a reuse of an evaluation of its content, else its own."""
+        done = self.evaluated.get(digest)
+        if done is not None and step is not None:
+            # The same weights and statistics under the same settings give the same numbers:
+            # only the step they are plotted at is this file's own.
+            metrics = dict(done.metrics)
+            if "eval/step" in metrics:
+                metrics["eval/step"] = float(step)
+            entry = SweepEntry(str(path), digest, step, metrics,
+                               reused_from=done.reused_from or done.checkpoint)
+        else:
+            entry = _evaluate(path, digest, step, checkpoint, runners)
+        entry.settings, entry.settings_sha256 = self.settings, self.fingerprint
+        self.add(entry)
+        return entry
+
+
+def _warn_other_settings(results: Any, others: list[SweepEntry],
+                         settings: dict[str, Any]) -> None:
+    """Say why a rerun evaluates again: ``results`` holds entries of other settings."""
+    last = others[-1].settings
+    if last is None:
+        differ = "settings not recorded (an older version wrote them)"
+    else:
+        differ = ", ".join(f"{name} {last.get(name)!r} there, {settings.get(name)!r} now"
+                           for name in sorted({*last, *settings})
+                           if last.get(name) != settings.get(name))
+    logger.warning("%s: %d entries were evaluated with other settings (%s): they are kept "
+                   "apart, and a checkpoint without an entry of these settings is evaluated "
+                   "again", results, len(others), differ)
+
+
+def sweep_settings(runner: EvalRunner, settings: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """What the numbers of ``runner``'s evaluations depend on besides the checkpoint.
+
+    The env factory and the evaluator with its agent (by ``module.qualname``: a lambda's name
+    tells little, so pass ``settings``), ``num_envs`` (episode quotas and seeds are per
+    slot), ``num_episodes``, ``max_steps``, ``deterministic``, ``seed``, ``tasks`` or
+    ``suites``, ``success_key``, ``info_keys``, ``interchangeable_slots``, ``set_task``,
+    ``metrics_fn`` and ``ci``; then ``settings`` over them. Not the backend, the device or
+    videos: they do not change the numbers. JSON-plain, as recorded on each results line.
+    """
+    plan = runner.plan[0]
+    backend = runner._backend  # the runner keeps the env factory and the slots there
+    evaluator = runner._evaluator
+    agent = getattr(evaluator, "agent", None)
+    found = {
+        "env": _name(backend.make_env),
+        "evaluator": None if evaluator is None else (
+            _name(type(evaluator)) + ("" if agent is None else f"({_name(type(agent))})")),
+        "num_envs": backend.num_envs,
+        "num_episodes": plan.num_episodes,
+        "max_steps": plan.max_steps,
+        "deterministic": plan.deterministic,
+        "seed": plan.seed,
+        "tasks": None if plan.suite is not None else plan.tasks,
+        "suites": None if plan.suite is None else {s.suite: s.tasks for s in runner.plan},
+        "success_key": plan.success_key,
+        "info_keys": plan.info_keys,
+        "interchangeable_slots": plan.interchangeable_slots,
+        "set_task": _name(backend.set_task),
+        "metrics_fn": _name(runner.metrics_fn),
+        "ci": runner.ci,
+    }
+    return _plain({**found, **(settings or {})})
+
+
+def settings_sha256(settings: Mapping[str, Any]) -> str:
+    """The fingerprint of :func:`sweep_settings`: the SHA-256 of their canonical JSON (sorted
+    keys), the same in every run and after a round trip through a results file."""
+    text = json.dumps(_plain(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-plain data: numbers, strings, lists and string-keyed dicts; anything
+    else by its :func:`_name`."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return _name(value)
+
+
+def _name(thing: Any) -> str | None:
+    """A name of a function, class, partial or env that is the same in every run (never a
+    memory address, which would make every rerun look like other settings)."""
+    if thing is None:
+        return None
+    if isinstance(thing, GivenEnvs):
+        thing = thing.envs
+    if isinstance(thing, (gym.Env, gym.vector.VectorEnv)):
+        spec = getattr(thing, "spec", None)
+        return spec.id if spec is not None else _name(type(thing))
+    if isinstance(thing, functools.partial):
+        arguments = [json.dumps(_plain(argument)) for argument in thing.args]
+        arguments += [f"{key}={json.dumps(_plain(item))}" for key, item in
+                      sorted(thing.keywords.items())]
+        return f"{_name(thing.func)}({', '.join(arguments)})"
+    if not hasattr(thing, "__qualname__"):
+        thing = type(thing)  # an instance: its class names it
+    return f"{thing.__module__}.{thing.__qualname__}"
+
+
+class _Runners:
+    """The runner of each checkpoint: ``normalized`` for one that carries observation
+    statistics, where given (built when first needed from a factory, and then shut down at
+    the end), else ``runner``."""
+
+    def __init__(self, runner: EvalRunner, normalized: NormalizedRunner | None,
+                 settings: dict[str, Any], extra: Mapping[str, Any] | None) -> None:
+        if normalized is not None and not isinstance(normalized, EvalRunner) \
+                and not callable(normalized):
+            raise bad_argument("normalized_runner", "an EvalRunner, a function returning "
+                               "one, or None", normalized)
+        self.runner, self._normalized, self._built = runner, normalized, None
+        self._settings, self._extra = settings, extra
+        if isinstance(normalized, EvalRunner):
+            self._check(normalized)
+
+    def pick(self, checkpoint: Checkpoint) -> EvalRunner:
+        if checkpoint.obs_norm is None or self._normalized is None:
+            return self.runner
+        if isinstance(self._normalized, EvalRunner):
+            return self._normalized
+        if self._built is None:
+            built = self._normalized()
+            if not isinstance(built, EvalRunner):
+                raise bad_argument("normalized_runner", "a function returning an EvalRunner",
+                                   built)
+            try:
+                self._check(built)
+            except ValueError:
+                built.shutdown()
+                raise
+            self._built = built
+        return self._built
+
+    def _check(self, normalized: EvalRunner) -> None:
+        """Its numbers are comparable with ``runner``'s: the same settings but for the env."""
+        theirs = sweep_settings(normalized, self._extra)
+        differ = [f"{name} {theirs.get(name)!r} (runner: {self._settings.get(name)!r})"
+                  for name in sorted({*theirs, *self._settings})
+                  if name not in _ENV_SETTINGS and theirs.get(name) != self._settings.get(name)]
+        if differ:
+            raise ValueError(f"normalized_runner: expected the settings of runner but for "
+                             f"its envs, got {', '.join(differ)}")
+
+    def close(self) -> None:
+        if self._built is not None:
+            self._built.shutdown()
+
+
 def check_sweep_arguments(source: Any, *, results: Any = None, tensorboard: Any = None,
-                          curve: Any = None, watch: bool = False) -> None:
-    """The checks :func:`evaluate_checkpoints` makes of its paths before evaluating anything,
-    for callers that want them before building a runner (the command line).
+                          curve: Any = None, watch: bool = False, settings: Any = None) -> None:
+    """The checks :func:`evaluate_checkpoints` makes of its arguments before evaluating
+    anything, for callers that want them before building a runner (the command line).
 
     Raises:
         ValueError: naming the argument, what was expected and what came.
     """
     check_flag("watch", watch)
+    if settings is not None and (not isinstance(settings, Mapping) or not all(
+            isinstance(name, str) for name in settings)):
+        raise bad_argument("settings", "a dict {name: value} or None", settings)
     _check_source(source, watch)
     for name, value in (("results", results), ("tensorboard", tensorboard), ("curve", curve)):
         if value is not None and not isinstance(value, (str, os.PathLike)):
@@ -290,14 +558,21 @@ def _suites(metrics: dict[str, float]) -> list[str]:
 
 def sweep_table(entries: Iterable[SweepEntry]) -> str:
     """A Markdown table of a sweep: step, checkpoint, return with its interval, success; with
-    suites (``EvalRunner(suites=...)``), a row per suite, named in a ``suite`` column."""
+    suites (``EvalRunner(suites=...)``), a row per suite, named in a ``suite`` column; where a
+    file reuses the evaluation of another of the same content, that file's name in a
+    ``reused from`` column."""
     entries = list(entries)
     with_suites = any(_suites(entry.metrics) for entry in entries)
+    with_reuse = any(entry.reused_from is not None for entry in entries)
     rows = []
     for entry in entries:
         name = Path(entry.checkpoint).name
+        if with_reuse:  # right after the file's own name: whose numbers these are
+            name = [name, "" if entry.reused_from is None else Path(entry.reused_from).name]
+        else:
+            name = [name]
         if entry.error is not None:
-            rows.append([entry.step, name, *([""] if with_suites else []), "error",
+            rows.append([entry.step, *name, *([""] if with_suites else []), "error",
                          entry.error[:60], ""])
             continue
         scopes = [(suite, f"eval/{suite}/") for suite in _suites(entry.metrics)
@@ -310,10 +585,10 @@ def sweep_table(entries: Iterable[SweepEntry]) -> str:
                         else "")  # NaN: fewer than two episodes
             reward = f"{m['reward']:.1f}" if "reward" in m else ""
             success = f"{m['success']:.0%}" if "success" in m else ""
-            rows.append([entry.step, name, *([suite] if with_suites else []), reward,
+            rows.append([entry.step, *name, *([suite] if with_suites else []), reward,
                          interval, success])
-    header = ["step", "checkpoint", *(["suite"] if with_suites else []), "return",
-              "95% interval", "success"]
+    header = ["step", "checkpoint", *(["reused from"] if with_reuse else []),
+              *(["suite"] if with_suites else []), "return", "95% interval", "success"]
     return format_table(rows, header)
 
 
@@ -331,9 +606,9 @@ def plot_sweep(entries: Iterable[SweepEntry], path: str | os.PathLike) -> Path:
 
 
 def _evaluate(path: Path, digest: str, step: int | None, checkpoint: Checkpoint | None,
-              runner: EvalRunner) -> SweepEntry:
+              runners: _Runners) -> SweepEntry:
     """The entry of one checkpoint at ``step`` (its step order's), loading it unless
-    ``checkpoint`` is given."""
+    ``checkpoint`` is given, evaluated by the runner its statistics call for."""
     try:
         if checkpoint is None:
             checkpoint = load_checkpoint(path)
@@ -341,8 +616,8 @@ def _evaluate(path: Path, digest: str, step: int | None, checkpoint: Checkpoint 
             step = checkpoint.step if checkpoint.step is not None else step
         if step is None:
             raise ValueError("no step: neither a 'step' entry nor a number in its name")
-        result = runner.evaluate(checkpoint.state_dict, step=step,
-                                 obs_norm=checkpoint.obs_norm)
+        result = runners.pick(checkpoint).evaluate(checkpoint.state_dict, step=step,
+                                                   obs_norm=checkpoint.obs_norm)
     except Exception as error:  # reported in the results; the sweep goes on
         logger.warning("checkpoint %s: %r", path, error)
         return SweepEntry(str(path), digest, step, error=f"{type(error).__name__}: "
@@ -440,7 +715,8 @@ def _sha256(path: Path, cache: dict[Path, tuple[int, int, str]]) -> str | None:
 
 def _read_results(path: str | os.PathLike) -> list[SweepEntry]:
     """The entries already in a results file, in file order; lines a crash cut short are
-    passed over, and ``null`` metrics read back as NaN."""
+    passed over, and ``null`` metrics read back as NaN. Lines written before settings were
+    recorded have none (``settings_sha256`` ``None``): no settings match them."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -450,8 +726,11 @@ def _read_results(path: str | os.PathLike) -> list[SweepEntry]:
             data = json.loads(line)
             metrics = {key: math.nan if value is None else float(value)
                        for key, value in data.get("metrics", {}).items()}
+            settings = data.get("settings")
             entries.append(SweepEntry(data["checkpoint"], data["sha256"], data["step"],
-                                      metrics, data.get("error")))
+                                      metrics, data.get("error"), data.get("reused_from"),
+                                      settings if isinstance(settings, dict) else None,
+                                      data.get("settings_sha256")))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return entries

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from syllabus_eval.cli import main
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent
 from syllabus_eval.normalization import ObsNormStats
 from tests.models import fake_envs
+from tests.test_sweep import STATS, FakeClock, balancing_state, normalized_cartpole
 from tests.workers import cartpole_agent
 
 ROOT = Path(__file__).parents[1]
@@ -282,6 +284,76 @@ class TestSeries:
                      "--json", str(out)]) == 0
         metrics = strict_json(out)
         assert metrics["eval/reward_ci_low"] is None and metrics["eval/num_episodes"] == 1
+
+
+class TestSeriesNumbers:
+    """Issue #19: a sweep's numbers are those of its own settings and files."""
+
+    def series(self, tmp_path: Path, *options: str) -> list[dict]:
+        """The entries (``--json``) of a sweep of ``tmp_path/ckpts`` with ``options``."""
+        out = tmp_path / "entries.json"
+        assert main(["evaluate", "--env", "CartPole-v1", *AGENT, "--checkpoints",
+                     str(tmp_path / "ckpts"), "--results", str(tmp_path / "r.jsonl"),
+                     "--curve", str(tmp_path / "curve.png"), "--json", str(out),
+                     "--num-envs", "2", *options]) == 0
+        return strict_json(out)
+
+    def test_a_rerun_with_max_steps_20_reports_returns_of_at_most_20(self, capsys, tmp_path):
+        (tmp_path / "ckpts").mkdir()
+        torch.save(balancing_state(), tmp_path / "ckpts" / "agent_100.pt")
+        (uncut,) = self.series(tmp_path, "--episodes", "2")
+        assert uncut["metrics"]["eval/reward"] > 100
+        capsys.readouterr()
+        (cut,) = self.series(tmp_path, "--episodes", "2", "--max-steps", "20")
+        # CartPole pays 1 per step: both episodes cut at 20 steps return 20.
+        assert cut["metrics"]["eval/reward"] == 20.0
+        assert cut["metrics"]["eval/max_steps_cut"] == 2
+        assert "step 100: agent_100.pt: return 20.0" in capsys.readouterr().out
+        assert {key: cut["settings"][key] for key in ("env", "agent", "max_steps",
+                                                      "num_episodes", "seed")} == {
+            "env": "CartPole-v1", "agent": "syllabus_eval.demo.agents:MLPAgent",
+            "max_steps": 20, "num_episodes": 2, "seed": 0}
+        (again,) = self.series(tmp_path, "--episodes", "2", "--max-steps", "20")
+        assert again == cut  # resumed, not evaluated again
+        assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+
+    def test_a_copy_at_a_later_step_has_its_own_line(self, capsys, tmp_path):
+        folder = tmp_path / "ckpts"
+        folder.mkdir()
+        torch.save(cartpole_agent(seed=1).state_dict(), folder / "agent_1000.pt")
+        # No update in between (CleanRL's way: steps in the names): a byte-for-byte copy.
+        shutil.copyfile(folder / "agent_1000.pt", folder / "agent_9000.pt")
+        first, copy = self.series(tmp_path, *QUICK)
+        assert (first["step"], copy["step"]) == (1000, 9000)
+        assert "reused_from" not in first
+        assert copy["reused_from"] == str(folder / "agent_1000.pt")
+        assert copy["metrics"] == {**first["metrics"], "eval/step": 9000}
+        out = capsys.readouterr().out
+        assert "step 9000: agent_9000.pt: return" in out
+        assert "(the evaluation of agent_1000.pt, whose content it has)" in out
+        table = [line for line in out.splitlines() if line.startswith("|")]
+        rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table]
+        assert rows[0][:3] == ["step", "checkpoint", "reused from"]
+        assert rows[3][:3] == ["9000", "agent_9000.pt", "agent_1000.pt"]
+
+    def test_watch_started_on_an_empty_folder_normalises_a_checkpoint_that_comes_later(
+            self, tmp_path, monkeypatch):
+        (tmp_path / "ckpts").mkdir()
+        state = cartpole_agent(seed=100).state_dict()
+
+        def write():
+            save_checkpoint(tmp_path / "ckpts" / "c100.pt",
+                            Snapshot(state, step=100, obs_norm=STATS))
+
+        monkeypatch.setattr(sweep_module, "time", FakeClock({2.5: write}))
+        (entry,) = self.series(tmp_path, "--episodes", "4", "--watch", "--idle-timeout", "5",
+                               "--poll-interval", "1")
+        with EvalRunner(normalized_cartpole, CleanRLEvaluator(cartpole_agent(seed=0)),
+                        num_envs=2, num_episodes=4) as runner:
+            expected = runner.evaluate(state, step=100, obs_norm=STATS)
+        assert "error" not in entry
+        for key in ("eval/reward", "eval/episode_length", "eval/num_episodes"):
+            assert entry["metrics"][key] == expected[key]
 
 
 class TestBadSeries:

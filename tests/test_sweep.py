@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +26,7 @@ from syllabus_eval import EvalRunner, Snapshot
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.checkpoints import save_checkpoint
 from syllabus_eval.demo.agents import MLPAgent
+from syllabus_eval.normalization import ObsNormStats
 from syllabus_eval.sweep import (
     SweepEntry,
     evaluate_checkpoints,
@@ -51,8 +55,8 @@ def save_series(folder: Path, steps=(300, 100, 200)) -> dict[int, dict]:
     return states
 
 
-def runner(**kwargs) -> EvalRunner:
-    return EvalRunner(cartpole, CleanRLEvaluator(cartpole_agent(seed=0)),
+def runner(make_env=cartpole, **kwargs) -> EvalRunner:
+    return EvalRunner(make_env, CleanRLEvaluator(cartpole_agent(seed=0)),
                       **{"num_envs": 2, "num_episodes": 4, "max_steps": 100, **kwargs})
 
 
@@ -313,7 +317,7 @@ class TestHashing:
             entries = evaluate_checkpoints(tmp_path, sweep_runner, watch=True,
                                            idle_timeout=5, poll_interval=1)
         assert clock.polls >= 9  # the other files were polled again and again
-        assert len(hashed) == 4
+        assert len(hashed) == 4 + 1  # four file contents, and the settings' fingerprint once
         assert sorted(loaded) == ["agent_200.pt", "ckpt-a.pt", "ckpt-a.pt", "ckpt-b.pt"]
         assert [entry.step for entry in entries] == [100, 200, 300, 700]
 
@@ -467,3 +471,185 @@ class TestNonFinite:
                                                  "eval/z": 1.5})
         assert json.loads(json.dumps(entry.to_json(), allow_nan=False))["metrics"] == {
             "eval/x": None, "eval/y": None, "eval/z": 1.5}
+
+
+def balancing_state() -> dict[str, torch.Tensor]:
+    """A CartPole ``MLPAgent`` whose greedy action pushes the way the pole falls (right when
+    ``theta + theta_dot > 0``): it keeps the pole up for hundreds of steps, so that a 20-step
+    cut shows in every return."""
+    agent = cartpole_agent(seed=0)
+    with torch.no_grad():
+        for layer in agent.actor[0], agent.actor[2], agent.actor[4]:
+            layer.weight.zero_()
+            layer.bias.zero_()
+        agent.actor[0].weight[0] = torch.tensor([0.0, 0.0, 10.0, 10.0])  # [x, v, theta, omega]
+        agent.actor[2].weight[0, 0] = 10.0
+        agent.actor[4].weight[:, 0] = torch.tensor([-1.0, 1.0])  # logits [left, right]
+    return agent.state_dict()
+
+
+def counting(sweep_runner: EvalRunner) -> list:
+    """The steps ``sweep_runner`` evaluates from now on."""
+    evaluated, evaluate = [], sweep_runner.evaluate
+
+    def counted(*args, **kwargs):
+        evaluated.append(kwargs.get("step"))
+        return evaluate(*args, **kwargs)
+
+    sweep_runner.evaluate = counted
+    return evaluated
+
+
+def without_fps(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key != "eval/fps"}
+
+
+class TestResultsAreKeyedBySettings:
+    """Issue #19, point 4: results are reused only for the same content and settings."""
+
+    def test_a_rerun_with_a_shorter_cut_evaluates_again(self, tmp_path, caplog):
+        torch.save(balancing_state(), tmp_path / "agent_100.pt")
+        results = tmp_path / "results.jsonl"
+        with runner(max_steps=None) as uncut:
+            (first,) = evaluate_checkpoints(tmp_path, uncut, results=results)
+        assert first.metrics["eval/reward"] > 100  # it balances far past 20 steps uncut
+        with runner(max_steps=20) as cut, caplog.at_level(logging.WARNING,
+                                                          "syllabus_eval.sweep"):
+            evaluated = counting(cut)
+            (second,) = evaluate_checkpoints(tmp_path, cut, results=results)
+        assert evaluated == [100]
+        # CartPole pays 1 per step: each of the 4 episodes cut at 20 steps returns 20.
+        assert second.metrics["eval/reward"] == 20.0
+        assert second.metrics["eval/max_steps_cut"] == 4
+        assert second.metrics["eval/reward_ci_high"] <= 20.0
+        assert "max_steps None there, 20 now" in caplog.text
+        written = lines(results)
+        assert [line["settings"]["max_steps"] for line in written] == [None, 20]
+        assert written[0]["settings_sha256"] != written[1]["settings_sha256"]
+        assert written[1]["settings_sha256"] == second.settings_sha256
+
+    def test_a_rerun_with_the_same_settings_evaluates_nothing_again(self, tmp_path):
+        torch.save(balancing_state(), tmp_path / "agent_100.pt")
+        results = tmp_path / "results.jsonl"
+        for max_steps in (None, 20):
+            with runner(max_steps=max_steps) as sweep_runner:
+                evaluate_checkpoints(tmp_path, sweep_runner, results=results)
+        for max_steps, reward in ((20, 20.0), (None, None)):
+            with runner(max_steps=max_steps) as sweep_runner:
+                evaluated = counting(sweep_runner)
+                (entry,) = evaluate_checkpoints(tmp_path, sweep_runner, results=results)
+            assert evaluated == []  # each settings' own lines are resumed
+            if reward is not None:
+                assert entry.metrics["eval/reward"] == reward
+            else:
+                assert entry.metrics["eval/reward"] > 100
+        assert len(lines(results)) == 2
+
+    def test_lines_without_settings_are_evaluated_again(self, tmp_path):
+        torch.save(balancing_state(), tmp_path / "agent_100.pt")
+        results = tmp_path / "results.jsonl"
+        stale = {"checkpoint": str(tmp_path / "agent_100.pt"), "step": 100,
+                 "sha256": hashlib.sha256((tmp_path / "agent_100.pt").read_bytes()).hexdigest(),
+                 "metrics": {"eval/reward": 380.0}}  # as an older version wrote them
+        results.write_text(json.dumps(stale) + "\n")
+        with runner(max_steps=20) as sweep_runner:
+            (entry,) = evaluate_checkpoints(tmp_path, sweep_runner, results=results)
+        assert entry.metrics["eval/reward"] == 20.0
+
+    def test_files_of_one_content_are_an_entry_each_and_say_whose_evaluation(
+            self, tmp_path, monkeypatch):
+        state = cartpole_agent(seed=1).state_dict()
+        torch.save(state, tmp_path / "agent_1000.pt")
+        # No update in between: the later file is a byte-for-byte copy.
+        shutil.copyfile(tmp_path / "agent_1000.pt", tmp_path / "agent_9000.pt")
+        results, points = tmp_path / "results.jsonl", drawn_points(monkeypatch)
+        with runner() as sweep_runner:
+            expected = without_fps(sweep_runner.evaluate(state, step=1000))
+            evaluated = counting(sweep_runner)
+            entries = evaluate_checkpoints(tmp_path, sweep_runner, results=results,
+                                           curve=tmp_path / "curve.png")
+            again = evaluate_checkpoints(tmp_path, sweep_runner, results=results)
+        assert evaluated == [1000]  # once: the copy reuses that evaluation
+        assert [(Path(e.checkpoint).name, e.step, e.reused_from) for e in entries] == [
+            ("agent_1000.pt", 1000, None),
+            ("agent_9000.pt", 9000, str(tmp_path / "agent_1000.pt"))]
+        assert without_fps(entries[0].metrics) == expected
+        assert without_fps(entries[1].metrics) == {**expected, "eval/step": 9000.0}
+        assert [(e.checkpoint, e.reused_from) for e in again] == [
+            (e.checkpoint, e.reused_from) for e in entries]
+        written = lines(results)
+        assert [(line["step"], line.get("reused_from")) for line in written] == [
+            (1000, None), (9000, str(tmp_path / "agent_1000.pt"))]
+        table = sweep_table(entries).splitlines()
+        assert [cell.strip() for cell in table[0].split("|")[1:-1]] == [
+            "step", "checkpoint", "reused from", "return", "95% interval", "success"]
+        rows = [[cell.strip() for cell in row.split("|")[1:-1]] for row in table[2:]]
+        assert [row[:3] for row in rows] == [["1000", "agent_1000.pt", ""],
+                                             ["9000", "agent_9000.pt", "agent_1000.pt"]]
+        assert rows[0][3:] == rows[1][3:]
+        reward = expected["eval/reward"]
+        assert points[0]["all"] == [(1000, reward), (9000, reward)]  # the return panel
+
+
+def drawn_points(monkeypatch) -> list:
+    """``{label: [(x, y), ...]}`` per panel of every figure saved from now on."""
+    drawn, save = [], report.save_figure
+
+    def seeing(fig, path):
+        drawn.extend({line.get_label(): list(zip(*line.get_data())) for line in ax.get_lines()}
+                     for ax in fig.axes)
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "save_figure", seeing)
+    return drawn
+
+
+def normalized_cartpole() -> gym.Env:
+    return gym.wrappers.NormalizeObservation(gym.make("CartPole-v1"))
+
+
+# Statistics that change what the agent of cartpole_agent(seed=100) does (raw CartPole
+# observations give it other returns): x shifted by 0.5, every feature scaled by 10.
+STATS = ObsNormStats(np.array([0.5, 0.0, 0.0, 0.0]), np.full(4, 0.01), 1000.0)
+
+
+class TestNormalisationPerCheckpoint:
+    """Issue #19, point 5: whether envs normalise is decided per checkpoint."""
+
+    def test_watching_an_empty_folder_takes_a_normalised_checkpoint_that_comes_later(
+            self, tmp_path, monkeypatch):
+        state = cartpole_agent(seed=100).state_dict()
+
+        def write():
+            save_checkpoint(tmp_path / "c100.pt", Snapshot(state, step=100, obs_norm=STATS))
+            torch.save(state, tmp_path / "raw_200.pt")  # the same weights, no statistics
+
+        monkeypatch.setattr(sweep_module, "time", FakeClock({2.5: write}))
+        built, shut = [], []
+
+        def normalising() -> EvalRunner:  # built when the first normalised checkpoint comes
+            built.append(runner(make_env=normalized_cartpole))
+            shutdown = built[-1].shutdown
+            built[-1].shutdown = lambda *args: shut.append(True) or shutdown(*args)
+            return built[-1]
+
+        with runner() as plain:
+            entries = evaluate_checkpoints(tmp_path, plain, watch=True, idle_timeout=5,
+                                           poll_interval=1, normalized_runner=normalising)
+        with runner(make_env=normalized_cartpole) as reference:
+            normalised = without_fps(reference.evaluate(state, step=100, obs_norm=STATS))
+        with runner() as reference:
+            raw = without_fps(reference.evaluate(state, step=200))
+        assert [(e.step, e.error) for e in entries] == [(100, None), (200, None)]
+        assert without_fps(entries[0].metrics) == normalised
+        assert without_fps(entries[1].metrics) == raw
+        assert normalised["eval/reward"] != raw["eval/reward"]
+        assert len(built) == 1 and shut == [True]  # the sweep shut down the one it built
+
+    def test_a_normalising_runner_of_other_settings_is_refused(self, tmp_path):
+        save_series(tmp_path, steps=(100,))
+        refusal = (r"^normalized_runner: expected the settings of runner but for its envs, "
+                   r"got num_episodes 8 \(runner: 4\)")
+        with runner() as plain, runner(make_env=normalized_cartpole, num_episodes=8) as other, \
+                pytest.raises(ValueError, match=refusal):
+            evaluate_checkpoints(tmp_path, plain, normalized_runner=other)
