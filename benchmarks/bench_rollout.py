@@ -22,6 +22,9 @@ Usage::
      rows above use: the cost of the intervals on a short evaluation.
    - TorchRL's ``Evaluator`` (when installed), set up as TorchRL recommends: a ``GymWrapper``
      around a ``SyncVectorEnv`` without autoreset, trajectories concatenated.
+   - SB3's ``evaluate_policy`` (when installed) on a ``DummyVecEnv`` of the same envs with the
+     same greedy policy, CartPole and the CNN: time to a finished evaluation of as many
+     episodes (per-env quotas, as ours), counted as ours.
 
    Rounds alternate between contenders; each ratio is the median of the per-round ratios, with
    their range (min-max).
@@ -168,6 +171,39 @@ def torchrl_contender(agent: MLPAgent, episodes: int) -> Callable[[], float] | N
     return rate
 
 
+def sb3_contender(act: Act, make_env: Callable[[], gym.Env], episodes: int
+                  ) -> Callable[[], float] | None:
+    """Counted env steps per second of SB3's ``evaluate_policy`` (per-env quotas, as ours) on
+    a ``DummyVecEnv`` of the same envs with the same policy: its time to a finished
+    evaluation, counted like ours."""
+    try:
+        from stable_baselines3.common.evaluation import evaluate_policy
+        from stable_baselines3.common.vec_env import DummyVecEnv
+    except ImportError as error:
+        print(f"SB3: skipped ({error}); `pip install stable-baselines3` to compare")
+        return None
+
+    class Predictor:  # SB3's PolicyPredictor protocol, around the same greedy policy
+        def predict(self, observation: np.ndarray, state: Any = None,
+                    episode_start: Any = None, deterministic: bool = False
+                    ) -> tuple[np.ndarray, None]:
+            with torch.no_grad():
+                return act(observation), None
+
+    envs = DummyVecEnv([make_env] * NUM_ENVS)
+    envs.seed(0)
+
+    def rate() -> float:
+        start = time.perf_counter()
+        _, lengths = evaluate_policy(Predictor(), envs, n_eval_episodes=episodes,
+                                     deterministic=True, return_episode_rewards=True,
+                                     warn=False)
+        return sum(lengths) / (time.perf_counter() - start)
+
+    rate.close = envs.close  # type: ignore[attr-defined]
+    return rate
+
+
 def throughput(rounds: int, episodes: int, cnn_episodes: int) -> None:
     mlp = new_agent()
     torch.manual_seed(0)
@@ -201,6 +237,11 @@ def throughput(rounds: int, episodes: int, cnn_episodes: int) -> None:
     torchrl = torchrl_contender(mlp, episodes)
     if torchrl is not None:
         contenders["TorchRL"] = lambda _: torchrl()
+    sb3 = {name: sb3_contender(act, make_env, n) for name, act, make_env, n in (
+        ("SB3 greedy", greedy_mlp(mlp), make_cartpole, episodes),
+        ("SB3 cnn", greedy_cnn(cnn), AtariShaped, cnn_episodes))}
+    contenders |= {name: lambda _, rate=rate: rate() for name, rate in sb3.items()
+                   if rate is not None}
     lengths = [r.length for r in runners["greedy"].evaluate().episodes]
     interleaved(contenders, 1)  # warm-up: first calls build envs, collectors, caches
     rates = interleaved(contenders, rounds)
@@ -208,6 +249,9 @@ def throughput(rounds: int, episodes: int, cnn_episodes: int) -> None:
         r.shutdown()
     if torchrl is not None:
         torchrl.shutdown()
+    for rate in sb3.values():
+        if rate is not None:
+            rate.close()
     for envs in (sync_cartpoles, native, sync_frames):
         envs.close()
 
@@ -227,6 +271,11 @@ def throughput(rounds: int, episodes: int, cnn_episodes: int) -> None:
         ["Atari-shaped CNN, greedy, floating tail", ratio("cnn floating", "hand cnn"), ""],
         ["CartPole greedy with the default intervals (ci=0.95) / ci=None",
          ratio("intervals", "greedy"), ""]]
+    if "SB3 greedy" in rates:
+        rows += [["CartPole greedy: EvalRunner / SB3 evaluate_policy (DummyVecEnv)",
+                  ratio("greedy", "SB3 greedy"), ">= 1x"],
+                 ["Atari-shaped CNN greedy: EvalRunner / SB3 evaluate_policy",
+                  ratio("cnn", "SB3 cnn"), ">= 1x"]]
     if "TorchRL" in rates:
         rows.append(["CartPole greedy: EvalRunner / TorchRL Evaluator (GymWrapper)",
                      ratio_text(rates["greedy"], rates["TorchRL"], digits=1), ""])
@@ -301,8 +350,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
     quick = parser.parse_args().quick
     warnings.filterwarnings("ignore", module="torchrl")  # its set-up advice, every call
-    throughput(rounds=1 if quick else 15, episodes=40 if quick else 200,
-               cnn_episodes=8 if quick else 64)
+    # Several hundred episodes a round: shorter runs measure the machine more than the loop.
+    throughput(rounds=1 if quick else 7, episodes=40 if quick else 600,
+               cnn_episodes=8 if quick else 160)
     training_cost(rounds=1 if quick else 5, iterations=2 if quick else 12,
                   episodes=8 if quick else 200)
 
