@@ -82,8 +82,10 @@ class MoolibEvaluator(Evaluator):
             else as_batch(prev_action, self.device, torch.int64, "state['prev_action']"),
         }
         if "done" in state:
-            prepared["done"] = as_batch(state["done"], self.device, torch.float32,
-                                        "state['done']")
+            # 0/1 only, as the argument done (sequences: all T * B flags, time-major).
+            name = "state['done']" if self._steps == 1 else "states['done']"
+            prepared["done"] = as_batch(check_done_flags(state["done"], name), self.device,
+                                        torch.float32, name)
         for key in ("reward", "prev_action", "done"):
             if key in prepared and tuple(prepared[key].shape) != (batch,):
                 raise bad_argument(f"state[{key!r}]", f"one value per env, shape [{batch}]",
@@ -140,8 +142,6 @@ class MoolibEvaluator(Evaluator):
 
     def _get_value_sequence(self, inputs: AgentInputs, policy: bool = False
                             ) -> tuple[torch.Tensor, LSTMState, dict]:
-        if isinstance(inputs.obs, dict) and "done" in inputs.obs:  # not the argument's
-            check_done_flags(inputs.obs["done"], "states['done']")
         # The model takes [T, B] inputs: the whole sequence in one forward pass, where every
         # env runs all T steps (else its state would run on past its end: step by step then).
         if inputs.lengths is not None and bool((inputs.lengths != inputs.steps).any()):

@@ -20,10 +20,27 @@ from .errors import bad_argument
 
 
 def as_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that this machine has, or a ``ValueError`` naming it.
+
+    Checked here, once, because torch checks late and obscurely: ``"cuda"`` without CUDA fails
+    at the first ``.to(device)`` with a bare ``AssertionError`` (issue #19).
+    """
     try:
-        return torch.device(device)
+        parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise bad_argument("device", "a torch device such as 'cpu' or 'cuda:0'", device) from None
+    # torch.cuda, torch.xpu, torch.mps: backends that may be missing say so themselves.
+    available = getattr(getattr(torch, parsed.type, None), "is_available", None)
+    if callable(available) and not available():
+        raise bad_argument("device", f"a device this machine has ('cpu' always is; "
+                           f"{parsed.type} is not: torch.{parsed.type}.is_available() is "
+                           "False)", device)
+    if parsed.type == "cuda" and parsed.index is not None:
+        count = torch.cuda.device_count()
+        if parsed.index >= count:
+            raise bad_argument("device", f"a CUDA device this machine has, 'cuda:0' to "
+                               f"'cuda:{count - 1}'", device)
+    return parsed
 
 
 # torch.set_grad_enabled without the object it builds (its C function, where torch has it).

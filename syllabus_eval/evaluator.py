@@ -41,7 +41,7 @@ from .compiled import (
     without_compiled_submodules,
 )
 from .devices import QueryMode, as_device, device_of
-from .errors import bad_argument, check_flag, check_number, describe
+from .errors import bad_argument, check_count, check_flag, check_number, describe
 from .hook_forms import FROM_QUERY, HOOK_FORMS, NO_PREPROCESSING, hook_form
 from .inputs import (
     TensorTree,
@@ -49,6 +49,7 @@ from .inputs import (
     batch_size_of,
     check_against_space,
     check_done_flags,
+    obs_shape_error,
     take_rows,
 )
 from .protocols import AgentQueries, LSTMState
@@ -95,7 +96,9 @@ class Evaluator:
     Args:
         agent: the training agent (an ``nn.Module``, or one ``torch.compile`` made, whose
             wrapped module is then the training agent); ``None`` for agents without weights.
-        device: where queries run; default: the agent's device (CPU without parameters).
+        device: where queries run, a device this machine has (else a ``ValueError`` here,
+            not torch's error at the first copy); default: the agent's device (CPU without
+            parameters).
         preprocess_obs: called on raw observations before they become tensors (e.g. frozen
             observation normalisation from the training run).
         copy_agent: keep a private copy on ``device``, refreshed when the training weights
@@ -274,7 +277,7 @@ class Evaluator:
                                                           "done")
         (values, lstm_state, extras), version = self._query(
             self._get_value_sequence, _time_major(states, steps, "states"), lstm_state,
-            flat_done, None, steps=steps, lengths=lengths, policy=policy)
+            flat_done, None, steps=steps, lengths=lengths, arg="states", policy=policy)
         values = values.reshape(steps, -1)  # [T, B]
         extras = {key: value.reshape(steps, -1, *value.shape[1:])
                   if isinstance(value, torch.Tensor) and value.dim() else value
@@ -285,27 +288,35 @@ class Evaluator:
 
     def _query(self, hook: Callable[..., Any], state: Any, lstm_state: Any, done: Any,
                deterministic: bool | None, steps: int = 1, lengths: Any = None,
-               **hook_options: Any) -> tuple[Any, int]:
+               arg: str = "state", **hook_options: Any) -> tuple[Any, int]:
         """The hook's answer and the version of the weights that gave it (read under the lock:
-        another thread may refresh the copy as soon as it is released)."""
+        another thread may refresh the copy as soon as it is released). ``arg``: the name
+        of ``state`` in the public method, for errors."""
         # Grad mode and the CUDA device are set here for the calling thread (QueryMode); one
         # context object is enough: it is only entered under the lock.
         with self._lock, self._query_mode:
             source = self._source
             if source is not None and source.version() != self._synced_version:
                 self._refresh()  # 1. weights of one optimizer step
-            obs = self._prepare_state(state)  # 2.
-            rows = (obs.shape[0] if type(obs) is torch.Tensor and obs.dim()
-                    else self._rows_of(obs))
-            batch_size = rows
-            if steps != 1:  # a sequence: T * B rows, the recurrent state of B envs
-                batch_size, self._steps = rows // steps, steps
+            self._steps = steps  # a sequence: T * B rows (done too), the state of B envs
+            obs = None
             try:
+                obs = self._prepare_state(state)  # 2.
+                rows = (obs.shape[0] if type(obs) is torch.Tensor and obs.dim()
+                        else self._rows_of(obs))
+                batch_size = rows // steps
                 if self._lstm_gets_batch_size:
                     lstm_state, done = self._prepare_lstm(lstm_state, done, batch_size)  # 3.
                 else:  # Syllabus's form, without the batch size (super() finds it here)
                     self._batch_size = batch_size
                     lstm_state, done = self._prepare_lstm(lstm_state, done)
+            except ValueError:
+                # States without their batch dimension are read with B = their observations'
+                # first dimension, and the recurrent state's B then looks wrong: say so.
+                wrong = None if steps == 1 else obs_shape_error(obs, self.agent, arg, steps)
+                if wrong is not None:
+                    raise wrong from None
+                raise
             finally:
                 self._steps = 1
             if deterministic is None:
@@ -325,6 +336,14 @@ class Evaluator:
                 previous = self._set_eval_mode()  # 4.
                 try:
                     answer = hook(inputs, **hook_options)  # 5.
+                except RuntimeError as error:
+                    # torch's "mat1 and mat2 shapes cannot be multiplied", frames deep: name
+                    # the observations when they do not fit the agent (free until it fails).
+                    wrong = (None if isinstance(error, NotImplementedError)  # a missing hook
+                             else obs_shape_error(obs, self.agent, arg, steps, error))
+                    if wrong is None:
+                        raise
+                    raise wrong from error
                 finally:
                     if self._train_mode_gets_previous:
                         self._set_train_mode(previous)  # 6.
@@ -337,7 +356,7 @@ class Evaluator:
             shape = getattr(answer[0], "shape", None)  # a tensor (or array) of [B, ...]
             if shape is not None and (not shape or shape[0] != rows):
                 raise ValueError(
-                    f"state: read as a batch of {rows} observations, but the agent "
+                    f"{arg}: read as a batch of {rows} observations, but the agent "
                     f"answered with {describe(answer[0])}; a single observation needs a batch "
                     "dimension (obs[None])")
             return answer, self.weights_version
@@ -495,6 +514,8 @@ class Evaluator:
         rows = self._steps * batch_size  # a flag per env and step (T * B for sequences)
         if done is None:
             return torch.zeros(rows, device=self.device)
+        if self._steps == 1:  # get_value_sequence checked its flags as they came, [T, B]
+            check_done_flags(done, "done")  # 0/1 only, as there (issue #19)
         done = as_batch(done, self.device, torch.float32, "done")
         if tuple(done.shape) != (rows,):
             raise bad_argument("done", f"a flag per env of shape [{rows}]", done)
@@ -535,10 +556,13 @@ class Evaluator:
         Args:
             weights: a module of the agent's class or its ``state_dict()`` (compiled or not:
                 the ``_orig_mod.`` that ``torch.compile`` adds to keys is taken out).
-            version: reported as ``extras["weights_version"]``; default: previous + 1.
+            version: reported as ``extras["weights_version"]``, an integer >= 0; default:
+                previous + 1.
         """
         if not self.copy_agent or self.agent is None:
             raise RuntimeError("load_weights needs copy_agent=True and an agent with weights")
+        if version is not None:  # checked before the copy: a bad version loads nothing
+            version = check_count("version", version, 0)
         if isinstance(weights, nn.Module):
             # Read with optimizer steps held off: it may be a module another thread trains.
             weights = snapshot_state_dict(weights, self.device, self.sync_timeout)

@@ -14,8 +14,10 @@ runs. Readers never block the training loop for longer than one copy.
 Preconditions (documented in the README):
 
 * Parameters change only inside ``optimizer.step()`` or inside ``with source.writing():``
-  (``load_state_dict``, Polyak updates, manual ``copy_``). Other in-place writes are still
-  *detected* (tensor version counters) but not made atomic.
+  (``load_state_dict``, Polyak updates, manual ``copy_``, writes through ``.data``). Leaving
+  either always makes the next query refresh, however the tensors were written. Other
+  in-place writes are still *detected* (tensor version counters) but not made atomic, except
+  writes through ``.data``, which leave no trace outside ``writing()``.
 * Parameter objects are not replaced after the source is created (``module.weight = Parameter``);
   build a new evaluator if they are.
 * If ``optimizer.step()`` raises, that optimizer counts as stepping until its next successful
@@ -55,14 +57,23 @@ class WeightSource:
         self.parameter_ids = frozenset(id(p) for p in module.parameters())
         # The CUDA device training runs on (None: not CUDA): copies wait for its step kernels.
         self.cuda_device = next((t.device for t in self.tensors if t.is_cuda), None)
-        self.steps = 0  # optimizer steps completed on this module since the source was created
+        # Optimizer steps and writing() blocks completed on this module since the source was
+        # created: part of version(), since writes through .data bump no version counter.
+        self.steps = 0
         self._cond = threading.Condition()
         self._writers: set[int] = set()  # ids of optimizers (or writing() tokens) inside a step
         self._readers = 0
 
     def version(self) -> int:
-        """Sum of the tensors' version counters: grows with every in-place write (cheap)."""
-        return sum(map(_version_of, self.tensors))
+        """A number that grows with every change of the weights (cheap: one small sum).
+
+        The tensors' version counters grow with in-place writes through them, but not with
+        writes through ``.data`` (CleanRL's Polyak update ``p.data.copy_(q.data)``: ``.data``
+        is a tensor with a counter of its own; issue #19). ``steps`` grows when a step or a
+        ``writing()`` block ends, so such writes are seen once they are bracketed. Every term
+        only grows, so the sum changes whenever any of them does.
+        """
+        return self.steps + sum(map(_version_of, self.tensors))
 
     # --- readers -----------------------------------------------------------------------------
 
@@ -132,7 +143,12 @@ class WeightSource:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Make writes outside ``optimizer.step()`` atomic for readers (``load_state_dict``)."""
+        """Make writes outside ``optimizer.step()`` atomic for readers (``load_state_dict``).
+
+        Leaving the block counts as a step: ``steps`` (and so :meth:`version`) grows, and the
+        next query of every evaluator of the module refreshes, even when the block wrote only
+        through ``.data``, which version counters miss.
+        """
         token = id(object())
         self.begin_write(token)
         try:

@@ -8,6 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from gymnasium import spaces
+
+from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.demo.agents import MLPAgent
+from tests.cases import VECTOR
+from tests.models import fake_envs
 
 ROOT = Path(__file__).parents[1]
 
@@ -47,3 +54,26 @@ def test_a_query_thread_does_not_spin_a_second_core():
     used = json.loads(run.stdout.strip().splitlines()[-1])
     assert used["own"] > 0.3  # it did work
     assert used["process"] - used["own"] < 0.4 * used["own"]  # and no other thread spun
+
+
+class TestDevicesThisMachineLacks:
+    """Issue #19: torch's own error comes at the first ``.to(device)``, a bare
+    ``AssertionError`` without CUDA; the evaluator names ``device`` when it is built."""
+
+    def agent(self) -> MLPAgent:
+        return MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
+
+    def test_cuda_without_cuda(self, monkeypatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.raises(ValueError) as caught:
+            CleanRLEvaluator(self.agent(), device="cuda")
+        for fragment in ("device", "torch.cuda.is_available() is False", "'cuda'"):
+            assert fragment in str(caught.value), str(caught.value)
+
+    def test_a_cuda_device_past_the_last_one(self, monkeypatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        with pytest.raises(ValueError) as caught:
+            CleanRLEvaluator(self.agent(), device=torch.device("cuda", 3))
+        for fragment in ("device", "'cuda:0' to 'cuda:0'", "type='cuda', index=3"):
+            assert fragment in str(caught.value), str(caught.value)

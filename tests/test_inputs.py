@@ -192,6 +192,37 @@ BAD_INPUTS = [
      ValueError, ["action_space", "Discrete", "Text"]),
     ("preprocess_obs not callable", lambda: mlp(preprocess_obs=3),
      ValueError, ["preprocess_obs", "callable", "int"]),
+    # Issue #19: each named at the call that received it, not by torch frames deep.
+    ("observation of the wrong width, no space given",
+     lambda: mlp().get_value(np.zeros((3, 5), np.float32)),
+     ValueError, ["state", "[B, 4]", "(3, 5)", "critic.0"]),
+    ("greedy actions for observations of the wrong width",
+     lambda: mlp(deterministic=True).get_action(np.zeros((3, 5), np.float32)),
+     ValueError, ["state", "[B, 4]", "(3, 5)"]),
+    ("frames with their channels last", lambda: CleanRLEvaluator(
+        CNNAgent(fake_envs(FRAMES, spaces.Discrete(2)))).get_value(
+        np.zeros((2, 84, 84, 4), np.uint8)),
+     ValueError, ["state", "[B, 4, H, W]", "(2, 84, 84, 4)"]),
+    ("done other than 0/1", lambda: lstm().get_value(X, STATE, np.full(3, 2.0)),
+     ValueError, ["done", "0/1", "2.0"]),
+    ("done tensor other than 0/1",
+     lambda: lstm().get_action(X, STATE, torch.tensor([0.0, 0.5, 1.0])),
+     ValueError, ["done", "0/1", "0.5"]),
+    ("moolib done in the input dict other than 0/1", lambda: MoolibEvaluator(MoolibNet())
+     .get_value({"state": np.zeros((2, 2, 8, 8), np.uint8), "done": np.full(2, 2.0)}),
+     ValueError, ["state['done']", "0/1", "2.0"]),
+    ("recurrent sequence without a batch dimension", lambda: lstm().get_value_sequence(
+        np.zeros((5, 4), np.float32), lstm().initial_lstm_state(1)),
+     ValueError, ["states", "[T, B, 4]", "(5, 4)", "states[:, None]"]),
+    ("feedforward sequence without a batch dimension",
+     lambda: mlp().get_value_sequence(np.zeros((5, 4), np.float32)),
+     ValueError, ["states", "[T, B, 4]", "(5, 4)", "states[:, None]"]),
+    ("weights version not an integer", lambda: mlp().load_weights(
+        MLPAgent(fake_envs(VECTOR, spaces.Discrete(2))).state_dict(), version="x"),
+     ValueError, ["version", "integer", "'x'"]),
+    ("weights version below 0", lambda: mlp().load_weights(
+        MLPAgent(fake_envs(VECTOR, spaces.Discrete(2))).state_dict(), version=-1),
+     ValueError, ["version", ">= 0", "-1"]),
 ]
 
 
@@ -203,3 +234,40 @@ class TestBadInputs:
             call()
         for fragment in fragments:
             assert fragment in str(caught.value), (fragment, str(caught.value))
+
+
+class FailingCritic(nn.Module):
+    """A CleanRL-contract agent whose forward fails for a reason of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.critic = nn.Linear(4, 1)
+
+    def get_value(self, x):
+        raise RuntimeError("a bug of the agent's own")
+
+    def get_action_and_value(self, x, action=None):
+        raise RuntimeError("a bug of the agent's own")
+
+
+class TestErrorsStayWhereTheyBelong:
+    def test_an_agents_own_error_on_fitting_observations_is_not_blamed_on_them(self) -> None:
+        with pytest.raises(RuntimeError, match="a bug of the agent's own"):
+            CleanRLEvaluator(FailingCritic()).get_value(X)
+
+    def test_a_refused_version_loads_nothing(self) -> None:
+        evaluator = mlp()
+        before = evaluator.get_value(X)[0]
+        with pytest.raises(ValueError, match="version"):
+            evaluator.load_weights(MLPAgent(fake_envs(VECTOR, spaces.Discrete(2))).state_dict(),
+                                   version="x")
+        value, extras = evaluator.get_value(X)
+        assert torch.equal(value, before) and extras["weights_version"] == 0
+
+    def test_done_as_booleans_floats_or_tensors_is_the_same_flag(self) -> None:
+        evaluator, obs = lstm(), np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+        flags = np.array([True, False, True])
+        values = [evaluator.get_value(obs, STATE, done)[0]
+                  for done in (flags, flags.astype(np.float32), flags.astype(int).tolist(),
+                               torch.tensor(flags), torch.tensor(flags, dtype=torch.float32))]
+        assert all(torch.equal(value, values[0]) for value in values)

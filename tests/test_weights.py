@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from torch import nn
 
 from syllabus_eval import EvalRunner, WeightSource, snapshot_state_dict, weight_source
 from syllabus_eval.adapters import CleanRLEvaluator
@@ -80,6 +81,73 @@ class TestRefreshOnlyOnChange:
             agent.load_state_dict(other.state_dict())
         with torch.no_grad():
             assert torch.equal(evaluator.get_value(OBS)[0], other.get_value(torch.as_tensor(OBS)))
+
+
+class TinyCritic(nn.Module):
+    """A CleanRL-contract agent whose value is worked out by hand: ``w . x + b``."""
+
+    def __init__(self, weight: list[float], bias: float) -> None:
+        super().__init__()
+        self.critic = nn.Linear(2, 1)
+        with torch.no_grad():
+            self.critic.weight.copy_(torch.tensor([weight]))
+            self.critic.bias.fill_(bias)
+
+    def get_value(self, x):
+        return self.critic(x)
+
+    def get_action_and_value(self, x, action=None):
+        return None, None, None, self.critic(x)
+
+
+class TestWritesThroughData:
+    """Issue #19: ``.data`` writes bump no version counter; inside ``writing()`` every evaluator
+    of the agent must still see them at its next query, with weights_version advancing."""
+
+    X = np.array([[1.0, 1.0]], np.float32)
+
+    def evaluators(self, agent: nn.Module) -> list[CleanRLEvaluator]:
+        every = [CleanRLEvaluator(agent), CleanRLEvaluator(agent),
+                 CleanRLEvaluator(agent, copy_agent=False)]
+        for evaluator in every:
+            value, extras = evaluator.get_value(self.X)
+            assert value.item() == pytest.approx(3.5)  # 1*1 + 2*1 + 0.5
+            assert extras["weights_version"] == 0
+        return every
+
+    def test_a_polyak_update_through_data_is_seen(self) -> None:
+        agent, online, tau = TinyCritic([1.0, 2.0], 0.5), TinyCritic([3.0, 4.0], 1.5), 0.5
+        every = self.evaluators(agent)
+        with weight_source(agent).writing():  # CleanRL's DQN target update, as written there
+            for target_param, q_param in zip(agent.parameters(), online.parameters()):
+                target_param.data.copy_(tau * q_param.data + (1.0 - tau) * target_param.data)
+        for evaluator in every:
+            value, extras = evaluator.get_value(self.X)
+            # weight (2, 3), bias 1: 2*1 + 3*1 + 1
+            assert value.item() == pytest.approx(6.0)
+            assert extras["weights_version"] == 1
+
+    def test_an_in_place_scaling_through_data_is_seen(self) -> None:
+        agent = TinyCritic([1.0, 2.0], 0.5)
+        every = self.evaluators(agent)
+        for version, expected in ((1, 7.0), (2, 14.0)):  # (2, 4) and 1, then (4, 8) and 2
+            with weight_source(agent).writing():
+                for param in agent.parameters():
+                    param.data.mul_(2.0)
+            for evaluator in every:
+                value, extras = evaluator.get_value(self.X)
+                assert value.item() == pytest.approx(expected)
+                assert extras["weights_version"] == version
+
+    def test_unchanged_weights_are_still_not_copied_after_a_write(self, copies) -> None:
+        agent = TinyCritic([1.0, 2.0], 0.5)
+        evaluator = CleanRLEvaluator(agent)
+        with weight_source(agent).writing():
+            agent.critic.bias.data.fill_(1.5)
+        made = len(copies)
+        for _ in range(5):
+            assert evaluator.get_value(self.X)[0].item() == pytest.approx(4.5)  # 1 + 2 + 1.5
+        assert len(copies) == made + 1  # the write's refresh, then none
 
 
 class TestExplicitWeights:
