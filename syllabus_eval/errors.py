@@ -33,6 +33,11 @@ def describe(value: object) -> str:
     """A short description of ``value`` for error messages: type, shape and dtype where known."""
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
+    if shape is not None and len(shape) == 0 and hasattr(value, "item"):
+        # a NumPy or torch scalar: its value says more than "of shape ()"
+        kind = type(value).__name__
+        return (f"{kind} {value.item()!r}" if isinstance(value, np.generic)
+                else f"{kind} {value.item()!r} of dtype {dtype}")
     if shape is not None:
         return f"{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}"
     if isinstance(value, (list, tuple)):
