@@ -59,8 +59,10 @@ class EpisodePlan:
         # Episode 0 never floats: it is the slot's seeded start, on its own env.
         self.floating_from = ([max(1, q - q // 4) for q in self.quotas]
                               if settings.interchangeable_slots else list(self.quotas))
-        self._seeds = None if settings.seed is None else [  # [slot][episode], drawn once
-            episode_seeds(settings.seed, slot, quota)
+        # [slot][episode], drawn once; at least one: an idle sub-env of a vector env is still
+        # reset, as its slot's first episode would be.
+        self._seeds = None if settings.seed is None else [
+            episode_seeds(settings.seed, slot, max(quota, 1))
             for slot, quota in zip(self.slot_ids, self.quotas)]
         self._front = [0] * len(self.quotas)  # the next episode each owner takes
         self._end = list(self.quotas)  # one past the last episode not yet started

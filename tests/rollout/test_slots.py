@@ -62,3 +62,14 @@ def test_the_runner_reports_the_true_mean_length(backend: str, make_env, num_epi
     for record in metrics.episodes:
         lengths.setdefault(record.env_index, set()).add(record.length)
     assert sorted(map(sorted, lengths.values())) == [[10], [100]]  # one env per slot
+
+
+@pytest.mark.parametrize("kind", ["pool", "vector"])
+def test_fewer_episodes_than_slots(kind: str) -> None:
+    """Slot 0 of 2 has a quota of (1 + 0) // 2 = 0: it runs nothing (a vector env still
+    resets it), slot 1 its one episode."""
+    envs = (EnvPool([FixedLengthEnv(10), FixedLengthEnv(100)]) if kind == "pool"
+            else two_lengths_vector_env())
+    records = run_episodes(DUMMY, envs, RolloutSettings(num_episodes=1, seed=0))
+    envs.close()
+    assert [(r.env_index, r.length) for r in records] == [(1, 100)]
