@@ -10,10 +10,12 @@ Usage::
     envs.close()
 
 Rooms: :mod:`~syllabus_eval.rollout.records` (what an evaluation runs and gives),
-:mod:`~syllabus_eval.rollout.plan` (which episode each env runs next),
+:mod:`~syllabus_eval.rollout.plan` (which episode each env runs next, and its seed),
 :mod:`~syllabus_eval.rollout.envs` (env slots and the pool, :func:`make_envs`),
-:mod:`~syllabus_eval.rollout.loop` (:func:`run_episodes`), and beside them
-:mod:`~syllabus_eval.rollout.infos` and :mod:`~syllabus_eval.rollout.video`. Every backend of
+:mod:`~syllabus_eval.rollout.loop` (:func:`run_episodes`),
+:mod:`~syllabus_eval.rollout.observers` (its per-episode features: info reductions, previous
+steps, videos, each an observer), and their engines :mod:`~syllabus_eval.rollout.infos` and
+:mod:`~syllabus_eval.rollout.video`. Every backend of
 :class:`~syllabus_eval.EvalRunner` runs its episodes through :func:`run_episodes`. The rules
 below make each episode a function of where it runs, never of timing, so that episodes can be
 split across workers and merged.

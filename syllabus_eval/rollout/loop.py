@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,10 +28,9 @@ from ..errors import EvaluationCancelled, bad_argument, check_count, describe
 from ..inputs import take_rows
 from ..protocols import AgentQueries, PreviousStepQueries, RecurrentAgentQueries, is_recurrent
 from .envs import EnvPool, StepResult, VectorSlots, as_slots
-from .infos import InfoReducer
+from .observers import EpisodeObserver, InfoObserver, PreviousSteps, VideoObserver
 from .plan import EpisodePlan, Job
 from .records import EpisodeRecord, RolloutSettings, sort_records
-from .video import EpisodeRecorder
 
 
 class StopFlag(Protocol):
@@ -99,8 +97,9 @@ def run_episodes(
     Returns:
         The records of every counted episode, ordered by ``(env_index, episode_index)``.
     """
-    loop = _Loop(evaluator, as_slots(envs), settings, slots, num_slots, on_episode)
+    loop = EpisodeLoop(evaluator, as_slots(envs), settings, slots, num_slots, on_episode)
     try:
+        loop.begin()
         while loop.active.size:
             if stop is not None and stop.is_set():
                 raise EvaluationCancelled("the evaluation was stopped before its episodes "
@@ -111,15 +110,20 @@ def run_episodes(
                 fresh = loop.end_episodes(step, ended, cut, fresh)
             if loop.tracks_starts:
                 loop.start_episodes(fresh)
-        return sort_records(loop.with_clips())
+        records = loop.records
+        for observer in loop.observers:
+            records = observer.finish(records)
+        return sort_records(records)
     finally:
-        if loop.recorder is not None:
-            loop.recorder.close()
+        for observer in loop.observers:
+            observer.close()
 
 
-class _Loop:
+class EpisodeLoop:
     """The state of one :func:`run_episodes` call; arrays marked ``[A]`` have one entry per
-    active env, and are sliced like the recurrent state when envs pause."""
+    active env, and are sliced like the recurrent state when envs pause. Per-episode
+    features (info reductions, previous steps, videos) are its ``observers``
+    (:mod:`syllabus_eval.rollout.observers`)."""
 
     def __init__(self, evaluator: AgentQueries, pool: EnvPool | VectorSlots,
                  settings: RolloutSettings, slots: Sequence[int] | None,
@@ -171,20 +175,21 @@ class _Loop:
         self.returns = np.zeros(size)  # [A] float64
         self.lengths = np.zeros(size, dtype=np.int64)  # [A]
         self.lstm_state, self.done = _initial_state(evaluator, size)
-        self.infos = None if not settings.info_keys else InfoReducer(settings.info_keys, size)
-        # For agents that read their previous action and reward (Habitat's pause_envs slices
-        # prev_actions too): [A, ...] and [A], zeros at an episode's start.
-        self.previous = isinstance(evaluator, PreviousStepQueries)
-        if self.previous:
-            self.prev_actions = create_empty_array(pool.single_action_space, size, fn=np.zeros)
-            self.prev_rewards = np.zeros(size, dtype=np.float32)
-        self.recorder = None if settings.video is None else EpisodeRecorder(
-            settings.video, self._groups, pool.render_fps)
-        # Which observations begin an episode matters to recurrent agents, to the above and to
-        # videos.
-        self.tracks_starts = self.done is not None or self.previous or self.recorder is not None
-        if self.recorder is not None:
-            self._begin_videos(np.arange(size))
+        self.actions: np.ndarray | None = None  # [A, ...] of the latest step
+        self.observers: list[EpisodeObserver] = []
+        if settings.info_keys:
+            self.observers.append(InfoObserver(self, settings.info_keys))
+        if isinstance(evaluator, PreviousStepQueries):
+            self.observers.append(PreviousSteps(self))
+        if settings.video is not None:
+            self.observers.append(VideoObserver(self, settings.video))
+        # Which observations begin an episode matters to recurrent agents and to observers.
+        self.tracks_starts = self.done is not None or bool(self.observers)
+
+    def begin(self) -> None:
+        """The first episodes begin (observers see their first observations)."""
+        for observer in self.observers:
+            observer.on_start(np.arange(self.active.size))
 
     # --- the steps of the loop ---------------------------------------------------------------
 
@@ -193,8 +198,8 @@ class _Loop:
         pool, active = self.pool, self.active
         obs = pool.observations if active.size == pool.num_envs else take_rows(
             pool.observations, active)
-        if self.previous:
-            obs = self.evaluator.with_previous_step(obs, self.prev_actions, self.prev_rewards)
+        for observer in self.observers:
+            obs = observer.inputs(obs)
         action, extras = self.evaluator.get_action(obs, self.lstm_state, self.done,
                                                    deterministic=self.settings.deterministic)
         actions = _to_numpy(action)  # [A, ...]
@@ -203,11 +208,8 @@ class _Loop:
                              f"got {describe(actions)}")
         if self.lstm_state is not None:
             self.lstm_state = extras.get("lstm_state")
-        step = pool.step_slots(active, actions)
-        if self.previous:
-            self.prev_actions = np.array(actions, dtype=self.prev_actions.dtype)
-            self.prev_rewards = step.rewards.astype(np.float32)
-        return step
+        self.actions = actions
+        return pool.step_slots(active, actions)
 
     def count(self, step: StepResult
               ) -> tuple[list[int], np.ndarray | None, np.ndarray | None]:
@@ -224,13 +226,8 @@ class _Loop:
             np.add(self.returns, step.rewards, out=self.returns, where=counted)
             np.add(self.lengths, counted, out=self.lengths)
             ended = step.ended & counted
-        if self.infos is not None:
-            self.infos.add(step, counted)
-        if self.recorder is not None:  # the frames of steps of running episodes
-            same_episode = counted if step.restarted is None else (
-                ~step.restarted if counted is None else counted & ~step.restarted)
-            self._capture(np.arange(self.active.size) if same_episode is None
-                          else np.flatnonzero(same_episode))
+        for observer in self.observers:
+            observer.on_step(self.actions, step, counted)
         cut = None
         self.cut_in -= 1
         if self.cut_in <= 0:
@@ -273,11 +270,9 @@ class _Loop:
         """The next inputs of agents that see episode starts: ``done`` where an episode
         begins and the initial recurrent state in those rows; no previous action or reward."""
         starts = np.flatnonzero(fresh) if fresh is not None else None
-        if self.previous and starts is not None and starts.size:
-            self.prev_actions[starts] = 0
-            self.prev_rewards[starts] = 0.0
-        if self.recorder is not None and starts is not None and starts.size:
-            self._begin_videos(starts)
+        if starts is not None and starts.size:
+            for observer in self.observers:
+                observer.on_start(starts)
         if self.done is None:
             return
         if fresh is None:
@@ -295,52 +290,11 @@ class _Loop:
         self.active, self.returns, self.lengths = (
             self.active[keep], self.returns[keep], self.lengths[keep])
         self.jobs = [self.jobs[row] for row in rows.tolist()]
-        if self.infos is not None:
-            self.infos.keep(rows)
-        if self.previous:
-            self.prev_actions, self.prev_rewards = self.prev_actions[rows], self.prev_rewards[rows]
+        for observer in self.observers:
+            observer.on_pause(rows)
         if self.done is not None:
             self.lstm_state = _keep_rows(self.evaluator, self.lstm_state, rows)
         return None if fresh is None else fresh[keep]
-
-    # --- videos ------------------------------------------------------------------------------
-
-    def _group(self, task_id: int | None) -> tuple[str | None, str | None]:
-        """The video group of an episode with task ``task_id``: ``(suite, task name)``."""
-        return self.settings.suite, None if task_id is None else str(self.settings.tasks[task_id])
-
-    def _groups(self) -> dict[tuple[int, int], Any]:
-        """The video group of every episode of the evaluation, all slots' (``"first"`` picks
-        among them all)."""
-        # A plan of every slot, whose local slots are the global ones.
-        whole = EpisodePlan(self.settings, range(self.plan.num_slots), self.plan.num_slots)
-        return {(slot, episode): self._group(whole.task((slot, episode)))
-                for slot, quota in enumerate(whole.quotas) for episode in range(quota)}
-
-    def _begin_videos(self, positions: np.ndarray) -> None:
-        """Episodes begin at active ``positions``: record those the recorder wants, from their
-        first frame."""
-        plan = self.plan
-        for p in positions.tolist():
-            slot, episode = job = self.jobs[p]
-            self.recorder.start(int(self.active[p]), (plan.slot_ids[slot], episode),
-                                self._group(plan.task(job)))
-        self._capture(positions)
-
-    def _capture(self, positions: np.ndarray) -> None:
-        """The current frame of the episodes recorded at active ``positions``."""
-        envs = [env for env in self.active[positions].tolist() if self.recorder.recording(env)]
-        if envs:
-            for env, frame in zip(envs, self.pool.render_slots(envs)):
-                self.recorder.add(env, frame)
-
-    def with_clips(self) -> list[EpisodeRecord]:
-        """The records, each with its clip where one was kept."""
-        if self.recorder is None:
-            return self.records
-        kept = self.recorder.kept()
-        return [replace(r, clip=kept[r.env_index, r.episode_index])
-                if (r.env_index, r.episode_index) in kept else r for r in self.records]
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -361,13 +315,10 @@ class _Loop:
             success=None if success is None else bool(success),
             wrapped_reward=None if recorded is None or math.isclose(
                 recorded, summed, rel_tol=1e-6, abs_tol=1e-9) else summed,
-            info={} if self.infos is None else self.infos.episode(position),
             suite=self.settings.suite, cut=cut)
-        if self.infos is not None:
-            self.infos.restart(position)
+        for observer in self.observers:
+            record = observer.on_end(position, record)
         self.records.append(record)
-        if self.recorder is not None:
-            self.recorder.finish(int(self.active[position]), record.reward)
         if self.on_episode is not None:
             self.on_episode(record)
         self.returns[position], self.lengths[position] = 0.0, 0
