@@ -27,7 +27,7 @@ import gymnasium as gym
 
 from .backends import BACKENDS
 from .checkpoints import Checkpoint, load_checkpoint
-from .errors import describe
+from .errors import ArgumentError, describe
 from .loggers import json_ready
 from .normalization import normalizes_observations
 from .rollout.video import render_offscreen
@@ -332,9 +332,9 @@ _OPTIONS = {"source": "--checkpoints", "results": "--results", "tensorboard": "-
 
 def _with_options(error: Exception) -> str:
     """An error of :mod:`syllabus_eval.sweep`, naming the option instead of the argument."""
-    text = str(error)
-    name, colon, rest = text.partition(":")
-    return f"{_OPTIONS[name]}:{rest}" if colon and name in _OPTIONS else text
+    if isinstance(error, ArgumentError) and error.argument in _OPTIONS:
+        return str(error.renamed(_OPTIONS[error.argument]))
+    return str(error)
 
 
 def _series_normalizes(args: argparse.Namespace) -> bool:

@@ -22,6 +22,28 @@ class CurriculumError(EvaluationError):
     type of its own."""
 
 
+class ArgumentError(ValueError):
+    """A bad argument: a ``ValueError`` that carries the argument's name as a field, so that
+    code reporting it under another name (a command-line option, a suite's entry) renames it
+    with :meth:`renamed` instead of parsing the message.
+
+    Attributes:
+        argument: the argument's name (``"num_envs"``, ``"suites['test']"``, ``"--results"``).
+        message: the rest: what was expected and what came.
+    """
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"{argument}: {message}")
+        self.argument, self.message = argument, message
+
+    def __reduce__(self) -> tuple:  # pickled as built (errors come back from workers)
+        return type(self), (self.argument, self.message)
+
+    def renamed(self, argument: str) -> ArgumentError:
+        """The same error, naming ``argument`` instead."""
+        return type(self)(argument, self.message)
+
+
 class RemoteTraceback(Exception):
     """The traceback, as text, of an exception raised in a worker: its copy's ``__cause__``."""
 
@@ -47,9 +69,10 @@ def describe(value: object) -> str:
     return f"{type(value).__name__} {value!r}"[:200]
 
 
-def bad_argument(name: str, expected: str, got: object) -> ValueError:
-    """``ValueError`` naming the argument, what was expected and what came."""
-    return ValueError(f"{name}: expected {expected}, got {describe(got)}")
+def bad_argument(name: str, expected: str, got: object) -> ArgumentError:
+    """An :class:`ArgumentError` (a ``ValueError``) naming the argument, what was expected and
+    what came."""
+    return ArgumentError(name, f"expected {expected}, got {describe(got)}")
 
 
 def check_number(name: str, value: object, low: float, high: float = math.inf, *,

@@ -42,7 +42,7 @@ import numpy as np
 from gymnasium.vector import VectorEnv
 from gymnasium.wrappers.utils import RunningMeanStd, update_mean_var_count_from_moments
 
-from .errors import bad_argument, describe
+from .errors import ArgumentError, bad_argument, describe
 
 _HOW = ("a vector env whose sub-envs carry gymnasium.wrappers.NormalizeObservation, a vector "
         "env wrapped in gymnasium.wrappers.vector.NormalizeObservation, an env with the "
@@ -254,12 +254,15 @@ def _write(layer: Any, stats: ObsNormStats) -> None:
     layer.update_running_mean = False  # frozen: evaluation must not move them
 
 
-# How evaluation envs without the wrapper are refused: the SB3 integration recognises it.
-NO_WRAPPER = "obs_norm: expected evaluation envs with gymnasium.wrappers.NormalizeObservation"
+class MissingNormalization(ArgumentError):
+    """``obs_norm`` was given, but the evaluation envs have no ``NormalizeObservation`` to take
+    the statistics (the SB3 integration advises on it by this type)."""
 
 
-def _no_wrapper(envs: Any) -> ValueError:
-    return ValueError(
-        f"{NO_WRAPPER} to take the training statistics, got {describe(envs)} without it; "
-        "build the evaluation envs with the training script's env factory (the one that adds "
-        "the wrapper), or leave obs_norm out for an agent trained on raw observations")
+def _no_wrapper(envs: Any) -> MissingNormalization:
+    return MissingNormalization(
+        "obs_norm",
+        f"expected evaluation envs with gymnasium.wrappers.NormalizeObservation to take the "
+        f"training statistics, got {describe(envs)} without it; build the evaluation envs "
+        "with the training script's env factory (the one that adds the wrapper), or leave "
+        "obs_norm out for an agent trained on raw observations")

@@ -68,7 +68,7 @@ import gymnasium as gym
 import numpy as np
 
 from .checkpoints import Checkpoint, load_checkpoint
-from .errors import bad_argument, check_flag, check_number
+from .errors import ArgumentError, bad_argument, check_flag, check_number
 from .loggers import JSONLinesLogger, TensorBoardLogger, json_ready
 from .report import format_table, plot_curves
 from .results import EvalResult
@@ -430,7 +430,7 @@ class _Runners:
                   for name in sorted({*theirs, *self._settings})
                   if name not in _ENV_SETTINGS and theirs.get(name) != self._settings.get(name)]
         if differ:
-            raise ValueError(f"normalized_runner: expected the settings of runner but for "
+            raise ArgumentError("normalized_runner", f"expected the settings of runner but for "
                              f"its envs, got {', '.join(differ)}")
 
     def close(self) -> None:
@@ -456,17 +456,17 @@ def check_sweep_arguments(source: Any, *, results: Any = None, tensorboard: Any 
             raise bad_argument(name, "a path or None", value)
     if results is not None:
         if Path(results).is_dir():
-            raise ValueError(f"results: expected a JSON-lines file, got the folder "
+            raise ArgumentError("results", f"expected a JSON-lines file, got the folder "
                              f"{str(results)!r}")
         _check_writable("results", Path(results).parent)
     if tensorboard is not None:
         if Path(tensorboard).exists() and not Path(tensorboard).is_dir():
-            raise ValueError(f"tensorboard: expected a folder, got the file "
+            raise ArgumentError("tensorboard", f"expected a folder, got the file "
                              f"{str(tensorboard)!r}")
         _check_writable("tensorboard", Path(tensorboard))
     if curve is not None:
         if Path(curve).is_dir():
-            raise ValueError(f"curve: expected an image file name, got the folder "
+            raise ArgumentError("curve", f"expected an image file name, got the folder "
                              f"{str(curve)!r}")
         _check_writable("curve", Path(curve).parent)
         from matplotlib.backend_bases import FigureCanvasBase
@@ -474,7 +474,7 @@ def check_sweep_arguments(source: Any, *, results: Any = None, tensorboard: Any 
         formats = FigureCanvasBase.get_supported_filetypes()
         suffix = Path(curve).suffix[1:].lower()
         if suffix and suffix not in formats:  # matplotlib would say so only after the sweep
-            raise ValueError(f"curve: expected an image file ending in one of "
+            raise ArgumentError("curve", f"expected an image file ending in one of "
                              f"{', '.join('.' + f for f in sorted(formats))}, got "
                              f"{str(curve)!r}")
 
@@ -492,7 +492,7 @@ def _check_source(source: Any, watch: bool) -> None:
                 literal.append(part)
             parent = Path(*literal).parent if literal else Path(".")
             if not parent.is_dir():
-                raise ValueError(f"source: expected a folder or glob whose parent folder "
+                raise ArgumentError("source", f"expected a folder or glob whose parent folder "
                                  f"exists, got {text!r} ({str(parent)!r} is no folder)")
             return
         if not checkpoint_files(source):
@@ -502,7 +502,7 @@ def _check_source(source: Any, watch: bool) -> None:
                 found = "a glob pattern that matches no file"
             else:
                 found = "no such file or folder"
-            raise ValueError(f"source: expected a folder of checkpoints, a glob pattern or "
+            raise ArgumentError("source", f"expected a folder of checkpoints, a glob pattern or "
                              f"files, got {text!r}: {found}")
         return
     try:
@@ -514,10 +514,10 @@ def _check_source(source: Any, watch: bool) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise bad_argument("source", "checkpoint file paths", path)
         if not watch and not Path(path).is_file():
-            raise ValueError(f"source: expected checkpoint files, got {str(path)!r}: no such "
+            raise ArgumentError("source", f"expected checkpoint files, got {str(path)!r}: no such "
                              "file")
     if not paths and not watch:
-        raise ValueError("source: expected at least one checkpoint file, got an empty list")
+        raise ArgumentError("source", "expected at least one checkpoint file, got an empty list")
 
 
 def _check_writable(name: str, folder: Path) -> None:
@@ -527,10 +527,10 @@ def _check_writable(name: str, folder: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"{name}: expected a path whose folder can be made, got one under "
+        raise ArgumentError(name, f"expected a path whose folder can be made, got one under "
                          f"the file {str(existing)!r}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{name}: expected a writable folder, got {str(folder)!r} "
+        raise ArgumentError(name, f"expected a writable folder, got {str(folder)!r} "
                          f"({str(existing)!r} is not writable)")
 
 

@@ -18,3 +18,20 @@ from syllabus_eval.errors import bad_argument
 ])
 def test_scalars_are_shown_by_value_arrays_by_shape(value, shown):
     assert str(bad_argument("x", "a number", value)) == f"x: expected a number, {shown}"
+
+
+def test_argument_errors_carry_the_name_rename_and_travel_pickled():
+    import pickle
+
+    from syllabus_eval import EvalRunner
+    from syllabus_eval.errors import ArgumentError
+
+    with pytest.raises(ArgumentError) as caught:
+        EvalRunner(lambda: None, None, num_envs=-1)
+    error = caught.value
+    assert isinstance(error, ValueError)  # what user code catches keeps working
+    assert (error.argument, error.message) == ("num_envs", "expected an integer >= 1, got int -1")
+    renamed = error.renamed("--num-envs")
+    assert str(renamed) == "--num-envs: expected an integer >= 1, got int -1"
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is ArgumentError and str(back) == str(error)

@@ -37,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..errors import EvaluationError, bad_argument
-from ..normalization import NO_WRAPPER
+from ..normalization import MissingNormalization
 from ..results import EvalResult
 from ..runner import EvalRunner
 
@@ -112,9 +112,8 @@ class EvalRunnerCallback(BaseCallback):
             vec_normalize = self._obs_norm()
             if not isinstance(vec_normalize, VecNormalize) or not _lacks_wrapper(error):
                 raise
-            failed = str(error).partition(": ")[0]  # "the evaluation triggered at step N failed"
             raise EvaluationError(
-                f"{failed}: obs_norm: the model trains behind VecNormalize, but the evaluation "
+                "obs_norm: the model trains behind VecNormalize, but the evaluation "
                 "envs do not normalise observations (no gymnasium.wrappers.NormalizeObservation "
                 "to take its statistics); VecNormalize wraps the training VecEnv, outside any "
                 "env factory, so build the evaluation envs with syllabus_eval.integrations.sb3."
@@ -141,11 +140,11 @@ class EvalRunnerCallback(BaseCallback):
 
 
 def _lacks_wrapper(error: BaseException) -> bool:
-    """Whether ``error`` (or an exception it came from) says the evaluation envs lack
-    ``NormalizeObservation`` (a worker's comes back pickled, or as its text)."""
+    """Whether ``error``, or an exception it came from, is the evaluation envs' want of a
+    ``NormalizeObservation`` (a worker's comes back pickled, with its type)."""
     seen: BaseException | None = error
     while seen is not None:
-        if NO_WRAPPER in str(seen):
+        if isinstance(seen, MissingNormalization):
             return True
         seen = seen.__cause__
     return False
