@@ -62,8 +62,8 @@ def _sb3() -> SimpleNamespace:
                           "pip install 'syllabus-eval[sb3]'") from error
     return SimpleNamespace(
         BaseAlgorithm=BaseAlgorithm,
-        kinds=((ActorCriticPolicy, "actor_critic"), (DQNPolicy, "q"), (SACPolicy, "sac"),
-               (TD3Policy, "td3")),
+        strategies=((ActorCriticPolicy, _ActorCritic), (DQNPolicy, _QLearning),
+                    (SACPolicy, _SoftActorCritic), (TD3Policy, _TD3)),
         Distribution=Distribution, Categorical=CategoricalDistribution,
         SquashedGaussian=SquashedDiagGaussianDistribution, SDE=StateDependentNoiseDistribution)
 
@@ -120,17 +120,18 @@ class SB3Evaluator(Evaluator):
         # A compiled policy (torch.compile) holds no weights of its own: the policy it wraps
         # trains, and is the one to copy and query.
         policy = unwrap_compiled(policy)
-        kind = next((kind for cls, kind in sb3.kinds if isinstance(policy, cls)), None)
-        if kind is None or hasattr(policy, "lstm_actor"):  # sb3-contrib's recurrent policies
+        strategy = next((strategy for cls, strategy in sb3.strategies
+                         if isinstance(policy, cls)), None)
+        if strategy is None or hasattr(policy, "lstm_actor"):  # sb3-contrib's recurrent ones
             wrapped = "" if policy is model or is_model else (
                 f" wrapping {type(policy).__name__}")
             raise TypeError(f"model: SB3Evaluator supports {_SUPPORTED}; got "
                             f"{type(model).__name__}{wrapped}"
-                            + (" (recurrent policies are not supported)" if kind else ""))
+                            + (" (recurrent policies are not supported)" if strategy else ""))
         super().__init__(policy, device, preprocess_obs, copy_agent, **kwargs)
-        self._kind = kind
-        # DQN's exploration is the model's (epsilon-greedy in DQN.predict), read at each query.
-        self._model = model if kind == "q" and is_model else None
+        # One strategy per kind of policy, chosen once: each hook asks it, never the kind.
+        self._strategy: _Strategy = strategy(
+            model if is_model and strategy.reads_model else None, policy.action_space)
         self._action_space = policy.action_space
 
     def _copy_memo(self, agent: nn.Module) -> dict[int, Any]:
@@ -174,108 +175,29 @@ class SB3Evaluator(Evaluator):
     # --- the hooks ---------------------------------------------------------------------------
 
     def _get_action(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState | None, dict]:
-        policy, obs, deterministic = self.agent, inputs.obs, inputs.deterministic
         self._draw_noise(inputs)
-        if self._kind == "actor_critic":
-            # What policy._predict computes: the actor's distribution, its mode or a sample.
-            distribution = policy.get_distribution(obs)
-            action = distribution.get_actions(deterministic=deterministic)
-            extras = self._distribution_extras(distribution, distribution.log_prob(action))
-        elif self._kind == "q":
-            q_values = policy.q_net(obs)  # [B, A]
-            action, extras = self._q_action(q_values, inputs), {"q_values": q_values}
-        elif self._kind == "sac":
-            action, _, extras = self._sac_action(obs, deterministic, greedy_too=False)
-        else:
-            action, extras = policy(obs), {}  # TD3: always the actor's (deterministic) output
+        action, extras = self._strategy.action(self.agent, inputs)
         return self._env_action(action, extras), None, extras
 
     def _get_value(self, inputs: AgentInputs) -> tuple[torch.Tensor, LSTMState | None, dict]:
-        policy, obs = self.agent, inputs.obs
-        if self._kind == "actor_critic":
-            return policy.predict_values(obs), None, {}  # [B, 1]
-        if self._kind == "q":
-            q_values = policy.q_net(obs)  # [B, A]
-            return q_values.max(dim=1, keepdim=True).values, None, {"q_values": q_values}
-        value, extras = self._critic_value(obs, policy(obs, deterministic=True))
+        value, extras = self._strategy.value(self.agent, inputs)
         return value, None, extras
 
     def _get_action_and_value(self, inputs: AgentInputs
                               ) -> tuple[torch.Tensor, torch.Tensor, LSTMState | None, dict]:
-        policy, obs, deterministic = self.agent, inputs.obs, inputs.deterministic
         self._draw_noise(inputs)
-        if self._kind == "actor_critic":
-            # policy.forward: one pass through the features extractor for both heads; it leaves
-            # its distribution on policy.action_dist (SB3's distributions hold their state).
-            action, value, log_prob = policy(obs, deterministic=deterministic)
-            extras = self._distribution_extras(policy.action_dist, log_prob)
-        elif self._kind == "q":
-            q_values = policy.q_net(obs)  # [B, A]
-            action, extras = self._q_action(q_values, inputs), {"q_values": q_values}
-            value = q_values.max(dim=1, keepdim=True).values
-        elif self._kind == "sac":
-            # One actor pass gives both the answered action and the greedy one valued.
-            action, greedy, extras = self._sac_action(obs, deterministic, greedy_too=True)
-            value, value_extras = self._critic_value(obs, greedy)
-            extras.update(value_extras)
-        else:
-            action = policy(obs)
-            value, extras = self._critic_value(obs, action)
+        action, value, extras = self._strategy.action_and_value(self.agent, inputs)
         return self._env_action(action, extras), value, None, extras
-
-    # --- per algorithm -----------------------------------------------------------------------
 
     def _draw_noise(self, inputs: AgentInputs) -> None:
         """gSDE: a sampled query on the private copy draws its own exploration noise, from the
         synced ``log_std`` (``reset_noise(B)``: SB3 with ``sde_sample_freq=1``); in place, the
         training policy's current noise is used, as its ``predict`` does."""
-        if inputs.deterministic or not self.copy_agent or self._kind in ("q", "td3"):
+        if inputs.deterministic or not self.copy_agent:
             return
-        holder = self.agent.actor if self._kind == "sac" else self.agent
-        if isinstance(holder.action_dist, _sb3().SDE):
+        holder = self._strategy.noise_holder(self.agent)
+        if holder is not None and isinstance(holder.action_dist, _sb3().SDE):
             self.agent.reset_noise(inputs.batch_size)
-
-    def _distribution_extras(self, distribution: Any, log_prob: torch.Tensor) -> dict:
-        extras = {"log_prob": log_prob, "entropy": distribution.entropy()}  # each [B]
-        if isinstance(distribution, _sb3().Categorical):
-            extras["policy_logits"] = distribution.distribution.logits  # [B, A], normalised
-        return extras
-
-    def _q_action(self, q_values: torch.Tensor, inputs: AgentInputs) -> torch.Tensor:
-        greedy = q_values.argmax(dim=1).reshape(-1)  # as QNetwork._predict
-        rate = 0.0 if self._model is None else float(self._model.exploration_rate)
-        if inputs.deterministic or rate <= 0.0:
-            return greedy
-        # DQN.predict tosses one coin for the whole batch; one per env gives each env the same
-        # chance of a random action, independently of the others.
-        space, batch = self._action_space, inputs.batch_size
-        explore = torch.rand(batch, device=q_values.device) < rate
-        random = torch.randint(int(space.n), (batch,), device=q_values.device) + int(space.start)
-        return torch.where(explore, random, greedy)
-
-    def _sac_action(self, obs: TensorTree, deterministic: bool, greedy_too: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-        """SAC's action (squashed, in [-1, 1]) with its log-probability, and the greedy action
-        too when asked: what ``Actor.forward`` computes, its distribution parameters once."""
-        actor = self.agent.actor
-        mean, log_std, kwargs = actor.get_action_dist_params(obs)
-        distribution = actor.action_dist
-        greedy = (distribution.actions_from_params(mean, log_std, deterministic=True, **kwargs)
-                  if greedy_too or deterministic else None)
-        action = greedy if deterministic else distribution.actions_from_params(
-            mean, log_std, deterministic=False, **kwargs)
-        if isinstance(distribution, _sb3().SquashedGaussian):
-            # Its pre-tanh sample is kept from the call above: no inverse tanh needed.
-            log_prob = distribution.log_prob(action, distribution.gaussian_actions)
-        else:  # gSDE
-            log_prob = distribution.log_prob(action)
-        return action, greedy, {"log_prob": log_prob}
-
-    def _critic_value(self, obs: TensorTree, action: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """min over the critic's Q networks of Q(s, a), a in the actor's units ([-1, 1]), as the
-        SAC and TD3 targets compute it (``th.cat(critic(obs, a), dim=1)``, then the min)."""
-        q_values = torch.cat(self.agent.critic(obs, action), dim=1)  # [B, n_critics]
-        return q_values.min(dim=1, keepdim=True).values, {"q_values": q_values}  # [B, 1]
 
     def _env_action(self, action: torch.Tensor, extras: dict) -> torch.Tensor:
         """The action as ``policy.predict`` returns it: reshaped to the action space, Box
@@ -290,6 +212,165 @@ class SB3Evaluator(Evaluator):
         array = (policy.unscale_action(array) if policy.squash_output
                  else np.clip(array, space.low, space.high))
         return torch.as_tensor(array, device=self.device)
+
+
+# --- one strategy per kind of policy ------------------------------------------------------
+
+
+class _Strategy:
+    """How one kind of SB3 policy answers a query, given the policy queried (the copy).
+
+    Args:
+        model: the SB3 model, when one was given and the strategy ``reads_model``.
+        action_space: the policy's action space.
+    """
+
+    reads_model = False  # whether it reads the model at each query (else it keeps none)
+
+    def __init__(self, model: Any, action_space: spaces.Space) -> None:
+        self.model, self.action_space = model, action_space
+
+    def action(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def value(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def action_and_value(self, policy: Any, inputs: AgentInputs
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def noise_holder(self, policy: Any) -> Any:
+        """The module whose ``action_dist`` may draw gSDE noise; ``None``: no sampled noise."""
+        return None
+
+
+class _ActorCritic(_Strategy):
+    """PPO and A2C (``ActorCriticPolicy``): the actor's distribution and the value head."""
+
+    def action(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        # What policy._predict computes: the actor's distribution, its mode or a sample.
+        distribution = policy.get_distribution(inputs.obs)
+        action = distribution.get_actions(deterministic=inputs.deterministic)
+        return action, _distribution_extras(distribution, distribution.log_prob(action))
+
+    def value(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        return policy.predict_values(inputs.obs), {}  # [B, 1]
+
+    def action_and_value(self, policy: Any, inputs: AgentInputs
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        # policy.forward: one pass through the features extractor for both heads; it leaves
+        # its distribution on policy.action_dist (SB3's distributions hold their state).
+        action, value, log_prob = policy(inputs.obs, deterministic=inputs.deterministic)
+        return action, value, _distribution_extras(policy.action_dist, log_prob)
+
+    def noise_holder(self, policy: Any) -> Any:
+        return policy
+
+
+class _QLearning(_Strategy):
+    """DQN (``DQNPolicy``): the Q network; greedy or epsilon-greedy actions, the largest Q."""
+
+    reads_model = True  # its exploration rate, which DQN.learn moves
+
+    def action(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        q_values = policy.q_net(inputs.obs)  # [B, A]
+        return self._action(q_values, inputs), {"q_values": q_values}
+
+    def value(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        q_values = policy.q_net(inputs.obs)  # [B, A]
+        return q_values.max(dim=1, keepdim=True).values, {"q_values": q_values}
+
+    def action_and_value(self, policy: Any, inputs: AgentInputs
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        q_values = policy.q_net(inputs.obs)  # [B, A]
+        return (self._action(q_values, inputs), q_values.max(dim=1, keepdim=True).values,
+                {"q_values": q_values})
+
+    def _action(self, q_values: torch.Tensor, inputs: AgentInputs) -> torch.Tensor:
+        greedy = q_values.argmax(dim=1).reshape(-1)  # as QNetwork._predict
+        # The exploration is the model's (epsilon-greedy in DQN.predict), read at each query.
+        rate = 0.0 if self.model is None else float(self.model.exploration_rate)
+        if inputs.deterministic or rate <= 0.0:
+            return greedy
+        # DQN.predict tosses one coin for the whole batch; one per env gives each env the same
+        # chance of a random action, independently of the others.
+        space, batch = self.action_space, inputs.batch_size
+        explore = torch.rand(batch, device=q_values.device) < rate
+        random = torch.randint(int(space.n), (batch,), device=q_values.device) + int(space.start)
+        return torch.where(explore, random, greedy)
+
+
+class _SoftActorCritic(_Strategy):
+    """SAC (``SACPolicy``): a squashed Gaussian actor, valued by its clipped double Q."""
+
+    def action(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        action, _, extras = _sac_action(policy, inputs.obs, inputs.deterministic, False)
+        return action, extras
+
+    def value(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        return _critic_value(policy, inputs.obs, policy(inputs.obs, deterministic=True))
+
+    def action_and_value(self, policy: Any, inputs: AgentInputs
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        # One actor pass gives both the answered action and the greedy one valued.
+        action, greedy, extras = _sac_action(policy, inputs.obs, inputs.deterministic, True)
+        value, value_extras = _critic_value(policy, inputs.obs, greedy)
+        return action, value, {**extras, **value_extras}
+
+    def noise_holder(self, policy: Any) -> Any:
+        return policy.actor
+
+
+class _TD3(_Strategy):
+    """TD3 and DDPG (``TD3Policy``): the actor's deterministic output, its clipped double Q
+    (its ``predict`` adds no noise, sampled or not)."""
+
+    def action(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        return policy(inputs.obs), {}
+
+    def value(self, policy: Any, inputs: AgentInputs) -> tuple[torch.Tensor, dict]:
+        return _critic_value(policy, inputs.obs, policy(inputs.obs, deterministic=True))
+
+    def action_and_value(self, policy: Any, inputs: AgentInputs
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        action = policy(inputs.obs)
+        value, extras = _critic_value(policy, inputs.obs, action)
+        return action, value, extras
+
+
+def _distribution_extras(distribution: Any, log_prob: torch.Tensor) -> dict:
+    extras = {"log_prob": log_prob, "entropy": distribution.entropy()}  # each [B]
+    if isinstance(distribution, _sb3().Categorical):
+        extras["policy_logits"] = distribution.distribution.logits  # [B, A], normalised
+    return extras
+
+
+def _sac_action(policy: Any, obs: TensorTree, deterministic: bool, greedy_too: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """SAC's action (squashed, in [-1, 1]) with its log-probability, and the greedy action too
+    when asked: what ``Actor.forward`` computes, its distribution parameters once."""
+    actor = policy.actor
+    mean, log_std, kwargs = actor.get_action_dist_params(obs)
+    distribution = actor.action_dist
+    greedy = (distribution.actions_from_params(mean, log_std, deterministic=True, **kwargs)
+              if greedy_too or deterministic else None)
+    action = greedy if deterministic else distribution.actions_from_params(
+        mean, log_std, deterministic=False, **kwargs)
+    if isinstance(distribution, _sb3().SquashedGaussian):
+        # Its pre-tanh sample is kept from the call above: no inverse tanh needed.
+        log_prob = distribution.log_prob(action, distribution.gaussian_actions)
+    else:  # gSDE
+        log_prob = distribution.log_prob(action)
+    return action, greedy, {"log_prob": log_prob}
+
+
+def _critic_value(policy: Any, obs: TensorTree, action: torch.Tensor
+                  ) -> tuple[torch.Tensor, dict]:
+    """min over the critic's Q networks of Q(s, a), a in the actor's units ([-1, 1]), as the
+    SAC and TD3 targets compute it (``th.cat(critic(obs, a), dim=1)``, then the min)."""
+    q_values = torch.cat(policy.critic(obs, action), dim=1)  # [B, n_critics]
+    return q_values.min(dim=1, keepdim=True).values, {"q_values": q_values}  # [B, 1]
 
 
 def _detached_distribution(distribution: Any, device: torch.device) -> Any:
