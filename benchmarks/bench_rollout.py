@@ -319,9 +319,11 @@ def ppo_training(iterations: int, runner: EvalRunner | None, background: bool,
 
 def training_cost(rounds: int, iterations: int, episodes: int) -> None:
     # The runner evaluates whatever weights it is handed; its evaluator is built on any agent
-    # of the same shape.
+    # of the same shape. The thread backend: what sharing the interpreter costs (the default
+    # backend's cost is bench_backends.py's).
     runner = EvalRunner(make_cartpole, CleanRLEvaluator(new_agent()), num_envs=NUM_ENVS,
-                        num_episodes=episodes, max_steps=MAX_STEPS, busy_policy="queue")
+                        num_episodes=episodes, max_steps=MAX_STEPS, busy_policy="queue",
+                        backend="thread")
     ppo_training(1, runner, background=False)  # warm-up
     # The three back to back in each round, so that each round's ratios compare.
     runs = interleaved({"alone": lambda _: ppo_training(iterations, None, background=False),

@@ -630,6 +630,30 @@ class Evaluator:
         attributes are set (by :meth:`detached` too): use only what the base class sets."""
         return {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling, as the process and Ray backends send an evaluator to their workers: a
+        :meth:`detached` evaluator travels with its copy of the weights and its settings; the
+        training agent, the lock and compiled hooks stay behind (the copy compiles its own).
+
+        Raises:
+            TypeError: the evaluator reads a training agent in this process (``auto_sync`` or
+                ``copy_agent=False``), which cannot travel: pickle ``evaluator.detached()``.
+        """
+        if self._source is not None or self._live_source is not None:
+            raise TypeError(f"{type(self).__name__}: an evaluator that reads its training agent "
+                            "does not pickle; pickle evaluator.detached(), whose own copy of "
+                            "the weights travels")
+        state = {name: value for name, value in vars(self).items()
+                 if name != "_lock" and name not in _QUERY_HOOKS}
+        state["training_agent"] = None  # stays in the training process
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        if self.compile_options is not None and self.agent is not None:
+            self._compile_hooks()
+
     def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
         """The recurrent state at the start of an episode (``None`` for feedforward agents)."""
         if not self.is_lstm:

@@ -25,14 +25,20 @@ and what happens to each result (the best model, early stopping and the callback
 evaluation device; training goes on meanwhile. Results are :class:`EvalResult`: the flat
 metrics dict, with the per-episode records on ``.episodes`` and the trigger step on ``.step``.
 
-With the ``"thread"`` backend the evaluation shares the GIL with training: a background
-evaluation pauses a moment each env step so that the training thread gets the GIL back at once
-(see :mod:`syllabus_eval.backends.thread`), and runs slower for it; blocking ones run at full
-speed. The ``"process"`` and ``"ray"`` backends run the episodes in worker processes or Ray
-actors instead (:mod:`syllabus_eval.backends.pool`)::
+By default (``backend="auto"``, :mod:`syllabus_eval.backends.auto`) blocking evaluations run in
+the runner's thread and background ones in a worker process launched at the first (those due
+while it starts, seconds, run in the thread), which training barely feels; where a worker
+cannot run them (a script without the ``if __name__ == "__main__":`` guard, an env instance,
+something that does not pickle) they stay in the runner's thread, with one warning that says
+why. There (``backend="thread"``) an
+evaluation shares the GIL with training: a background one pauses a moment each env step so that
+the training thread gets the GIL back at once (:mod:`syllabus_eval.backends.thread`), and runs
+slower for it. The ``"process"`` and ``"ray"`` backends run every evaluation in worker
+processes or Ray actors (:mod:`syllabus_eval.backends.pool`), which get the evaluator itself
+(its private copy, pickled once) or build theirs with ``evaluator_fn``::
 
-    runner = EvalRunner(make_env, evaluator, num_envs=8, backend="process",
-                        evaluator_fn=make_evaluator, num_workers=2, timeout=600)
+    runner = EvalRunner(make_env, evaluator, num_envs=8, backend="process", num_workers=2,
+                        timeout=600)
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ from .results import EvalResult, MetricsFn, summarize
 from .rollout import GivenEnvs, RolloutSettings
 from .rollout.video import VideoSettings, video_support, without_clips, write_videos
 from .schedule import EvalSchedule
-from .snapshot import Snapshot, take_snapshot
+from .snapshot import Snapshot
 from .tracking import Callback, ResultTracker
 from .weights import weight_source
 
@@ -75,16 +81,16 @@ class EvalRunner:
         make_env: returns one ``gymnasium.Env`` (``num_envs`` copies are made) or a whole
             ``VectorEnv`` of ``num_envs`` sub-envs. Wrappers inside it are part of the env:
             the training script's own factory is right (reward wrappers: see
-            :class:`~syllabus_eval.EpisodeRecord` for which return is reported). The thread
-            backend also takes an env instance, as TorchRL's ``Evaluator(eval_env, policy)``
-            does: a ``VectorEnv`` (its sub-envs are the slots) or one ``Env`` (one slot); the
-            runner does not close it.
+            :class:`~syllabus_eval.EpisodeRecord` for which return is reported). The
+            ``"thread"`` and ``"auto"`` backends also take an env instance, as TorchRL's
+            ``Evaluator(eval_env, policy)`` does: a ``VectorEnv`` (its sub-envs are the slots)
+            or one ``Env`` (one slot); the runner does not close it.
         evaluator: the agent's :class:`~syllabus_eval.Evaluator` (any object with its
             query methods). Evaluations run on ``evaluator.detached(device)``, a private copy;
-            with the process and Ray backends, on the ``evaluator_fn`` evaluators of the
-            workers, and this one only gives the weights (when :meth:`evaluate` gets none).
-            Those backends need none (``None``, TorchRL's ``policy_factory``): weights then
-            come from :meth:`evaluate` / :meth:`trigger_eval`, or are the factory's own.
+            in process and Ray workers, on that copy sent to them once (with cloudpickle), or
+            on the evaluators ``evaluator_fn`` builds there. With ``evaluator_fn`` these
+            backends need none (``None``, TorchRL's ``policy_factory``): weights then come
+            from :meth:`evaluate` / :meth:`trigger_eval`, or are the factory's own.
         num_envs: env slots (default 8, or the size of a vector env instance); slot ``i``
             runs ``(num_episodes + i) // num_envs`` episodes, each on its own env (the slots
             may differ).
@@ -92,10 +98,12 @@ class EvalRunner:
         max_steps: steps after which an episode is truncated; ``None`` (the default): the
             env's own limit. Episodes it cuts are counted as ``eval/max_steps_cut`` (a warning
             says so, once per runner).
-        backend: where episodes run: ``"thread"`` (the runner's daemon thread),
-            ``"process"`` (spawned worker processes) or ``"ray"`` (Ray actors; needs
-            ``pip install 'syllabus-eval[ray]'``). The options below marked *process, ray*
-            are refused by backends that do not take them.
+        backend: where episodes run: ``"auto"`` (the default: blocking evaluations in the
+            runner's daemon thread, background ones in one worker process launched at the
+            first; see :mod:`syllabus_eval.backends.auto`), ``"thread"`` (every evaluation in
+            the runner's thread), ``"process"`` (spawned worker processes) or ``"ray"`` (Ray
+            actors; needs ``pip install 'syllabus-eval[ray]'``). The options below marked
+            *process, ray* are refused by backends that do not take them.
         busy_policy: what a trigger does while an evaluation is pending: ``"error"`` raises
             ``RuntimeError``, ``"queue"`` runs it afterwards, ``"skip"`` drops it (counted in
             :attr:`skipped`). Default: ``"skip"`` with ``eval_every``, else ``"error"``.
@@ -155,9 +163,10 @@ class EvalRunner:
             is sent with cloudpickle, as Gymnasium's ``AsyncVectorEnv`` sends env factories:
             a function, class, ``functools.partial``, lambda or closure, with what it captures.
             A ``VectorEnv`` factory fits ``num_workers=1`` only.
-        evaluator_fn: *process, ray (required).* Builds the evaluator in each worker, on an
-            agent of the training agent's architecture; each evaluation loads the snapshot of
-            the weights into it. Sent like ``env_fn`` (so are ``init_fn`` and ``set_task``).
+        evaluator_fn: *process, ray.* Builds the evaluator in each worker, on an agent of the
+            training agent's architecture; each evaluation loads the snapshot of the weights
+            into it. Sent like ``env_fn`` (so are ``init_fn`` and ``set_task``). Default: the
+            workers get ``evaluator`` itself; give one for agents whose copy does not pickle.
         init_fn: *process, ray.* Called first in each worker, before the env and evaluator are
             built (simulators that must start first, env variables, devices).
         num_workers: *process, ray.* Workers that split the env slots of each evaluation
@@ -190,7 +199,7 @@ class EvalRunner:
         num_envs: int | None = None,
         num_episodes: int = 20,
         max_steps: int | None = None,
-        backend: str = "thread",
+        backend: str = "auto",
         busy_policy: str | None = None,
         on_result: Callback | Sequence[Callback] | None = None,
         metrics_fn: MetricsFn | None = None,
@@ -231,7 +240,7 @@ class EvalRunner:
     ) -> None:
         make_env, num_envs = _env_source(make_env, num_envs, backend)
         if evaluator is None:
-            if evaluator_fn is None or backend == "thread":
+            if evaluator_fn is None or backend in ("thread", "auto"):
                 raise ValueError("evaluator: expected an Evaluator; only backend='process' or "
                                  "'ray' goes without one, building it in each worker from "
                                  "evaluator_fn, got None")
@@ -464,8 +473,8 @@ class EvalRunner:
                 busy_policy: str) -> Job | None:
         if step is not None:
             step = _checked_step(step, "an int (the training step) or None")
-        job = self._jobs.submit(lambda: self._snapshot(weights, step, obs_norm), blocking,
-                                busy_policy)
+        job = self._jobs.submit(lambda: self._snapshot(weights, step, obs_norm, not blocking),
+                                blocking, busy_policy)
         if job is None:
             self._skipped += 1
         else:
@@ -492,13 +501,20 @@ class EvalRunner:
             return obs_norm is None and last.snapshot.obs_norm is None
         return read_obs_norm(obs_norm) == last.snapshot.obs_norm
 
-    def _snapshot(self, weights: Weights, step: int | None, obs_norm: Any = None) -> Snapshot:
-        """The weights (and observation statistics) as they are now, on the evaluation
-        device."""
-        return take_snapshot(self._evaluator, weights, self._backend.weights_device, step,
-                             obs_norm)
+    def _snapshot(self, weights: Weights, step: int | None, obs_norm: Any = None,
+                  background: bool = False) -> Snapshot:
+        """The weights (and observation statistics) as they are now, where the backend
+        evaluates them (the evaluation device, or a process backend's shared memory)."""
+        return self._backend.snapshot(self._evaluator, weights, step, obs_norm,
+                                      background=background)
 
     def _run(self, job: Job, stop: threading.Event) -> EvalResult:
+        try:
+            return self._evaluate(job, stop)
+        finally:
+            self._backend.release(job.snapshot)  # after the checkpoint that may read it
+
+    def _evaluate(self, job: Job, stop: threading.Event) -> EvalResult:
         bar = None
         if job.blocking and self.progress:
             bar = tqdm(total=sum(settings.num_episodes for settings in self.plan),
@@ -586,7 +602,7 @@ def _env_source(make_env: Any, num_envs: int | None, backend: str) -> tuple[Any,
         check_count("num_envs", num_envs)
     if not isinstance(make_env, (gym.Env, gym.vector.VectorEnv)):
         return make_env, 8 if num_envs is None else int(num_envs)
-    if backend != "thread":
+    if backend not in ("thread", "auto"):
         raise bad_argument("make_env", f"an env factory for backend={backend!r}, whose workers "
                            "build their own envs (e.g. lambda: gym.make(...), or "
                            "functools.partial(gym.make, ...)); an env instance runs with "

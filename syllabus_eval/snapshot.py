@@ -10,25 +10,38 @@ Usage::
     snapshot.step           # the training step it was triggered at (result.step)
     snapshot.obs_norm       # the training envs' observation statistics, read with them
 
-The runner takes one per trigger and hands it to its backend, which loads it into the
+The runner has its backend take one per trigger and hands it back to it, which loads it into the
 evaluation agent (``load_weights(snapshot.weights, snapshot.version)``) and its statistics into
-the evaluation envs (:mod:`syllabus_eval.normalization`).
+the evaluation envs (:mod:`syllabus_eval.normalization`). Given ``shared=`` (the process
+backend's :class:`~syllabus_eval.backends.shared.SharedWeights`), the weights are copied
+straight into shared memory instead, when it is free: ``snapshot.shared`` is then the ticket
+workers read them by, and ``snapshot.weights`` a view of them until the evaluation ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from .compiled import without_compile_prefix
+from .compiled import unwrap_compiled, without_compile_prefix
 from .errors import bad_argument
 from .normalization import ObsNormStats, read_obs_norm
 from .protocols import AgentQueries, WeightedAgentQueries
 from .weights import versioned_snapshot
+
+
+class WeightBuffer(Protocol):
+    """Where a backend wants weights copied at trigger time (the process backend's
+    :class:`~syllabus_eval.backends.shared.SharedWeights`)."""
+
+    def write(self, weights: nn.Module | Mapping[str, Any]
+              ) -> tuple[Any, Mapping[str, torch.Tensor], int | None] | None:
+        """Copy ``weights`` in: ``(ticket, a view of them, version)``, or ``None`` when it
+        cannot (held by an evaluation, or weights that do not fit it)."""
 
 
 @dataclass(frozen=True)
@@ -42,25 +55,30 @@ class Snapshot:
             ``weights_version`` counts them); ``None`` when unknown (a state dict).
         step: the training step the evaluation was triggered at (``None`` if not given).
         obs_norm: the observation statistics to evaluate with, frozen (``None``: none).
+        shared: where worker processes read the weights in shared memory (a
+            :class:`~syllabus_eval.backends.shared.Ticket`); ``None``: they travel as
+            ``weights``. With it, ``weights`` is a view of that memory, for this process.
     """
 
-    weights: dict[str, torch.Tensor] | None = None
+    weights: Mapping[str, torch.Tensor] | None = None
     version: int | None = None
     step: int | None = None
     obs_norm: ObsNormStats | None = None
+    shared: Any = None
 
 
 def take_snapshot(evaluator: AgentQueries | None,
                   weights: nn.Module | Mapping[str, torch.Tensor] | None,
                   device: str | torch.device, step: int | None = None,
-                  obs_norm: Any = None) -> Snapshot:
+                  obs_norm: Any = None, *, shared: WeightBuffer | None = None) -> Snapshot:
     """The :class:`Snapshot` of ``weights`` (``None``: the evaluator's training agent, now)
     and of ``obs_norm`` (any source :func:`~syllabus_eval.normalization.read_obs_norm` takes).
 
     ``weights`` may be a compiled module (``torch.compile``) or a state dict saved from one:
     keys are compared, and sent, without the ``_orig_mod.`` that compiling adds. Without an
     ``evaluator`` (workers build theirs), ``None`` means the workers' own weights, and given
-    weights are checked where they are loaded.
+    weights are checked where they are loaded. With ``shared``, the weights are copied into
+    it when it is free and they fit it (one copy, no private state dict); else on ``device``.
 
     Raises:
         ValueError: ``weights`` do not have the keys and shapes of the evaluator's agent, or
@@ -69,25 +87,37 @@ def take_snapshot(evaluator: AgentQueries | None,
     stats = None if obs_norm is None else read_obs_norm(obs_norm)
     weighted = isinstance(evaluator, WeightedAgentQueries)
     if weights is None:
-        source = evaluator.training_agent if weighted else None
-        if source is None:
+        weights = evaluator.training_agent if weighted else None
+        if weights is None:
             return Snapshot(step=step, obs_norm=stats)
-        return Snapshot(*versioned_snapshot(source, device), step, stats)
-    if not isinstance(weights, (nn.Module, Mapping)):
+    elif not isinstance(weights, (nn.Module, Mapping)):
         raise bad_argument("weights", "an nn.Module, a state dict or None", weights)
-    if evaluator is None:
-        return Snapshot(*versioned_snapshot(weights, device), step, stats)
-    agent = evaluator.agent if weighted else None
+    elif evaluator is not None:
+        _check_shapes(evaluator, weights)
+    written = None if shared is None else shared.write(weights)
+    if written is not None:
+        ticket, view, version = written
+        return Snapshot(view, version, step, stats, shared=ticket)
+    return Snapshot(*versioned_snapshot(weights, device), step, stats)
+
+
+def _check_shapes(evaluator: AgentQueries,
+                  weights: nn.Module | Mapping[str, torch.Tensor]) -> None:
+    """Given weights must have the keys and shapes of the evaluator's agent (read without a
+    copy: shapes do not change during an optimizer step)."""
+    agent = evaluator.agent if isinstance(evaluator, WeightedAgentQueries) else None
     if not isinstance(agent, nn.Module):
         raise bad_argument("weights", f"None: {type(evaluator).__name__} has no weights to "
                            "load", weights)
-    state, version = versioned_snapshot(weights, device)  # keys without compile's _orig_mod
+    if isinstance(weights, nn.Module) and unwrap_compiled(weights) is evaluator.training_agent:
+        return  # the agent the evaluator copied (the common trigger): it fits by construction
+    state = without_compile_prefix(weights.state_dict() if isinstance(weights, nn.Module)
+                                   else weights)
     expected = {k: tuple(v.shape) for k, v in without_compile_prefix(agent.state_dict()).items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
+    got = {k: tuple(torch.as_tensor(v).shape) for k, v in state.items()}
     if got != expected:
         raise ValueError(f"weights: expected the keys and shapes of {type(agent).__name__}'s "
                          f"state dict, got weights that differ: {_differences(expected, got)}")
-    return Snapshot(state, version, step, stats)
 
 
 def _differences(expected: dict[str, tuple], got: dict[str, tuple]) -> str:

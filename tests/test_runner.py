@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import traceback
 import warnings
@@ -85,6 +86,31 @@ class TestBackground:
             while runner.pending:
                 threading.Event().wait(0.01)
             assert runner.poll()["eval/step"] == 1
+
+
+class TestDefaultBackend:
+    """The default (``"auto"``): blocking evaluations in the runner's thread, never a worker;
+    background ones in a worker (tests/backends/test_auto.py), else here, said once."""
+
+    def test_blocking_evaluations_start_no_worker_and_say_nothing(self, agent, gate):
+        gate.open.set()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "EvalRunner: background")
+            with gate.runner(agent) as runner:  # envs that cannot travel: no matter here
+                assert runner.evaluate(step=1)["eval/reward"] == 5.0
+                assert runner.final_eval(agent, step=2)["eval/reward"] == 5.0
+                assert runner._backend.background is None  # nothing was decided
+        assert multiprocessing.active_children() == []
+
+    def test_background_evaluations_that_cannot_leave_stay_with_one_warning(self, agent, gate):
+        gate.open.set()
+        with gate.runner(agent, busy_policy="queue") as runner, \
+                pytest.warns(RuntimeWarning, match="env_fn: expected a serializable env "
+                                                   "factory") as caught:
+            for step in (1, 2, 3):
+                assert runner.trigger_eval(step=step)
+            assert [runner.wait(30)["eval/reward"] for _ in range(3)] == [5.0] * 3
+        assert len([w for w in caught if "runner's thread" in str(w.message)]) == 1
 
 
 class TestBusyPolicies:
@@ -337,7 +363,8 @@ class TestBadArguments:
         ({"seed": "0"}, "seed: expected an integer >= 0, got str '0'"),
         ({"interchangeable_slots": "yes"}, "interchangeable_slots: expected True or False"),
         ({"max_steps": -1}, "max_steps: expected an integer >= 1"),
-        ({"backend": "gpu"}, "backend: expected one of 'thread', 'process', 'ray', got 'gpu'"),
+        ({"backend": "gpu"},
+         "backend: expected one of 'auto', 'thread', 'process', 'ray', got 'gpu'"),
         ({"busy_policy": "wait"}, "busy_policy: expected one of 'error', 'queue', 'skip'"),
         ({"on_result": "print"}, "on_result: expected a callable or None"),
         ({"metrics_fn": 3}, "metrics_fn: expected a callable or None"),

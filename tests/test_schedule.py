@@ -212,7 +212,7 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
     """The README's periodic-evaluation example, executed verbatim."""
     code = readme_snippet("Periodic evaluation during training")
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
+    namespace: dict = {"__name__": "__main__"}  # run as a script, under its main guard
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
     runner = namespace["runner"]
     assert runner.pending is False

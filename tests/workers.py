@@ -14,7 +14,7 @@ import torch
 
 from syllabus_eval.adapters import CleanRLEvaluator, MoolibEvaluator
 from syllabus_eval.demo.agents import MLPAgent
-from tests.fake_envs import LengthEnv, TaskEnv
+from tests.fake_envs import ActionRewardEnv, LengthEnv, TaskEnv
 from tests.models import EchoNet, fake_envs
 
 INIT_VARIABLE = "SYLLABUS_EVAL_TEST_INIT"
@@ -45,13 +45,13 @@ def length_evaluator() -> CleanRLEvaluator:
 
 
 class RemoteControlledEnv(gym.Wrapper):
-    """A :class:`LengthEnv` whose steps obey files in ``folder``, so that a test can steer it in
-    another process. Each step first writes ``stepping-<pid>``; then, while ``hold`` exists, it
-    waits (60 s at most); with ``crash`` it raises ``RuntimeError``. Without these files it is
-    a plain :class:`LengthEnv`."""
+    """A :class:`LengthEnv` (or ``env``) whose steps obey files in ``folder``, so that a test
+    can steer it in another process. Each step first writes ``stepping-<pid>``; then, while
+    ``hold`` exists, it waits (60 s at most); with ``crash`` it raises ``RuntimeError``.
+    Without these files it is a plain :class:`LengthEnv` (or ``env``)."""
 
-    def __init__(self, folder: str) -> None:
-        super().__init__(LengthEnv())
+    def __init__(self, folder: str, env: gym.Env | None = None) -> None:
+        super().__init__(LengthEnv() if env is None else env)
         self.folder = Path(folder)
 
     def step(self, action: Any):
@@ -66,6 +66,12 @@ class RemoteControlledEnv(gym.Wrapper):
 
 def remote_controlled_env(folder: str) -> RemoteControlledEnv:
     return RemoteControlledEnv(folder)
+
+
+def remote_controlled_action_env(folder: str) -> RemoteControlledEnv:
+    """An :class:`ActionRewardEnv` (return 5 for action 1, 0 for action 0: the weights show)
+    steered like :func:`remote_controlled_env`."""
+    return RemoteControlledEnv(folder, ActionRewardEnv())
 
 
 def mark_init(folder: str) -> None:

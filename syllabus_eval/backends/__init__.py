@@ -2,18 +2,21 @@
 
 Usage (through the runner, which picks the backend by name)::
 
+    runner = EvalRunner(make_env, evaluator)                     # backend="auto"
     runner = EvalRunner(make_env, evaluator, backend="thread")
-    runner = EvalRunner(make_env, evaluator, backend="process", evaluator_fn=make_evaluator,
-                        num_workers=2)
+    runner = EvalRunner(make_env, evaluator, backend="process", num_workers=2)
 
-A backend is a private strategy (:class:`~syllabus_eval.backends.base.Backend`): ``run``
-runs the episodes of one evaluation on its snapshot and returns their records, ``close``
-frees what it holds. The runner calls both from its own thread, one evaluation at a time, and
-does the rest (queueing, metrics, callbacks, errors). One module per backend:
+A backend is a private strategy (:class:`~syllabus_eval.backends.base.Backend`): ``snapshot``
+takes the weights at trigger time in the form it runs them, ``run`` runs the episodes of one
+evaluation on that snapshot and returns their records, ``release`` ends what the snapshot held
+and ``close`` frees what the backend holds. The runner calls ``snapshot`` on the triggering
+thread and the rest from its own thread, one evaluation at a time, and does the rest
+(queueing, metrics, callbacks, errors). One module per backend:
 :mod:`~syllabus_eval.backends.thread` runs the episode loop right there;
 :mod:`~syllabus_eval.backends.process` and :mod:`~syllabus_eval.backends.ray` run it in worker
 processes or Ray actors, through the worker pool they share
-(:mod:`~syllabus_eval.backends.pool`).
+(:mod:`~syllabus_eval.backends.pool`); :mod:`~syllabus_eval.backends.auto`, the default, runs
+blocking evaluations as the first and background ones as the second.
 
 :data:`BACKENDS` is the one registry of backend names (the runner and the command line read
 it). A backend is imported only when chosen, so an optional dependency such as Ray is needed
@@ -36,6 +39,7 @@ from .base import Backend
 
 # name -> "module:class", imported on first use.
 BACKENDS = {
+    "auto": "syllabus_eval.backends.auto:AutoBackend",
     "thread": "syllabus_eval.backends.thread:ThreadBackend",
     "process": "syllabus_eval.backends.process:ProcessBackend",
     "ray": "syllabus_eval.backends.ray:RayBackend",

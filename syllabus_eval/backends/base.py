@@ -3,10 +3,13 @@
 Usage (backends are private strategies: the runner builds them by name)::
 
     backend = create_backend("thread", make_env, evaluator, num_envs=8, plan=[settings])
+    snapshot = backend.snapshot(evaluator, agent, step=0, background=True)   # at trigger time
     records = backend.run(snapshot, stop, on_episode=None, background=True)
+    backend.release(snapshot)
     backend.close()
 
-:class:`Backend` is what the runner calls, from its own thread, one evaluation at a time;
+:class:`Backend` is what the runner calls: ``snapshot`` on the thread that triggers, the rest
+from the runner's own thread, one evaluation at a time;
 :class:`LocalEpisodes` is an evaluation agent and the envs of some slots in one process, which
 the thread backend holds for all slots and each process or Ray worker for its share.
 """
@@ -17,7 +20,7 @@ import abc
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -35,7 +38,7 @@ from ..rollout import (
     make_envs,
     run_episodes,
 )
-from ..snapshot import Snapshot
+from ..snapshot import Snapshot, take_snapshot
 from ..weights import snapshot_state_dict
 
 logger = logging.getLogger(__name__)
@@ -67,6 +70,18 @@ class Backend(abc.ABC):
         self.num_envs = num_envs
         self.vectorization_mode = vectorization_mode
         self.set_task = set_task
+
+    def snapshot(self, evaluator: AgentQueries | None, weights: Any, step: int | None = None,
+                 obs_norm: Any = None, *, background: bool = False) -> Snapshot:
+        """The weights (and ``obs_norm``) as they are now, in the form :meth:`run` takes them
+        (see :func:`~syllabus_eval.snapshot.take_snapshot`): called on the thread that
+        triggers, so it costs training what it copies."""
+        return take_snapshot(evaluator, weights, self.weights_device, step, obs_norm)
+
+    def release(self, snapshot: Snapshot) -> None:
+        """The evaluation on ``snapshot`` is over (its result and callbacks too): what it held
+        may be reused."""
+        return  # backends whose snapshots hold nothing shared have nothing to free
 
     @abc.abstractmethod
     def run(self, snapshot: Snapshot, stop: threading.Event,
@@ -150,16 +165,23 @@ class LocalEpisodes:
             except Exception:
                 logger.exception("closing the evaluation envs failed")
 
-    def run(self, snapshot: Snapshot, stop: StopFlag | None,
-            on_episode: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
-        """The records of this share of one evaluation, each suite of the plan in turn (see
-        :func:`~syllabus_eval.run_episodes`)."""
-        if snapshot.weights is not None:
-            self.evaluator.load_weights(snapshot.weights, snapshot.version)
+    def load(self, weights: Mapping[str, torch.Tensor] | None, version: int | None) -> None:
+        """The weights the next episodes run on (``None``: the evaluator's own)."""
+        if weights is not None:
+            self.evaluator.load_weights(weights, version)
             self._loaded = True
         elif self._loaded and self._own_weights is not None:
             self.evaluator.load_weights(*self._own_weights)
             self._loaded = False
+
+    def run(self, snapshot: Snapshot, stop: StopFlag | None,
+            on_episode: Callable[[EpisodeRecord], None] | None = None, *,
+            loaded: bool = False) -> list[EpisodeRecord]:
+        """The records of this share of one evaluation, each suite of the plan in turn (see
+        :func:`~syllabus_eval.run_episodes`), on the snapshot's weights (``loaded``: put in
+        with :meth:`load` already)."""
+        if not loaded:
+            self.load(snapshot.weights, snapshot.version)
         if self._envs is None:
             self._envs = self._build_envs()
         try:

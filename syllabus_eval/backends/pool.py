@@ -11,8 +11,10 @@ Usage (the process and Ray backends are its subclasses; users pick them by name)
 
 **Workers.** Each of ``num_workers`` workers (spawned processes in
 :mod:`~syllabus_eval.backends.process`, Ray actors in :mod:`~syllabus_eval.backends.ray`)
-builds its own env pool and evaluator from the factories ``env_fn`` (default: ``make_env``) and
-``evaluator_fn``, after calling ``init_fn``, and runs a fixed share of the env slots: the
+builds its own env pool from ``env_fn`` (default: ``make_env``) and gets its evaluator, after
+calling ``init_fn``: from ``evaluator_fn``, or by default the runner's evaluator itself (its
+:meth:`~syllabus_eval.Evaluator.detached` copy on the CPU, pickled once for all workers and
+unpickled in each, on the evaluation device). It runs a fixed share of the env slots: the
 ``num_envs`` slots are split into contiguous blocks, and each worker runs
 ``run_episodes(..., slots=its block, num_slots=num_envs)``. Quotas, seeds and tasks follow the
 global slot indices (see :mod:`syllabus_eval.rollout`), so the merged records, and with greedy
@@ -24,7 +26,8 @@ with the runner (their start-up errors, such as envs that do not fit the agent, 
 
 **Weights** travel as the evaluation's :class:`~syllabus_eval.snapshot.Snapshot` (a CPU state
 dict, its version and step), serialized once per evaluation (Ray: one object in the object
-store, read by every actor) and loaded into each worker's evaluator.
+store, read by every actor) and loaded into each worker's evaluator; the process backend hands
+them over through shared memory instead (:mod:`~syllabus_eval.backends.shared`).
 
 **The protocol** between the runner's side and a worker, and the worker's side of it, are in
 :mod:`~syllabus_eval.backends.workers`.
@@ -45,6 +48,7 @@ when the interpreter exits.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import itertools
 import logging
 import threading
@@ -65,11 +69,11 @@ from ..errors import (
     check_number,
     describe,
 )
-from ..protocols import AgentQueries
+from ..protocols import AgentQueries, WeightedAgentQueries
 from ..rollout import EpisodeRecord, RolloutSettings
 from ..snapshot import Snapshot
 from .base import Backend
-from .workers import Event, EventKind, JobOrder, WorkerSpec
+from .workers import Event, EventKind, JobOrder, ShippedEvaluator, WorkerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +126,15 @@ class PooledBackend(Backend):
                  env_fn: Callable[[], Any] | None = None,
                  evaluator_fn: Callable[[], Any] | None = None,
                  init_fn: Callable[[], Any] | None = None, num_workers: int = 1,
-                 max_restarts: int = 2, timeout: float | None = None) -> None:
+                 max_restarts: int = 2, timeout: float | None = None,
+                 start_workers: bool = True) -> None:
         super().__init__(make_env, evaluator, num_envs, plan,
                          vectorization_mode=vectorization_mode, set_task=set_task)
-        if evaluator_fn is None:
+        if evaluator_fn is None and evaluator is None:
             raise ValueError(
                 f"evaluator_fn: expected a factory that builds the evaluator in each worker "
-                f"(backend={self.name!r} runs episodes in other processes, which the evaluator "
-                "given to EvalRunner does not reach), got None")
+                f"(backend={self.name!r} runs episodes in other processes), or an evaluator to "
+                "send them, got None for both")
         for option, value in (("env_fn", env_fn), ("evaluator_fn", evaluator_fn),
                               ("init_fn", init_fn)):
             if value is not None and not callable(value):
@@ -145,7 +150,8 @@ class PooledBackend(Backend):
             raise bad_argument("vectorization_mode", "'sync' or 'async'", vectorization_mode)
         spec = WorkerSpec(make_env if env_fn is None else env_fn, evaluator_fn, init_fn,
                           plan, num_envs, vectorization_mode, set_task, device)
-        self._spec = self._serialize_spec(spec, env_fn_given=env_fn is not None)
+        self._spec = self._serialize_spec(spec, env_fn_given=env_fn is not None,
+                                          evaluator=evaluator)
         # Contiguous blocks of slots: worker w runs slots shares[w] of the num_envs.
         self.shares = [part.tolist() for part in np.array_split(np.arange(num_envs),
                                                                   num_workers)]
@@ -153,7 +159,11 @@ class PooledBackend(Backend):
         self.timeout = timeout
         self.workers = Workers([None] * num_workers)
         self._jobs = itertools.count(1)
+        self._starting: dict[int, Any] = {}  # launched, not yet READY: index -> worker
+        self._start_deadline = 0.0
         self._open()
+        if not start_workers:  # they start with the first evaluation (see run)
+            return
         try:
             self._start_missing(None)
         except BaseException:
@@ -271,34 +281,42 @@ class PooledBackend(Backend):
         return [record for index in sorted(shares) for record in shares[index]]
 
     def _events(self, workers: Iterable[Any], stop: threading.Event | None,
-                deadline: float | None, late: str) -> list[tuple[Any, Event]]:
-        """What ``workers`` report in the next moment; raises once stopped, or past deadline."""
+                deadline: float | None, late: str, wait: float | None = None
+                ) -> list[tuple[Any, Event]]:
+        """What ``workers`` report in the next moment (``wait`` seconds at most, default
+        ``POLL_SECONDS``); raises once stopped, or past deadline."""
         if stop is not None and stop.is_set():
             raise EvaluationCancelled("the evaluation was stopped before its episodes ended")
-        wait = POLL_SECONDS
+        wait = POLL_SECONDS if wait is None else wait
         if deadline is not None:
-            wait = min(wait, deadline - time.monotonic())
-            if wait <= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError(late)
+            wait = min(wait, left)
         return self._poll(list(workers), wait)
 
-    def _start_missing(self, stop: threading.Event | None) -> None:
-        """Start the workers that are not running; wait until they are ready."""
-        starting = {}
+    def launch(self) -> None:
+        """Start the workers that are not running, without waiting: :meth:`started` says when
+        they are ready (their jobs may be handed out only then)."""
         for index, worker in enumerate(self.workers):
             if worker is None or not worker.alive():
                 if worker is not None:
                     worker.kill()  # reap it
-                starting[index] = self._launch(index)
-        deadline = time.monotonic() + START_TIMEOUT
+                self._starting[index] = self._launch(index)
+        self._start_deadline = time.monotonic() + START_TIMEOUT
+
+    def started(self, stop: threading.Event | None = None, wait: bool = True) -> bool:
+        """Whether the workers :meth:`launch` started are ready: waits for them (``wait``) or
+        reads what they reported so far. Raises what keeps one from starting (its exception,
+        a death, ``START_TIMEOUT`` passed), the workers still starting then killed."""
         try:
-            while starting:
+            while self._starting:
                 for worker, (kind, _, data) in self._events(
-                        starting.values(), stop, deadline,
+                        self._starting.values(), stop, self._start_deadline,
                         f"the workers did not start within {START_TIMEOUT:.0f}s"
-                        f"{self._slow_start_hint()}"):
+                        f"{self._slow_start_hint()}", None if wait else 0.0):
                     if kind is EventKind.READY:
-                        starting.pop(worker.index, None)
+                        self._starting.pop(worker.index, None)
                     elif kind is EventKind.FAILED:
                         raise data.exception()
                     elif kind is EventKind.DIED:
@@ -306,10 +324,19 @@ class PooledBackend(Backend):
                             f"{worker} died while starting ({data}); its output (above) may say "
                             "why. (A script that starts process workers needs the "
                             "`if __name__ == '__main__':` guard: workers import its module.)")
+                if not wait:
+                    break
         except BaseException:
-            for worker in starting.values():
+            for worker in self._starting.values():
                 self._retire(worker)
+            self._starting.clear()
             raise
+        return not self._starting
+
+    def _start_missing(self, stop: threading.Event | None) -> None:
+        """Start the workers that are not running; wait until they are ready."""
+        self.launch()
+        self.started(stop)
 
     def _abort(self, busy: list[Any], job: int, gently: bool) -> None:
         """Stop the workers still busy with ``job``: cancel it (``gently``), or kill them."""
@@ -353,8 +380,10 @@ class PooledBackend(Backend):
         finally:
             self._disconnect()
 
-    def _serialize_spec(self, spec: WorkerSpec, env_fn_given: bool) -> bytes:
-        """``spec`` serialized; a ``ValueError`` naming the argument that does not serialize."""
+    def _serialize_spec(self, spec: WorkerSpec, env_fn_given: bool,
+                        evaluator: AgentQueries | None) -> bytes:
+        """``spec`` serialized, with ``evaluator`` itself standing for a missing
+        ``evaluator_fn``; a ``ValueError`` naming the argument that does not serialize."""
         for option, value, what in (
                 ("env_fn", spec.env_fn, "env factory"),
                 ("evaluator_fn", spec.evaluator_fn, "evaluator factory"),
@@ -370,4 +399,21 @@ class PooledBackend(Backend):
                     f"which sends it to each worker with cloudpickle{used}: a function, lambda "
                     f"or closure is sent with everything it captures, which must serialize "
                     f"too; got {describe(value)}, which does not serialize: {error}") from None
+        if spec.evaluator_fn is None:
+            spec = dataclasses.replace(spec, evaluator_fn=self._ship(evaluator), device=(
+                spec.device if spec.device is not None else getattr(evaluator, "device", None)))
         return self._dumps(spec)
+
+    def _ship(self, evaluator: AgentQueries) -> ShippedEvaluator:
+        """``evaluator`` as workers build it: its private copy of the weights, on the CPU (the
+        worker puts it on the evaluation device), pickled once for every worker."""
+        try:
+            portable = (evaluator.detached("cpu") if isinstance(evaluator, WeightedAgentQueries)
+                        else evaluator)
+            return ShippedEvaluator(self._dumps(portable))
+        except Exception as error:
+            raise ValueError(
+                f"evaluator_fn: expected a factory that builds the evaluator in each worker, "
+                f"since the evaluator given does not serialize for backend={self.name!r} (its "
+                f"copy of the agent is sent to the workers with cloudpickle); got None, and "
+                f"{describe(evaluator)}, which does not serialize: {error}") from None

@@ -3,17 +3,27 @@
 Usage::
 
     runner = EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent), num_envs=8,
-                        num_episodes=40, backend="process",
-                        evaluator_fn=lambda: CleanRLEvaluator(Agent(envs_spec)),
-                        num_workers=2, max_restarts=2, timeout=600)
-    runner.trigger_eval(agent, step=step)    # the snapshot travels to the workers
+                        num_episodes=40, backend="process", num_workers=2, max_restarts=2,
+                        timeout=600)
+    runner.trigger_eval(agent, step=step)    # one copy into shared memory, read by the workers
 
 Shares, restarts, timeouts and errors work as :mod:`syllabus_eval.backends.pool` describes.
-The factories travel with cloudpickle, as Gymnasium's ``AsyncVectorEnv`` sends env factories:
-lambdas and closures work, and carry what they capture with them (here ``envs_spec``, the
-spaces; capture no training agent or open env, which would be copied or refused). Workers are
-spawned (a fork of a process that trains, with its threads, CUDA and locks, is unsafe), so a
-script that uses them needs the ``if __name__ == "__main__":`` guard.
+The workers get the runner's evaluator (its private copy, pickled once) or build their own with
+``evaluator_fn``; the factories travel with cloudpickle, as Gymnasium's ``AsyncVectorEnv``
+sends env factories: lambdas and closures work, and carry what they capture with them (capture
+no training agent or open env, which would be copied or refused). Workers are spawned (a fork
+of a process that trains, with its threads, CUDA and locks, is unsafe), so a script that uses
+them needs the ``if __name__ == "__main__":`` guard: without it the backend refuses to start
+(a worker would run the script again), as :mod:`~syllabus_eval.backends.main_guard` tells.
+
+**Weights** go through shared memory (:mod:`~syllabus_eval.backends.shared`): one buffer the
+size of the agent's state dict, handed to each worker when it is spawned. A trigger copies the
+training weights into it (one copy, on the training thread; nothing is pickled) and the job
+order carries a two-integer ticket; each worker copies the weights from it into its own agent,
+checking the buffer's sequence number before and after. The buffer is held until the
+evaluation ends; a trigger queued behind a running evaluation (``busy_policy="queue"``) takes
+a private copy, pickled to the workers. Without an evaluator (``evaluator_fn`` only) the
+weights' layout is unknown in advance and every snapshot travels pickled.
 
 **Priority.** Process workers run at nice 15 with one torch thread, as Ray runs its workers:
 on a busy machine training keeps the CPU it needs and evaluations take what is left.
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import multiprocessing
 import multiprocessing.util
 import os
@@ -32,21 +43,26 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from functools import partial
 from multiprocessing import connection
 from typing import Any
 
 import torch
 
-from ..rollout import EpisodeRecord
+from ..protocols import AgentQueries, WeightedAgentQueries
+from ..rollout import EpisodeRecord, RolloutSettings
+from ..snapshot import Snapshot, take_snapshot
+from .main_guard import unguarded_main
 from .pool import CLOSE_GRACE, PooledBackend, kill_all
+from .shared import SharedWeights
 from .workers import Event, EventKind, JobOrder, JobStop, run_job, set_up
 
 NICENESS = 15  # of worker processes, as Ray's (its worker_niceness)
 
 
 def _process_main(conn: connection.Connection, cancelled: Any, spec: bytes,
-                  slots: list[int]) -> None:
+                  slots: list[int], shared: SharedWeights | None) -> None:
     """A worker process: build the share, then run jobs until told to close (or orphaned)."""
     # Ctrl-C reaches the whole process group; the runner's process decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -67,7 +83,7 @@ def _process_main(conn: connection.Connection, cancelled: Any, spec: bytes,
                 break
             stop = JobStop(cancelled, order.job)
             on_episode = partial(_send_episode, conn, order.job) if order.stream else None
-            conn.send(run_job(episodes, order, stop, on_episode))
+            conn.send(run_job(episodes, order, stop, on_episode, shared))
     except (EOFError, OSError):
         pass  # the runner's process is gone
     except BaseException:
@@ -90,11 +106,20 @@ def _send_episode(conn: connection.Connection, job: int, record: EpisodeRecord) 
     conn.send(Event(EventKind.EPISODE, job, record))
 
 
+def _lower_priority(pid: int | None) -> None:
+    """Nice 15 from the start: the worker sets it itself only after its imports (torch:
+    seconds of CPU), which would otherwise compete with training at full priority."""
+    if pid is None or not hasattr(os, "setpriority"):
+        return
+    with contextlib.suppress(OSError):  # already nicer, or not allowed: the worker's own try
+        os.setpriority(os.PRIO_PROCESS, pid, max(NICENESS, os.getpriority(os.PRIO_PROCESS, 0)))
+
+
 class _ProcessWorker:
     """The runner's handle on one spawned worker process."""
 
     def __init__(self, context: Any, index: int, count: int, slots: list[int],
-                 spec: bytes) -> None:
+                 spec: bytes, shared: SharedWeights | None) -> None:
         self.index, self.count, self.slots = index, count, slots
         self._killing = threading.Lock()
         self.conn, child = context.Pipe()
@@ -102,10 +127,12 @@ class _ProcessWorker:
         # Not a daemon: a daemonic process could not start the subprocesses of an async vector
         # env. The backend's exit finalizer stops it instead.
         self.process = context.Process(target=_process_main,
-                                       args=(child, self.cancelled, spec, slots),
+                                       # The shared buffer goes as a file descriptor.
+                                       args=(child, self.cancelled, spec, slots, shared),
                                        name=f"syllabus-eval-worker-{index}")
         self.process.start()
         child.close()
+        _lower_priority(self.process.pid)
 
     def __str__(self) -> str:
         return (f"worker {self.index + 1} of {self.count} (pid {self.process.pid}, env slots "
@@ -157,22 +184,53 @@ class ProcessBackend(PooledBackend):
 
     Each worker runs at nice 15 (Ray's workers too), so that training keeps the CPU it needs,
     and torch with one thread (``init_fn`` may change that). The factories are sent with
-    cloudpickle: functions, lambdas and closures, with what they capture.
+    cloudpickle: functions, lambdas and closures, with what they capture; without
+    ``evaluator_fn``, the evaluator's private copy. Weights go through shared memory.
     """
 
     name = "process"
 
+    def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries | None,
+                 num_envs: int, plan: tuple[RolloutSettings, ...], **options: Any) -> None:
+        if options.get("start_workers", True):
+            # Spawned now: refuse before a worker runs the script again (main_guard docs).
+            script = unguarded_main()
+            if script is not None:
+                raise ValueError(
+                    f"backend: 'process' spawns workers, which run the main script again "
+                    f"before they start: expected {script} to keep its training code under "
+                    "`if __name__ == \"__main__\":`, got a script whose code runs without "
+                    "it; add the guard, or use backend='thread' (or the default, which then "
+                    "stays in this process)")
+        # The layout of the shared weights: the evaluator's agent (none without an evaluator:
+        # the weights then travel pickled, as their shapes are unknown until a trigger).
+        self._layout_agent = (evaluator.agent if isinstance(evaluator, WeightedAgentQueries)
+                              else None)
+        super().__init__(make_env, evaluator, num_envs, plan, **options)
+
     def _open(self) -> None:
         # "spawn": a fork of a process that trains (threads, CUDA, locks held) is unsafe.
         self._context = multiprocessing.get_context("spawn")
+        self.shared = SharedWeights.for_agent(self._layout_agent)
+        self._layout_agent = None
         # Stop the workers at interpreter exit, before multiprocessing joins its children
         # (which would wait forever for workers nobody closed).
         self._finalizer = multiprocessing.util.Finalize(self, kill_all, args=(self.workers,),
                                                         exitpriority=10)
 
+    def snapshot(self, evaluator: AgentQueries | None, weights: Any, step: int | None = None,
+                 obs_norm: Any = None, *, background: bool = False) -> Snapshot:
+        # Straight into shared memory when it is free: one copy, nothing pickled.
+        return take_snapshot(evaluator, weights, self.weights_device, step, obs_norm,
+                             shared=self.shared)
+
+    def release(self, snapshot: Snapshot) -> None:
+        if snapshot.shared is not None and self.shared is not None:
+            self.shared.release(snapshot.shared)
+
     def _start_worker(self, index: int) -> _ProcessWorker:
         return _ProcessWorker(self._context, index, len(self.shares), self.shares[index],
-                              self._spec)
+                              self._spec, self.shared)
 
     def _poll(self, workers: list[_ProcessWorker], timeout: float
               ) -> list[tuple[_ProcessWorker, Event]]:
@@ -188,6 +246,9 @@ class ProcessBackend(PooledBackend):
         return events
 
     def _payload(self, order: JobOrder) -> bytes:
+        if order.snapshot.shared is not None:  # workers read the weights from shared memory
+            order = dataclasses.replace(order, snapshot=dataclasses.replace(order.snapshot,
+                                                                            weights=None))
         return pickle.dumps(order, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _close_workers(self, workers: list[_ProcessWorker]) -> None:
@@ -198,3 +259,7 @@ class ProcessBackend(PooledBackend):
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             worker.kill()
+
+    def _disconnect(self) -> None:
+        if self.shared is not None:  # the workers are gone: the memory goes with this copy
+            self.shared.close()

@@ -3,8 +3,8 @@
 Usage::
 
     runner = EvalRunner(make_env, CleanRLEvaluator(agent), num_envs=8, num_episodes=40,
-                        backend="ray", evaluator_fn=make_evaluator, num_workers=4,
-                        num_cpus=1, num_gpus=0.25, address="ray://head:10001")
+                        backend="ray", num_workers=4, num_cpus=1, num_gpus=0.25,
+                        address="ray://head:10001")   # evaluator_fn=... where it won't pickle
     runner.trigger_eval(agent, step=step)    # one ray.put of the weights, read by every actor
 
 The actors work like the process backend's workers (:mod:`syllabus_eval.backends.pool`:

@@ -12,7 +12,9 @@ Usage (a worker's main loop, as the process and Ray backends write it)::
 :class:`Event` records of an :class:`EventKind`: ``READY`` or ``FAILED`` once started, then for
 each job ``EPISODE`` records (when streamed) and ``DONE`` or ``ERROR``. The runner's side adds
 ``DIED`` for a worker that is gone. An exception travels as a :class:`Failure`, which raises
-it again on the runner's side with the worker's traceback as its cause.
+it again on the runner's side with the worker's traceback as its cause. A job whose weights
+wait in shared memory carries only their ticket (``snapshot.shared``); ``run_job`` reads them
+from the worker's :class:`~syllabus_eval.backends.shared.SharedWeights` into its agent.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..protocols import AgentQueries
 from ..rollout import EpisodeRecord, RolloutSettings
 from ..snapshot import Snapshot
 from .base import LocalEpisodes
+from .shared import SharedWeights
 
 
 class EventKind(enum.Enum):
@@ -154,9 +157,31 @@ def set_up(spec: bytes, slots: Sequence[int]) -> tuple[LocalEpisodes | None, Eve
 
 
 def run_job(episodes: LocalEpisodes, order: JobOrder, stop: JobStop,
-            on_episode: Callable[[EpisodeRecord], None] | None = None) -> Event:
-    """Worker side: run one job on this share; the report."""
+            on_episode: Callable[[EpisodeRecord], None] | None = None,
+            shared: SharedWeights | None = None) -> Event:
+    """Worker side: run one job on this share; the report. A snapshot whose weights wait in
+    shared memory (``snapshot.shared``) is read from ``shared``, the buffer this worker was
+    started with, straight into its agent."""
     try:
-        return Event(EventKind.DONE, order.job, episodes.run(order.snapshot, stop, on_episode))
+        snapshot = order.snapshot
+        if snapshot.shared is not None:
+            if shared is None:
+                raise EvaluationError("the job's weights are in shared memory, which this "
+                                      "worker was not given")
+            shared.load(snapshot.shared, partial(episodes.load, version=snapshot.version))
+        return Event(EventKind.DONE, order.job, episodes.run(
+            snapshot, stop, on_episode, loaded=snapshot.shared is not None))
     except BaseException as error:
         return Event(EventKind.ERROR, order.job, Failure.of(error))
+
+
+class ShippedEvaluator:
+    """The ``evaluator_fn`` of a pool given none: the runner's evaluator itself, its private
+    copy pickled once (Gymnasium sends env factories the same way), and unpickled in the worker
+    when called, after ``init_fn``."""
+
+    def __init__(self, pickled: bytes) -> None:
+        self.pickled = pickled
+
+    def __call__(self) -> Any:
+        return pickle.loads(self.pickled)

@@ -28,8 +28,8 @@ class TestRegistry:
             assert backend.choices == list(BACKENDS)
 
     def test_an_unknown_name_lists_the_valid_ones(self):
-        with pytest.raises(ValueError, match="backend: expected one of 'thread', 'process', "
-                                             "'ray', got 'gpu'"):
+        with pytest.raises(ValueError, match="backend: expected one of 'auto', 'thread', "
+                                             "'process', 'ray', got 'gpu'"):
             EvalRunner(cartpole, cartpole_evaluator(), backend="gpu")
 
     def test_options_of_other_backends_are_refused(self):

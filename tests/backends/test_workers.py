@@ -383,13 +383,17 @@ class TestClosures:
 
 class TestBadArguments:
     @pytest.mark.parametrize(("kwargs", "message"), [
-        ({"num_workers": 2}, "num_workers: not an option of backend='thread' \\(only of "
-                             "'process' and 'ray'\\)"),
+        ({"num_workers": 2, "backend": "thread"},
+         "num_workers: not an option of backend='thread' \\(only of 'process' and 'ray'\\)"),
+        ({"num_workers": 2}, "num_workers: not an option of backend='auto' \\(only of "
+                             "'process' and 'ray'\\); leave it out, or choose one"),
         ({"backend": "process", "num_gpus": 1, "evaluator_fn": length_evaluator},
          "num_gpus: not an option of backend='process' \\(only of 'ray'\\)"),
-        ({"backend": "process"}, "evaluator_fn: expected a factory that builds the evaluator "
-                                 "in each worker .* got None"),
-        ({"backend": "ray"}, "evaluator_fn: expected a factory"),
+        # Without evaluator_fn the workers get the evaluator itself: both missing is an error.
+        ({"backend": "process", "evaluator": None},
+         "evaluator: expected an Evaluator; only backend='process' or 'ray' goes without one, "
+         "building it in each worker from evaluator_fn, got None"),
+        ({"backend": "ray", "evaluator": None}, "evaluator: expected an Evaluator"),
         ({"backend": "process", "evaluator_fn": length_evaluator, "num_workers": 0},
          "num_workers: expected an integer >= 1, got int 0"),
         ({"backend": "ray", "evaluator_fn": length_evaluator, "num_workers": 5},
