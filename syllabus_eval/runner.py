@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from .backends import create_backend
 from .compiled import unwrap_compiled
-from .errors import bad_argument, check_count, check_number, describe
+from .errors import ArgumentError, bad_argument, check_count, check_number, describe
 from .jobs import BUSY_POLICIES, Job, JobQueue
 from .normalization import read_obs_norm
 from .protocols import AgentQueries, WeightedAgentQueries
@@ -588,10 +588,10 @@ def _plan(suites: Mapping[str, Sequence[Any]] | None, tasks: Sequence[Any] | Non
     for name, suite_tasks in suites.items():
         try:
             plan.append(RolloutSettings(tasks=suite_tasks, suite=name, **settings))
-        except ValueError as error:
-            if not str(error).startswith("tasks:"):
+        except ArgumentError as error:
+            if error.argument != "tasks":
                 raise
-            raise ValueError(f"suites[{name!r}]{str(error)[len('tasks'):]}") from None
+            raise error.renamed(f"suites[{name!r}]") from None
     return tuple(plan)
 
 
