@@ -1,19 +1,23 @@
-"""PLR's cost to training, and its scoring throughput, measured side by side in one process.
+"""PLR's cost to training, its scoring throughput, and env actors on Ray with a hosted PLR.
 
 Usage::
 
-    python benchmarks/bench_plr.py                 # about a minute on 2 CPU cores
+    python benchmarks/bench_plr.py                 # a few minutes on 2 CPU cores
     python benchmarks/bench_plr.py --rounds 5 --iterations 20
     python benchmarks/bench_plr.py --quick         # a smoke run
+    python benchmarks/bench_plr.py --no-ray        # without the Ray part
 
 A CleanRL-style PPO loop (:class:`~syllabus_eval.demo.ppo.PPOTrainer`: MLPAgent on CartPole, 4 envs,
-128 steps per rollout, 4 epochs of 4 minibatches of real Adam steps) runs in three set-ups,
+128 steps per rollout, 4 epochs of 4 minibatches of real Adam steps) runs in four set-ups,
 interleaved round by round so that drift hits them alike:
 
 - ``plain``: the envs as they are (the baseline);
 - ``domain randomization``: each env wrapped, drawing a pole length at every reset;
 - ``PLR``: the same wrapper feeding a PrioritizedLevelReplay whose worker thread scores every
-  step with ``get_value`` on a copy of the training agent while the loop trains.
+  step with ``get_value`` on a copy of the training agent while the loop trains;
+- ``PLR, worker process``: the same PLR built in a :class:`LocalCurriculumServer`'s worker
+  process, fed in batches, the agent's weights pushed through shared memory after every
+  optimizer step.
 
 All three run with torch's default intra-op threads and again with one: on few cores the
 worker's queries and the training loop's intra-op threads compete for the same cores. Then
@@ -24,16 +28,25 @@ change meanwhile, so it is an upper bound. It is measured in rounds interleaved 
 loop at one thread, its baseline. Everything is reported as env steps per second and as
 ratios to the plain loop of the same round, median (min-max) over rounds. One round of each
 set-up runs first, untimed, as a warm-up.
+
+Last, env actors on Ray (a local Ray on this machine): 1, 2 and 4 actors, each stepping 4
+CartPole envs with random actions, plain or through CurriculumWrappers drawing from PLR hosted by
+a :class:`RayCurriculumServer` (which scores every step); total env steps per second from the
+first step to the last actor's end, median (min-max) over interleaved rounds, and the ratio of
+the hosted to the plain set-up of the same round and actor count.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -48,7 +61,9 @@ from syllabus_eval.curricula import (  # noqa: E402
     CurriculumWrapper,
     DomainRandomization,
     Experience,
+    LocalCurriculumServer,
     PrioritizedLevelReplay,
+    RayCurriculumServer,
 )
 from syllabus_eval.demo.agents import LSTMAgent, MLPAgent  # noqa: E402
 from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer  # noqa: E402
@@ -56,12 +71,21 @@ from syllabus_eval.report import format_table  # noqa: E402
 
 POLE_LENGTHS = [0.25, 0.35, 0.5, 0.7, 1.0, 1.4]  # CartPole's half-length is 0.5
 NUM_ENVS = 4
+# CartPole's spaces, for agents built where a curriculum is hosted (no env captured).
+SPACES = SimpleNamespace(single_observation_space=gym.spaces.Box(-np.inf, np.inf, (4,)),
+                         single_action_space=gym.spaces.Discrete(2))
 CONFIG = PPOConfig()  # CleanRL ppo.py's CartPole defaults: 128 steps, 4 epochs of 4 minibatches
 
 
 def set_pole(env: gym.Env, task: float) -> None:
     env.unwrapped.length = task
     env.unwrapped.polemass_length = env.unwrapped.masspole * task
+
+
+def hosted_plr(seed: int) -> PrioritizedLevelReplay:
+    """PLR as the worker process builds it: on its own MLPAgent, whose weights the pushes
+    replace."""
+    return PrioritizedLevelReplay(POLE_LENGTHS, CleanRLEvaluator(MLPAgent(SPACES)), seed=seed)
 
 
 def make_envs(curriculum: Curriculum | None) -> gym.vector.SyncVectorEnv:
@@ -132,13 +156,116 @@ def compare(rounds: int, iterations: int, probe: gym.vector.VectorEnv
         elapsed = time.perf_counter() - start  # with scoring the last records
         return rate, sum(plr.scored_steps().values()) / elapsed
 
+    def with_hosted_plr(round_: int) -> tuple[float, float]:
+        """The same, PLR in a worker process (its start-up untimed)."""
+        agent = MLPAgent(probe)
+        with LocalCurriculumServer(partial(hosted_plr, round_), agent=agent) as server:
+            start = time.perf_counter()
+            rate = train(agent, make_envs(server.client), iterations, round_)
+        elapsed = time.perf_counter() - start
+        return rate, sum(server.scored_steps().values()) / elapsed
+
     runs = interleaved({"plain": plain, "domain randomization": domain_randomization,
-                        "PLR": with_plr}, rounds)
-    rates = {"plain": runs["plain"], "domain randomization": runs["domain randomization"],
-             "PLR": [rate for rate, _ in runs["PLR"]],
-             "PLR scored": [scored for _, scored in runs["PLR"]]}
+                        "PLR": with_plr, "PLR, worker process": with_hosted_plr}, rounds)
+    rates = {"plain": runs["plain"], "domain randomization": runs["domain randomization"]}
+    for name in ("PLR", "PLR, worker process"):
+        rates[name] = [rate for rate, _ in runs[name]]
+        rates[f"{name} scored"] = [scored for _, scored in runs[name]]
     return {name: (statistics.median(values), ratio_text(values, rates["plain"]))
             for name, values in rates.items()}
+
+
+class CartPoleRunner:
+    """An env actor: NUM_ENVS CartPole envs stepped with random actions, plain or each drawing
+    its pole length from a hosted curriculum's client (and reporting every step to it)."""
+
+    def __init__(self, client: object | None, seed: int) -> None:
+        torch.set_num_threads(1)
+        if client is None:
+            self.envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * NUM_ENVS)
+        else:
+            self.envs = gym.vector.SyncVectorEnv([lambda: CurriculumWrapper(
+                gym.make("CartPole-v1"), client, set_task=set_pole)] * NUM_ENVS)
+        self.client = client
+        self.envs.reset(seed=seed)
+        self.rng = np.random.default_rng(seed)
+
+    def run(self, steps: int) -> int:
+        """Env steps taken: ``steps`` vector steps of random actions."""
+        for _ in range(steps):
+            self.envs.step(self.rng.integers(2, size=NUM_ENVS))
+        return steps * NUM_ENVS
+
+    def flush(self) -> None:
+        if self.client is not None:
+            self.client.flush()
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def ray_env_actors(rounds: int, steps: int, counts: tuple[int, ...] = (1, 2, 4)
+                   ) -> dict[str, list[float]]:
+    """Env steps/s of ``n`` env actors for each ``n`` in ``counts``, plain and with PLR
+    hosted in a Ray actor: ``{"n plain": [...], "n PLR": [...], "n PLR scored": [...]}``
+    (the last: until the curriculum has scored every step, the clients' and PLR's queues
+    drained)."""
+    import cloudpickle
+    import ray
+
+    if __name__ != "__main__":  # imported, not run: its functions travel by value all the same
+        for pickler in (cloudpickle, ray.cloudpickle):
+            pickler.register_pickle_by_value(sys.modules[__name__])
+    # Logical CPUs for scheduling every actor at once; the machine has what it has.
+    ray.init(num_cpus=2 * max(counts) + 2, include_dashboard=False, log_to_driver=False)
+    server = RayCurriculumServer(partial(hosted_plr, 0), num_cpus=1)
+    runner = ray.remote(num_cpus=1)(CartPoleRunner)
+    plain = [runner.remote(None, seed=i) for i in range(max(counts))]
+    hosted = [runner.remote(server.client, seed=i) for i in range(max(counts))]
+    ray.get([actor.run.remote(10) for actor in plain + hosted])  # warm-up, and all started
+
+    def measure(actors: list, scored: list[float] | None) -> float:
+        start = time.perf_counter()
+        total = sum(ray.get([actor.run.remote(steps) for actor in actors]))
+        rate = total / (time.perf_counter() - start)
+        if scored is not None:  # untimed for the rate: what was left to score
+            ray.get([actor.flush.remote() for actor in actors])
+            server.flush()
+            scored.append(total / (time.perf_counter() - start))
+        return rate
+
+    samples: dict[str, list[float]] = {}
+    candidates = {}
+    for n in counts:
+        samples[f"{n} PLR scored"] = []
+        candidates[f"{n} plain"] = partial(lambda n, _: measure(plain[:n], None), n)
+        candidates[f"{n} PLR"] = partial(
+            lambda n, _: measure(hosted[:n], samples[f"{n} PLR scored"]), n)
+    samples.update(interleaved(candidates, rounds))
+    ray.get([actor.close.remote() for actor in plain + hosted])
+    server.close()
+    ray.shutdown()
+    return samples
+
+
+def rate_text(rates: list[float]) -> str:
+    """``median (min-max)`` of rates over rounds."""
+    return f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+
+
+def print_ray_table(samples: dict[str, list[float]], rounds: int, steps: int) -> None:
+    print(f"\nEnv actors on Ray ({NUM_ENVS} CartPole envs each, random actions, {steps} vector "
+          f"steps per actor and run), {rounds} interleaved rounds: total env steps/s, median "
+          "(min-max); with PLR hosted by RayCurriculumServer against plain actors of the same "
+          "round\n")
+    rows = []
+    for n in sorted({int(key.split()[0]) for key in samples}):
+        plain, hosted, scored = (samples[f"{n} {kind}"] for kind in ("plain", "PLR",
+                                                                     "PLR scored"))
+        rows.append([n, rate_text(plain), rate_text(hosted), ratio_text(hosted, plain),
+                     ratio_text(scored, plain)])
+    print(format_table(rows, ["env actors", "plain env steps/s", "with PLR env steps/s",
+                              "with PLR / plain", "until scored / plain"]))
 
 
 def main() -> None:
@@ -147,6 +274,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=8, help="PPO iterations per run")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: one round of one iteration, fewer records to score")
+    parser.add_argument("--no-ray", action="store_true", help="skip the env actors on Ray")
     args = parser.parse_args()
     rounds, iterations = (1, 1) if args.quick else (args.rounds, args.iterations)
     torch.manual_seed(0)
@@ -171,8 +299,8 @@ def main() -> None:
           f"{CONFIG.update_epochs}x{CONFIG.num_minibatches} Adam steps per iteration), "
           f"{rounds} interleaved rounds: median env steps/s, median ratio to the plain loop of "
           "the same round\n")
-    rows = [[threads, "PLR worker, steps scored" if name == "PLR scored" else f"training, {name}",
-             f"{rate:,.0f}", ratio]
+    rows = [[threads, f"{name.removesuffix(' scored')}: steps scored" if name.endswith("scored")
+             else f"training, {name}", f"{rate:,.0f}", ratio]
             for threads, rates in results.items() for name, (rate, ratio) in rates.items()]
     print(format_table(rows, ["torch threads", "set-up", "env steps/s", "vs plain"]))
     print("\nPLR worker capacity (records queued up front, torch threads: 1; the weights do "
@@ -183,6 +311,12 @@ def main() -> None:
                          ratio_text(rates, capacity["plain"])]
                         for agent, rates in capacity.items() if agent != "plain"],
                        ["agent", "steps/s", "vs plain"]))
+    if not args.no_ray and importlib.util.find_spec("ray") is None:
+        print("\nEnv actors on Ray: skipped, Ray is not installed (pip install "
+              "'syllabus-eval[ray]')")
+    elif not args.no_ray:
+        ray_steps = 100 if args.quick else 1000
+        print_ray_table(ray_env_actors(rounds, ray_steps), rounds, ray_steps)
 
 
 if __name__ == "__main__":

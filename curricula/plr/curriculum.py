@@ -39,7 +39,7 @@ from syllabus_eval.protocols import AgentQueries
 from ..curriculum import EXPERIENCE_KINDS, Curriculum, Experience
 from ..task_space import DiscreteTaskSpace
 from .scores import REPLAY_SCHEDULES, SCORE_TRANSFORMS, STRATEGIES, TaskScores
-from .worker import ScoringWorker
+from .worker import PullWeights, ScoringWorker
 
 
 class PrioritizedLevelReplay(Curriculum):
@@ -177,6 +177,27 @@ class PrioritizedLevelReplay(Curriculum):
     def close(self) -> None:
         """Score everything observed so far, then stop the worker (idempotent)."""
         self._worker.close()
+
+    def sync_weights_from(self, pull: PullWeights) -> None:
+        """Score with weights pushed from elsewhere rather than the evaluator's own sync.
+
+        Before each batch the worker calls ``pull()``; what it returns, ``(state_dict,
+        version)``, is loaded with ``evaluator.load_weights(state_dict, version=version)``
+        (``None``: nothing new). A batch that starts after a push reached ``pull`` is thus
+        scored with those weights or newer ones. The hosted curricula
+        (:class:`~syllabus_eval.curricula.LocalCurriculumServer`,
+        :class:`~syllabus_eval.curricula.RayCurriculumServer`) call this in the process that
+        hosts PLR; weights that do not fit the evaluator fail the worker.
+        """
+        if not callable(pull):
+            raise bad_argument("pull", "a callable returning (state_dict, version) or None",
+                               pull)
+        if (not callable(getattr(self.evaluator, "load_weights", None))
+                or getattr(self.evaluator, "agent", True) is None):
+            raise bad_argument("evaluator", "an evaluator with weights to replace "
+                               "(load_weights, and an agent), to take pushed weights",
+                               self.evaluator)
+        self._worker.pull_weights = pull
 
     # --- scores and sampling ---------------------------------------------------------------------
 

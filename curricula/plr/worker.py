@@ -34,7 +34,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,9 @@ from ..task_space import DiscreteTaskSpace
 from .scores import POLICY_SCORES, VALUE_SCORES, TaskScores
 
 _STOP = object()  # queued by close(): the worker scores everything before it, then stops
+
+# () -> (state_dict, version) of weights pushed since the last call, or None: nothing new.
+PullWeights = Callable[[], "tuple[Mapping[str, torch.Tensor], int | None] | None"]
 
 
 @dataclass(slots=True)
@@ -92,6 +95,8 @@ class ScoringWorker:
         self._policy_score = POLICY_SCORES.get(strategy)
         self._lstm_dim = evaluator.lstm_batch_dim if self.recurrent else 1
         self._sequences = self.recurrent and isinstance(evaluator, SequenceQueries)
+        # Set by PrioritizedLevelReplay.sync_weights_from: weights pushed from elsewhere.
+        self.pull_weights: PullWeights | None = None
 
         # Thread state: the open segment and recurrent state of each env.
         self._segments: dict[Hashable, _Segment] = {}
@@ -170,6 +175,8 @@ class ScoringWorker:
             stop = False
             while not stop:
                 batch, stop = self._take_batch()
+                if batch and self.pull_weights is not None:
+                    self._load_pushed_weights()
                 self._process(batch)
                 with self._cond:
                     self._processed += len(batch)
@@ -180,6 +187,13 @@ class ScoringWorker:
         finally:
             with self._cond:
                 self._cond.notify_all()  # wake flush() callers, also when failing
+
+    def _load_pushed_weights(self) -> None:
+        # Before every batch, so that a batch started after a push is scored with it or newer.
+        pushed = self.pull_weights()
+        if pushed is not None:
+            state_dict, version = pushed
+            self.evaluator.load_weights(state_dict, version=version)
 
     def _take_batch(self) -> tuple[list[Experience], bool]:
         first = self._queue.get()

@@ -594,3 +594,40 @@ class TestBadInputs:
                 plr.update_score(2, 1.0)
             with pytest.raises(ValueError, match="score: expected a finite number"):
                 plr.update_score(0, float("inf"))
+
+
+class TestPushedWeights:
+    """sync_weights_from: the worker loads pushed weights before each batch it scores."""
+
+    def test_loaded_before_the_next_batch(self):
+        pushed = []
+        with PrioritizedLevelReplay(["a", "b"], CleanRLEvaluator(LinearAgent()), gamma=GAMMA,
+                                    gae_lambda=LAMBDA) as plr:
+            plr.sync_weights_from(lambda: pushed.pop() if pushed else None)
+            for record in episode(0, "a", VALUES, REWARDS):
+                plr.observe(record)
+            plr.flush(timeout=30)
+            pushed.append(({"critic.weight": torch.tensor([[2.0]])}, 7))
+            for record in episode(1, "b", VALUES, REWARDS):
+                plr.observe(record)
+        # V(s) = s[0] for "a"; V doubled for "b" (worked out in tests/curricula/hosting.py)
+        assert plr.task_scores() == pytest.approx({"a": (1.40625 + 0.875 + 1.5) / 3,
+                                                   "b": (1.4075 + 2.65 + 1.0) / 3})
+        assert plr.evaluator.weights_version == 7
+
+    def test_weights_that_do_not_fit_fail_the_worker(self):
+        plr = PrioritizedLevelReplay(["a"], CleanRLEvaluator(LinearAgent()))
+        plr.sync_weights_from(lambda: ({"critic.weight": torch.zeros(3, 3)}, None))
+        plr.observe(Experience("reset", 0, "a", np.zeros(1, np.float32)))
+        with pytest.raises(CurriculumError, match="worker failed") as info:
+            plr.flush(timeout=30)
+        assert "weights: do not fit LinearAgent" in str(info.value.__cause__)
+        plr.close()
+
+    def test_bad_inputs(self):
+        with PrioritizedLevelReplay(2, DummyEvaluator(gym.spaces.Discrete(2))) as plr:
+            with pytest.raises(ValueError, match="pull: expected a callable"):
+                plr.sync_weights_from("weights")
+            with pytest.raises(ValueError, match="evaluator: expected an evaluator with "
+                                                 "weights to replace"):
+                plr.sync_weights_from(lambda: None)
