@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from syllabus_eval.errors import CurriculumError
+from syllabus_eval.processes import stop_process
 
 from .client import unpack_records
 from .host import CurriculumHost, Outcome, RemoteFailure, attempt
@@ -270,12 +271,7 @@ class WorkerProcess:
 
     def kill(self, grace: float = 0.0) -> None:
         self.process.join(grace)  # a worker that was told to close exits by itself
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(2)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(2)
+        stop_process(self.process)
         with contextlib.suppress(OSError):
             self.conn.close()
         if not self.process.is_alive():

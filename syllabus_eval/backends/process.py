@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from ..processes import stop_process
 from ..protocols import AgentQueries, WeightedAgentQueries
 from ..rollout import EpisodeRecord, RolloutSettings
 from ..snapshot import Snapshot, take_snapshot
@@ -169,12 +170,7 @@ class _ProcessWorker:
     def kill(self) -> None:
         """Terminate it (SIGTERM, then SIGKILL), within a few seconds."""
         with self._killing:  # the runner's thread and the exit finalizer may race here
-            if self.process.is_alive():
-                self.process.terminate()
-                self.process.join(2)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(2)
+            stop_process(self.process)
             if not self.conn.closed:  # closing twice would close a reused descriptor
                 self.conn.close()
 
