@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import pickle
+import traceback
+from contextlib import suppress
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -49,6 +53,38 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+@dataclass(frozen=True)
+class RemoteFailure:
+    """An exception raised in another process (an evaluation worker, a hosted curriculum), as
+    it travels back: pickled where possible, and as text."""
+
+    pickled: bytes | None
+    summary: str  # "ValueError: message"
+    traceback: str
+
+    @classmethod
+    def of(cls, error: BaseException) -> RemoteFailure:
+        try:
+            pickled = pickle.dumps(error)
+        except Exception:  # an exception that holds something unpicklable
+            pickled = None
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        return cls(pickled, f"{type(error).__name__}: {error}", text)
+
+    def exception(self, fallback: type[Exception] = EvaluationError,
+                  raiser: str = "a worker") -> BaseException:
+        """The exception itself where it unpickles here (else a ``fallback`` naming it, as
+        raised by ``raiser``), caused by its traceback in the other process."""
+        error = None
+        if self.pickled is not None:
+            with suppress(Exception):  # e.g. its class cannot be imported here
+                error = pickle.loads(self.pickled)
+        if not isinstance(error, BaseException):
+            error = fallback(f"{raiser} raised {self.summary}")
+        error.__cause__ = RemoteTraceback(f'\n"""\n{self.traceback}"""')
+        return error
 
 
 def describe(value: object) -> str:

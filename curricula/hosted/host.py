@@ -16,9 +16,7 @@ that meets it or else by :meth:`HostedServer.close`.
 
 from __future__ import annotations
 
-import pickle
 import threading
-import traceback
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from syllabus_eval.errors import CurriculumError, RemoteTraceback, bad_argument, check_count
+from syllabus_eval.errors import CurriculumError, RemoteFailure, bad_argument, check_count
 from syllabus_eval.weights import versioned_snapshot
 
 from ..curriculum import Experience, TaskSource
@@ -37,36 +35,6 @@ from .client import HostedClient
 
 # What the server keeps from the curriculum when it closes, to answer after the host is gone.
 FINALS = ("task_scores", "scored_steps", "distribution")
-
-
-@dataclass(frozen=True)
-class RemoteFailure:
-    """An exception raised where the curriculum is hosted, as it travels to the learner."""
-
-    pickled: bytes | None
-    summary: str  # repr of the exception: what clients report
-    traceback: str
-
-    @classmethod
-    def of(cls, error: BaseException) -> RemoteFailure:
-        try:
-            pickled = pickle.dumps(error)
-        except Exception:  # it holds something unpicklable
-            pickled = None
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        return cls(pickled, repr(error), text)
-
-    def exception(self) -> BaseException:
-        """The exception itself where it unpickles (else a CurriculumError naming it), caused
-        by its traceback in the hosting process."""
-        error = None
-        if self.pickled is not None:
-            with suppress(Exception):
-                error = pickle.loads(self.pickled)
-        if not isinstance(error, BaseException):
-            error = CurriculumError(f"the hosted curriculum raised {self.summary}")
-        error.__cause__ = RemoteTraceback(f'\n"""\n{self.traceback}"""')
-        return error
 
 
 @dataclass(frozen=True)
@@ -79,7 +47,7 @@ class Outcome:
 
     def unwrap(self) -> Any:
         if self.failure is not None:
-            raise self.failure.exception()
+            raise self.failure.exception(CurriculumError, "the hosted curriculum")
         return self.value
 
 

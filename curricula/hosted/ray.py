@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
-from syllabus_eval.errors import CurriculumError, bad_argument, check_number
+from syllabus_eval.errors import CurriculumError, RemoteFailure, bad_argument, check_number
 
 from .client import HostedClient, Link, pack_records, unpack_records
-from .host import CurriculumHost, HostedServer, Outcome, RemoteFailure, attempt, pack_factories
+from .host import CurriculumHost, HostedServer, Outcome, attempt, pack_factories
 from .weights import WeightsInbox
 
 START_TIMEOUT = 300.0  # seconds the actor may take to start (free CPUs, imports, the factory)

@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
-from syllabus_eval.errors import CurriculumError
+from syllabus_eval.errors import CurriculumError, RemoteFailure
 from syllabus_eval.processes import stop_process
 
 from .client import unpack_records
-from .host import CurriculumHost, Outcome, RemoteFailure, attempt
+from .host import CurriculumHost, Outcome, attempt
 from .weights import SLOTS, SharedWeightsReader
 
 START_TIMEOUT = 300.0  # seconds the worker may take to start (torch import, curriculum_fn)

@@ -11,10 +11,11 @@ Usage (a worker's main loop, as the process and Ray backends write it)::
 **The protocol.** The runner's side hands a worker a :class:`JobOrder`; a worker reports
 :class:`Event` records of an :class:`EventKind`: ``READY`` or ``FAILED`` once started, then for
 each job ``EPISODE`` records (when streamed) and ``DONE`` or ``ERROR``. The runner's side adds
-``DIED`` for a worker that is gone. An exception travels as a :class:`Failure`, which raises
-it again on the runner's side with the worker's traceback as its cause. A job whose weights
-wait in shared memory carries only their ticket (``snapshot.shared``); ``run_job`` reads them
-from the worker's :class:`~syllabus_eval.backends.shared.SharedWeights` into its agent.
+``DIED`` for a worker that is gone. An exception travels as a
+:class:`~syllabus_eval.errors.RemoteFailure`, which raises it again on the runner's side
+with the worker's traceback as its cause. A job whose weights wait in shared memory carries
+only their ticket (``snapshot.shared``); ``run_job`` reads them from the worker's
+:class:`~syllabus_eval.backends.shared.SharedWeights` into its agent.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import enum
 import os
 import pickle
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import torch
 
-from ..errors import EvaluationError, RemoteTraceback, bad_argument
+from ..errors import EvaluationError, RemoteFailure, bad_argument
 from ..protocols import AgentQueries
 from ..rollout import EpisodeRecord, RolloutSettings
 from ..snapshot import Snapshot
@@ -43,10 +43,10 @@ class EventKind(enum.Enum):
     """What a worker reports (module docs); ``data`` of the :class:`Event` in brackets."""
 
     READY = "ready"  # started (its pid)
-    FAILED = "failed"  # could not start (a Failure)
+    FAILED = "failed"  # could not start (a RemoteFailure)
     EPISODE = "episode"  # an episode of a streamed job ended (its EpisodeRecord)
     DONE = "done"  # a job's episodes are over (their records)
-    ERROR = "error"  # a job raised (a Failure)
+    ERROR = "error"  # a job raised (a RemoteFailure)
     DIED = "died"  # added on the runner's side: the worker is gone (why, as text)
 
 
@@ -65,37 +65,6 @@ class JobOrder:
     job: int
     snapshot: Snapshot
     stream: bool  # report each episode as it ends (EventKind.EPISODE)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An exception raised in a worker, as it travels back: pickled where possible, and text."""
-
-    pickled: bytes | None
-    summary: str  # "ValueError: message"
-    traceback: str
-
-    @classmethod
-    def of(cls, error: BaseException) -> Failure:
-        try:
-            pickled = pickle.dumps(error)
-        except Exception:  # an exception that holds something unpicklable
-            pickled = None
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        return cls(pickled, f"{type(error).__name__}: {error}", text)
-
-    def exception(self) -> BaseException:
-        """The worker's exception (or an ``EvaluationError`` that names it), to raise here."""
-        error = None
-        if self.pickled is not None:
-            try:
-                error = pickle.loads(self.pickled)
-            except Exception:  # e.g. its class cannot be imported here
-                error = None
-        if not isinstance(error, BaseException):
-            error = EvaluationError(f"a worker raised {self.summary}")
-        error.__cause__ = RemoteTraceback(f'\n"""\n{self.traceback}"""')
-        return error
 
 
 @dataclass(frozen=True)
@@ -153,7 +122,7 @@ def set_up(spec: bytes, slots: Sequence[int]) -> tuple[LocalEpisodes | None, Eve
     try:
         return pickle.loads(spec).build(slots), Event(EventKind.READY, None, os.getpid())
     except BaseException as error:
-        return None, Event(EventKind.FAILED, None, Failure.of(error))
+        return None, Event(EventKind.FAILED, None, RemoteFailure.of(error))
 
 
 def run_job(episodes: LocalEpisodes, order: JobOrder, stop: JobStop,
@@ -172,7 +141,7 @@ def run_job(episodes: LocalEpisodes, order: JobOrder, stop: JobStop,
         return Event(EventKind.DONE, order.job, episodes.run(
             snapshot, stop, on_episode, loaded=snapshot.shared is not None))
     except BaseException as error:
-        return Event(EventKind.ERROR, order.job, Failure.of(error))
+        return Event(EventKind.ERROR, order.job, RemoteFailure.of(error))
 
 
 class ShippedEvaluator:

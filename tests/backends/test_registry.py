@@ -11,7 +11,8 @@ import pytest
 from syllabus_eval import EvalRunner, RolloutSettings, Snapshot, cli
 from syllabus_eval.backends import BACKENDS, Backend, backend_class, create_backend
 from syllabus_eval.backends.pool import PooledBackend
-from syllabus_eval.backends.workers import Event, EventKind, Failure, JobOrder
+from syllabus_eval.backends.workers import Event, EventKind, JobOrder
+from syllabus_eval.errors import RemoteFailure
 from tests.workers import cartpole, cartpole_evaluator
 
 
@@ -66,6 +67,6 @@ class TestWorkerProtocol:
     def test_a_failure_raises_the_workers_exception_with_its_traceback(self):
         with pytest.raises(gym.error.Error) as caught:
             gym.make("NoSuchEnv-v0")
-        raised = pickle.loads(pickle.dumps(Failure.of(caught.value))).exception()
+        raised = pickle.loads(pickle.dumps(RemoteFailure.of(caught.value))).exception()
         assert type(raised) is type(caught.value) and str(raised) == str(caught.value)
         assert "gym.make" in str(raised.__cause__)

@@ -21,8 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: 
 
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import SB3Evaluator  # noqa: E402
-from syllabus_eval.backends.workers import Failure  # noqa: E402
-from syllabus_eval.errors import EvaluationError  # noqa: E402
+from syllabus_eval.errors import EvaluationError, RemoteFailure  # noqa: E402
 from syllabus_eval.integrations.sb3 import (  # noqa: E402
     EvalRunnerCallback,
     _lacks_wrapper,
@@ -127,11 +126,11 @@ class TestVecNormalize:
         assert isinstance(caught.value.__cause__, EvaluationError)  # the original, chained
 
     def test_a_workers_failure_comes_back_with_its_type(self):
-        # A worker's exception travels pickled (Failure); its type says what it is.
+        # A worker's exception travels pickled (RemoteFailure); its type says what it is.
         try:
             raise _no_wrapper(gym.make("CartPole-v1"))
         except MissingNormalization as error:
-            remote = Failure.of(error).exception()
+            remote = RemoteFailure.of(error).exception()
         outer = EvaluationError("the evaluation triggered at step 5 failed")
         outer.__cause__ = remote
         assert isinstance(remote, MissingNormalization) and remote.argument == "obs_norm"
