@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
-from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.query.evaluator import AgentInputs, Evaluator, LSTMState
 
 
 class CleanRLEvaluator(Evaluator):

@@ -16,7 +16,7 @@ import torch
 from gymnasium import spaces
 
 from syllabus_eval.errors import bad_argument
-from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.query.evaluator import AgentInputs, Evaluator, LSTMState
 
 _SUPPORTED = (spaces.Discrete, spaces.MultiDiscrete, spaces.Box, spaces.MultiBinary)
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from syllabus_eval.errors import bad_argument
-from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
-from syllabus_eval.inputs import (
+from syllabus_eval.query.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.query.inputs import (
     TensorTree,
     as_batch,
     batch_size_of,

@@ -32,10 +32,10 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from syllabus_eval.compiled import unwrap_compiled
 from syllabus_eval.errors import bad_argument, describe
-from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
-from syllabus_eval.inputs import TensorTree
+from syllabus_eval.query.compiled import unwrap_compiled
+from syllabus_eval.query.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.query.inputs import TensorTree
 
 _CPU = torch.device("cpu")
 _SUPPORTED = ("PPO and A2C (ActorCriticPolicy), DQN (DQNPolicy), SAC (SACPolicy), TD3 and DDPG "

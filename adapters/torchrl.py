@@ -42,10 +42,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from syllabus_eval.compiled import unwrap_compiled
 from syllabus_eval.errors import describe
-from syllabus_eval.evaluator import AgentInputs, Evaluator, LSTMState
-from syllabus_eval.inputs import TensorTree
+from syllabus_eval.query.compiled import unwrap_compiled
+from syllabus_eval.query.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.query.inputs import TensorTree
 
 
 @functools.cache

@@ -50,8 +50,8 @@ from syllabus_eval import EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent
 from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer
-from syllabus_eval.report import format_table
-from syllabus_eval.weights import snapshot_state_dict
+from syllabus_eval.query.weights import snapshot_state_dict
+from syllabus_eval.results.report import format_table
 
 EVAL_EVERY = 1024  # env steps: every other PPO iteration (4 envs x 128 steps)
 STEP_DELAY = 0.002  # seconds per step of the slow env

@@ -67,7 +67,7 @@ from syllabus_eval.curricula import (  # noqa: E402
 )
 from syllabus_eval.demo.agents import LSTMAgent, MLPAgent  # noqa: E402
 from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer  # noqa: E402
-from syllabus_eval.report import format_table  # noqa: E402
+from syllabus_eval.results.report import format_table  # noqa: E402
 
 POLE_LENGTHS = [0.25, 0.35, 0.5, 0.7, 1.0, 1.4]  # CartPole's half-length is 0.5
 NUM_ENVS = 4

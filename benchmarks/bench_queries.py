@@ -33,7 +33,7 @@ from timing import per_call_seconds, ratio_text  # noqa: E402
 
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent  # noqa: E402
-from syllabus_eval.report import format_table  # noqa: E402
+from syllabus_eval.results.report import format_table  # noqa: E402
 
 try:
     from syllabus.core.evaluator import CleanRLEvaluator as SyllabusEvaluator

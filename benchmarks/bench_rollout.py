@@ -59,7 +59,7 @@ from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent  # noqa: E402
 from syllabus_eval.demo.ppo import IterationStats, PPOTrainer  # noqa: E402
-from syllabus_eval.report import format_table  # noqa: E402
+from syllabus_eval.results.report import format_table  # noqa: E402
 
 NUM_ENVS = 8
 MAX_STEPS = 500

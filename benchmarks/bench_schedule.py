@@ -28,7 +28,7 @@ from timing import interleaved, median_ratio  # noqa: E402
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
 from syllabus_eval.demo.agents import MLPAgent  # noqa: E402
-from syllabus_eval.report import format_table  # noqa: E402
+from syllabus_eval.results.report import format_table  # noqa: E402
 
 NUM_ENVS = 4
 

@@ -9,9 +9,17 @@ Usage::
     metrics = EvalRunner(make_env, evaluator).evaluate(agent, step=step)
 """
 
-from .errors import CurriculumError, EvaluationCancelled, EvaluationError, RemoteTraceback
-from .evaluator import AgentInputs, Evaluator
-from .protocols import (
+from syllabus_eval import moved
+from syllabus_eval.errors import (
+    CurriculumError,
+    EvaluationCancelled,
+    EvaluationError,
+    RemoteTraceback,
+)
+from syllabus_eval.evaluation.runner import EvalRunner
+from syllabus_eval.evaluation.snapshot import Snapshot
+from syllabus_eval.query.evaluator import AgentInputs, Evaluator
+from syllabus_eval.query.protocols import (
     AgentQueries,
     PreviousStepQueries,
     RecurrentAgentQueries,
@@ -19,8 +27,9 @@ from .protocols import (
     WeightedAgentQueries,
     is_recurrent,
 )
-from .results import EvalResult, summarize
-from .rollout import (
+from syllabus_eval.query.weights import WeightSource, snapshot_state_dict, weight_source
+from syllabus_eval.results.metrics import EvalResult, summarize
+from syllabus_eval.rollout import (
     EnvPool,
     EpisodeRecord,
     RolloutSettings,
@@ -29,9 +38,6 @@ from .rollout import (
     make_envs,
     run_episodes,
 )
-from .runner import EvalRunner
-from .snapshot import Snapshot
-from .weights import WeightSource, snapshot_state_dict, weight_source
 
 __all__ = ["AgentInputs", "AgentQueries", "CurriculumError", "EnvPool", "EpisodeRecord",
            "EvalResult", "EvalRunner", "EvaluationCancelled", "EvaluationError", "Evaluator",
@@ -40,4 +46,5 @@ __all__ = ["AgentInputs", "AgentQueries", "CurriculumError", "EnvPool", "Episode
            "WeightSource", "WeightedAgentQueries", "check_fit", "episode_quota",
            "is_recurrent", "make_envs", "run_episodes", "snapshot_state_dict", "summarize",
            "weight_source"]
+moved.install()
 __version__ = "0.1.0"

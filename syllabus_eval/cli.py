@@ -25,14 +25,14 @@ from typing import Any
 
 import gymnasium as gym
 
-from .backends import BACKENDS
-from .checkpoints import Checkpoint, load_checkpoint
-from .errors import ArgumentError, describe
-from .loggers import json_ready
-from .normalization import normalizes_observations
-from .rollout.video import render_offscreen
-from .runner import EvalRunner
-from .sweep import check_sweep_arguments, checkpoint_files
+from syllabus_eval.errors import ArgumentError, describe
+from syllabus_eval.evaluation.backends import BACKENDS
+from syllabus_eval.evaluation.checkpoints import Checkpoint, load_checkpoint
+from syllabus_eval.evaluation.normalization import normalizes_observations
+from syllabus_eval.evaluation.runner import EvalRunner
+from syllabus_eval.results.loggers import json_ready
+from syllabus_eval.rollout.video import render_offscreen
+from syllabus_eval.sweep import check_sweep_arguments, checkpoint_files
 
 ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
 
@@ -198,7 +198,7 @@ def _build_evaluator(args: argparse.Namespace, checkpoint: Checkpoint | None = N
                      make_env: Callable[[], Any] | None = None) -> Any:
     """The evaluator of ``--adapter``, its agent built on an env of ``make_env`` and loaded
     with ``--checkpoint``; what is not given is made from ``args`` (as in a worker)."""
-    from . import adapters
+    import syllabus_eval.adapters as adapters
 
     if args.adapter in ADAPTERS:
         adapter = getattr(adapters, ADAPTERS[args.adapter])
@@ -232,7 +232,7 @@ def _build_evaluator(args: argparse.Namespace, checkpoint: Checkpoint | None = N
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .report import format_table
+    from syllabus_eval.results.report import format_table
 
     tasks = args.tasks
     if tasks and args.episodes < len(tasks):
@@ -290,7 +290,7 @@ def _runner(args: argparse.Namespace, make_env: Callable[[], Any], evaluator: An
 
 
 def _write_json(path: str, value: Any) -> None:
-    """``value``, made :func:`~syllabus_eval.loggers.json_ready`, as strict JSON in ``path``."""
+    """``value``, made :func:`~.loggers.json_ready`, as strict JSON in ``path``."""
     Path(path).write_text(json.dumps(value, indent=2, allow_nan=False))
 
 
@@ -359,7 +359,7 @@ def _normalized_runner(args: argparse.Namespace) -> EvalRunner:
 
 
 def _evaluate_series(args: argparse.Namespace, runner: EvalRunner) -> int:
-    from .sweep import evaluate_checkpoints, groups_of, plot_sweep, sweep_table
+    from syllabus_eval.sweep import evaluate_checkpoints, groups_of, plot_sweep, sweep_table
 
     def progress(entry: Any) -> None:
         returns = [f"{'' if label == 'all' else label + ' '}return "
@@ -407,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from .demo import run_demo
+            from syllabus_eval.demo import run_demo
 
             run_demo(steps=args.steps, seed=args.seed, backend=args.backend, out=args.out,
                      eval_every=args.eval_every, progress=not args.no_progress)

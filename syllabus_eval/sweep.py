@@ -12,7 +12,7 @@ Usage::
 
 Habitat's ``evaluate_agent`` evaluates checkpoint after checkpoint, each with its index, step
 and TensorBoard writer; this is that loop, made safe to interrupt. Every checkpoint is
-evaluated in step order (its own ``step`` entry, see :mod:`syllabus_eval.checkpoints`, else the
+evaluated in step order (its own ``step`` entry, see `checkpoints`, else the
 step in its file name, see :func:`step_in_name`), with the observation statistics it carries,
 and one JSON line per checkpoint file is appended to ``results`` as it finishes:
 ``{"checkpoint", "sha256", "step", "metrics", "settings_sha256", "settings"}``, or ``"error"``
@@ -39,7 +39,7 @@ again, but gets its own entry at its own step, saying whose evaluation it reuses
 With ``watch``, the folder is polled for new checkpoints until ``idle_timeout`` seconds pass
 without one (Habitat #796: no endless loop); a file is taken once its size stops changing
 between two polls (write checkpoints to a temporary name and rename them, as
-:func:`~syllabus_eval.checkpoints.save_checkpoint` does, to be safe), and a file still being
+:func:`~.checkpoints.save_checkpoint` does, to be safe), and a file still being
 written counts as activity. Each file is hashed once, and again only when its size or
 modification time changes. Whether envs normalise observations is decided per checkpoint:
 one that carries statistics is evaluated by ``normalized_runner`` where one is given (a
@@ -67,13 +67,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .checkpoints import Checkpoint, load_checkpoint
-from .errors import ArgumentError, bad_argument, check_flag, check_number
-from .loggers import JSONLinesLogger, TensorBoardLogger, json_ready
-from .report import format_table, plot_curves
-from .results import EvalResult
-from .rollout import GivenEnvs
-from .runner import EvalRunner
+from syllabus_eval.errors import ArgumentError, bad_argument, check_flag, check_number
+from syllabus_eval.evaluation.checkpoints import Checkpoint, load_checkpoint
+from syllabus_eval.evaluation.runner import EvalRunner
+from syllabus_eval.results.loggers import JSONLinesLogger, TensorBoardLogger, json_ready
+from syllabus_eval.results.metrics import EvalResult
+from syllabus_eval.results.report import format_table, plot_curves
+from syllabus_eval.rollout import GivenEnvs
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 from gymnasium import spaces
 
 from syllabus_eval import Evaluator, RolloutSettings, episode_quota
-from syllabus_eval.evaluator import AgentInputs
+from syllabus_eval.query.evaluator import AgentInputs
 
 
 class LengthEnv(gym.Env):

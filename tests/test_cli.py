@@ -17,10 +17,10 @@ import torch
 import syllabus_eval.sweep as sweep_module
 from syllabus_eval import EvalRunner, Snapshot
 from syllabus_eval.adapters import CleanRLEvaluator
-from syllabus_eval.checkpoints import save_checkpoint
 from syllabus_eval.cli import main
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent
-from syllabus_eval.normalization import ObsNormStats
+from syllabus_eval.evaluation.checkpoints import save_checkpoint
+from syllabus_eval.evaluation.normalization import ObsNormStats
 from tests.models import fake_envs
 from tests.test_sweep import STATS, FakeClock, balancing_state, normalized_cartpole
 from tests.workers import cartpole_agent

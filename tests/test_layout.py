@@ -59,8 +59,8 @@ def importers_of(room: str) -> set[str]:
 
 class TestDependencyDirection:
     def test_the_tree_was_read(self):
-        assert {"syllabus_eval.evaluator", "syllabus_eval.rollout.loop",
-                "syllabus_eval.backends.pool", "syllabus_eval.demo.ppo",
+        assert {"syllabus_eval.query.evaluator", "syllabus_eval.rollout.loop",
+                "syllabus_eval.evaluation.backends.pool", "syllabus_eval.demo.ppo",
                 "syllabus_eval.adapters.cleanrl",
                 "syllabus_eval.curricula.plr.worker"} <= set(GRAPH)
         assert "syllabus_eval.rollout.records" in GRAPH["syllabus_eval.rollout.loop"]
@@ -82,14 +82,48 @@ class TestDependencyDirection:
             name for name in GRAPH if in_room(name, "syllabus_eval.adapters")}
 
     def test_the_engine_does_not_know_its_facade_or_backends(self):
-        engine = [name for name in GRAPH if in_room(name, "syllabus_eval.rollout")]
-        for name in engine:
-            assert not any(in_room(t, "syllabus_eval.backends") or t == "syllabus_eval.runner"
-                           for t in GRAPH[name]), name
+        for name in [name for name in GRAPH if in_room(name, "syllabus_eval.rollout")]:
+            assert not any(in_room(t, "syllabus_eval.evaluation") for t in GRAPH[name]), name
 
     def test_backends_only_through_the_registry(self):
-        users = importers_of("syllabus_eval.backends")
-        assert users <= {"syllabus_eval.runner", "syllabus_eval.cli"}
+        users = importers_of("syllabus_eval.evaluation.backends")
+        assert users <= {"syllabus_eval.evaluation.runner", "syllabus_eval.cli"}
+
+
+# The rooms from the bottom up: a module imports only from its own room or rooms below it.
+LAYERS = [
+    ["syllabus_eval.errors", "syllabus_eval.processes", "syllabus_eval.moved"],
+    ["syllabus_eval.query"],
+    ["syllabus_eval.rollout", "syllabus_eval.adapters"],
+    ["syllabus_eval.results"],
+    ["syllabus_eval.evaluation"],
+    ["syllabus_eval.curricula"],
+    ["syllabus_eval.sweep", "syllabus_eval.integrations", "syllabus_eval.cli",
+     "syllabus_eval.__main__", "syllabus_eval.demo"],
+]
+
+
+def layer_of(module: str) -> int | None:
+    if module == "syllabus_eval":  # the package's facade re-exports every room
+        return len(LAYERS)
+    for level, rooms in enumerate(LAYERS):
+        if any(in_room(module, room) for room in rooms):
+            return level
+    return None
+
+
+class TestRoomsByLayer:
+    def test_every_module_has_a_room(self):
+        assert [name for name in GRAPH if layer_of(name) is None] == []
+
+    def test_imports_run_downward(self):
+        upward = [(name, target) for name, imported in GRAPH.items() for target in imported
+                  if target in MODULES and layer_of(target) > layer_of(name)]
+        assert upward == []
+
+    def test_few_modules_lie_flat_in_the_package(self):
+        flat = sorted(path.name for path in (ROOT / "syllabus_eval").glob("*.py"))
+        assert len(flat) <= 8, flat
 
 
 class TestImportsReadRightOnDisk:

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-import syllabus_eval.report as report
+import syllabus_eval.results.report as report
 import syllabus_eval.sweep as sweep_module
 from syllabus_eval import EvalRunner, Snapshot
 from syllabus_eval.adapters import CleanRLEvaluator
-from syllabus_eval.checkpoints import save_checkpoint
 from syllabus_eval.demo.agents import MLPAgent
-from syllabus_eval.normalization import ObsNormStats
+from syllabus_eval.evaluation.checkpoints import save_checkpoint
+from syllabus_eval.evaluation.normalization import ObsNormStats
 from syllabus_eval.sweep import (
     SweepEntry,
     evaluate_checkpoints,

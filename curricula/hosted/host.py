@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from syllabus_eval.errors import CurriculumError, RemoteFailure, bad_argument, check_count
-from syllabus_eval.weights import versioned_snapshot
+from syllabus_eval.query.weights import versioned_snapshot
 
 from ..curriculum import Experience, TaskSource
 from .client import HostedClient

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from syllabus_eval.compiled import unwrap_compiled
 from syllabus_eval.errors import bad_argument
-from syllabus_eval.weights import weight_source
+from syllabus_eval.query.compiled import unwrap_compiled
+from syllabus_eval.query.weights import weight_source
 
 SLOTS = 3  # the one published, the one a reader may hold, the one written
 _ALIGN = 64  # bytes: each tensor starts on a cache line

@@ -12,6 +12,6 @@ and :mod:`~syllabus_eval.demo.plots`. The library never imports this package; on
 command line's ``demo`` does.
 """
 
-from .run import make_agent, make_evaluator, run_demo
+from syllabus_eval.demo.run import make_agent, make_evaluator, run_demo
 
 __all__ = ["make_agent", "make_evaluator", "run_demo"]

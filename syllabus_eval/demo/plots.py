@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from syllabus_eval.report import draw_curve, pyplot, save_figure
+from syllabus_eval.results.report import draw_curve, pyplot, save_figure
 
 
 def _trailing_mean(values: Sequence[float], window: int) -> list[float]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from syllabus_eval.advantages import gae
+from syllabus_eval.query.advantages import gae
 
 
 @dataclass

@@ -32,14 +32,13 @@ from tqdm.auto import tqdm
 
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.curricula import CurriculumWrapper, PrioritizedLevelReplay
-from syllabus_eval.report import format_table
+from syllabus_eval.demo.agents import MLPAgent
+from syllabus_eval.demo.envs import CARTPOLE_TASKS, HELD_OUT_TASKS, CartPoleTasks
+from syllabus_eval.demo.plots import plot_training
+from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer
+from syllabus_eval.evaluation.runner import EvalRunner
+from syllabus_eval.results.report import format_table
 from syllabus_eval.rollout.video import render_offscreen
-from syllabus_eval.runner import EvalRunner
-
-from .agents import MLPAgent
-from .envs import CARTPOLE_TASKS, HELD_OUT_TASKS, CartPoleTasks
-from .plots import plot_training
-from .ppo import PPOConfig, PPOTrainer
 
 TASKS = list(CARTPOLE_TASKS)
 HELD_OUT = list(HELD_OUT_TASKS)

@@ -36,10 +36,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ..errors import EvaluationError, bad_argument
-from ..normalization import MissingNormalization
-from ..results import EvalResult
-from ..runner import EvalRunner
+from syllabus_eval.errors import EvaluationError, bad_argument
+from syllabus_eval.evaluation.normalization import MissingNormalization
+from syllabus_eval.evaluation.runner import EvalRunner
+from syllabus_eval.results.metrics import EvalResult
 
 try:
     from stable_baselines3.common.callbacks import BaseCallback

@@ -84,9 +84,14 @@ reward wrappers around a vector env you pass would silently change returns, so t
 refused; apply the wrappers you want counted to each sub-env instead.
 """
 
-from .envs import EnvPool, GivenEnvs, make_envs
-from .loop import StopFlag, check_fit, run_episodes
-from .records import EpisodeRecord, RolloutSettings, episode_quota, sort_records
+from syllabus_eval.rollout.envs import EnvPool, GivenEnvs, make_envs
+from syllabus_eval.rollout.loop import StopFlag, check_fit, run_episodes
+from syllabus_eval.rollout.records import (
+           EpisodeRecord,
+           RolloutSettings,
+           episode_quota,
+           sort_records,
+)
 
 __all__ = ["EnvPool", "EpisodeRecord", "GivenEnvs", "RolloutSettings", "StopFlag", "check_fit",
            "episode_quota", "make_envs", "run_episodes", "sort_records"]

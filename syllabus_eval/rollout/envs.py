@@ -23,7 +23,7 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.vector.utils import create_empty_array
 
-from ..errors import bad_argument, check_count, describe
+from syllabus_eval.errors import bad_argument, check_count, describe
 
 
 class StepResult:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .envs import StepResult
+from syllabus_eval.rollout.envs import StepResult
 
 
 class InfoReducer:

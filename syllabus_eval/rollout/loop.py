@@ -24,13 +24,23 @@ from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 from gymnasium.vector.utils import create_empty_array
 
-from ..errors import EvaluationCancelled, bad_argument, check_count, describe
-from ..inputs import take_rows
-from ..protocols import AgentQueries, PreviousStepQueries, RecurrentAgentQueries, is_recurrent
-from .envs import EnvPool, StepResult, VectorSlots, as_slots
-from .observers import EpisodeObserver, InfoObserver, PreviousSteps, VideoObserver
-from .plan import EpisodePlan, Job
-from .records import EpisodeRecord, RolloutSettings, sort_records
+from syllabus_eval.errors import EvaluationCancelled, bad_argument, check_count, describe
+from syllabus_eval.query.inputs import take_rows
+from syllabus_eval.query.protocols import (
+    AgentQueries,
+    PreviousStepQueries,
+    RecurrentAgentQueries,
+    is_recurrent,
+)
+from syllabus_eval.rollout.envs import EnvPool, StepResult, VectorSlots, as_slots
+from syllabus_eval.rollout.observers import (
+    EpisodeObserver,
+    InfoObserver,
+    PreviousSteps,
+    VideoObserver,
+)
+from syllabus_eval.rollout.plan import EpisodePlan, Job
+from syllabus_eval.rollout.records import EpisodeRecord, RolloutSettings, sort_records
 
 
 class StopFlag(Protocol):

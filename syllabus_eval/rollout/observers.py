@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from gymnasium.vector.utils import create_empty_array
 
-from .envs import StepResult
-from .infos import InfoReducer
-from .plan import EpisodePlan
-from .records import EpisodeRecord
-from .video import EpisodeRecorder, VideoSettings
+from syllabus_eval.rollout.envs import StepResult
+from syllabus_eval.rollout.infos import InfoReducer
+from syllabus_eval.rollout.plan import EpisodePlan
+from syllabus_eval.rollout.records import EpisodeRecord
+from syllabus_eval.rollout.video import EpisodeRecorder, VideoSettings
 
 if TYPE_CHECKING:  # the loop builds its observers; they read its state
-    from .loop import EpisodeLoop
+    from syllabus_eval.rollout.loop import EpisodeLoop
 
 
 class EpisodeObserver:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .records import RolloutSettings, episode_number, episode_quota
+from syllabus_eval.rollout.records import RolloutSettings, episode_number, episode_quota
 
 Job = tuple[int, int]  # (local slot, episode index in the slot's quota)
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import bad_argument, check_count, check_flag
-from .video import Clip, VideoSettings
+from syllabus_eval.errors import bad_argument, check_count, check_flag
+from syllabus_eval.rollout.video import Clip, VideoSettings
 
 
 @dataclass(frozen=True, slots=True)

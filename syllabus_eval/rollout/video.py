@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import bad_argument, check_count, describe
+from syllabus_eval.errors import bad_argument, check_count, describe
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 
 from syllabus_eval import CurriculumError
 from syllabus_eval.curricula import RayCurriculumServer
-from tests.backends.test_ray_cluster import AUTH, cluster, ray_status  # noqa: F401 (fixture)
+from tests.evaluation.backends.test_ray_cluster import AUTH, cluster, ray_status  # noqa: F401 (fixture)
 from tests.curricula.hosting import (
     SCORE,
     SCORE_DOUBLED,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from syllabus_eval.advantages import gae
 from syllabus_eval.demo.agents import MLPAgent
 from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer
+from syllabus_eval.query.advantages import gae
 
 
 class TestGAE:

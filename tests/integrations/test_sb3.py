@@ -22,12 +22,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: 
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import SB3Evaluator  # noqa: E402
 from syllabus_eval.errors import EvaluationError, RemoteFailure  # noqa: E402
+from syllabus_eval.evaluation.normalization import MissingNormalization, _no_wrapper  # noqa: E402
 from syllabus_eval.integrations.sb3 import (  # noqa: E402
     EvalRunnerCallback,
     _lacks_wrapper,
     normalized_like,
 )
-from syllabus_eval.normalization import MissingNormalization, _no_wrapper  # noqa: E402
 from tests.fake_envs import seed_by_hand  # noqa: E402
 from tests.readme import readme_snippet  # noqa: E402
 
