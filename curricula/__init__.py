@@ -22,17 +22,18 @@ Curricula take any object with the Evaluator's query methods
 (:class:`~syllabus_eval.AgentQueries`), never a specific adapter.
 """
 
-from syllabus_eval.advantages import gae  # the core's GAE, which PLR scores its segments with
+from syllabus_eval.query.advantages import gae  # the core's GAE, which PLR scores its segments with
 
 from .curriculum import Curriculum, Experience, TaskSource
 from .domain_randomization import DomainRandomization
 from .hosted import LocalCurriculumServer, RayCurriculumServer
+from .learnability import Learnability
 from .learning_progress import LearningProgressCurriculum
 from .plr import PrioritizedLevelReplay
 from .task_space import DiscreteTaskSpace
 from .wrappers import CurriculumClient, CurriculumServer, CurriculumWrapper
 
 __all__ = ["Curriculum", "CurriculumClient", "CurriculumServer", "CurriculumWrapper",
-           "DiscreteTaskSpace", "DomainRandomization", "Experience",
+           "DiscreteTaskSpace", "DomainRandomization", "Experience", "Learnability",
            "LearningProgressCurriculum", "LocalCurriculumServer", "PrioritizedLevelReplay",
            "RayCurriculumServer", "TaskSource", "gae"]

@@ -26,7 +26,6 @@ thread calls every ``eval_interval`` seconds.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -34,11 +33,9 @@ import numpy as np
 
 from syllabus_eval.errors import bad_argument, check_number
 
-from .background import BackgroundThread
 from .curriculum import Curriculum
+from .success_rates import PeriodicEvaluation, check_evaluate_fn, check_rates, rates_from_metrics
 from .task_space import DiscreteTaskSpace
-
-_PREFIX, _SUFFIX = "eval/task/", "/success"
 
 
 class LearningProgressCurriculum(Curriculum):
@@ -85,20 +82,16 @@ class LearningProgressCurriculum(Curriculum):
             raise bad_argument("slow_rate", f"a step size below fast_rate={fast_rate}",
                                slow_rate)
         self.p_theta = check_number("p_theta", p_theta, 0.0, 1.0, low_open=True, high_open=True)
-        if evaluate_fn is not None and not callable(evaluate_fn):
-            raise bad_argument("evaluate_fn", "a callable returning a metrics dict, or None",
-                               evaluate_fn)
-        self.eval_interval = check_number("eval_interval", eval_interval, 0.0)
+        self.eval_interval = check_evaluate_fn(evaluate_fn, eval_interval)
         self.num_updates = 0  # measurements taken in so far
         count = len(self.task_space)
         self._fast = np.full(count, np.nan)  # p_fast per task; NaN: never measured
         self._slow = np.full(count, np.nan)  # p_slow per task
-        self._evaluate_fn = evaluate_fn
-        self._stop = threading.Event()
         self._evaluator = None
         if evaluate_fn is not None:
-            self._evaluator = BackgroundThread(self._evaluate_periodically,
-                                               "LearningProgressCurriculum evaluation")
+            self._evaluator = PeriodicEvaluation(evaluate_fn, self.eval_interval,
+                                                 self.on_result,
+                                                 "LearningProgressCurriculum evaluation")
 
     # --- success rates in ----------------------------------------------------------------------
 
@@ -108,11 +101,7 @@ class LearningProgressCurriculum(Curriculum):
         Every entry is checked before any is applied: a bad one (NaN and inf included)
         changes nothing.
         """
-        if not isinstance(rates, Mapping) or not rates:
-            raise bad_argument("rates", "a non-empty dict {task: success rate}", rates)
-        checked = {self.task_space.index(task, "rates"):
-                   check_number(f"rates[{task!r}]", _plain(rate), 0.0, 1.0)
-                   for task, rate in rates.items()}
+        checked = check_rates(rates, self.task_space)
         with self._lock:
             for i, rate in checked.items():
                 if math.isnan(self._fast[i]):  # first measurement: no progress yet
@@ -124,15 +113,7 @@ class LearningProgressCurriculum(Curriculum):
 
     def on_result(self, metrics: Mapping[str, Any]) -> None:
         """Take the per-task success rates ``eval/task/<task>/success`` of a metrics dict."""
-        if not isinstance(metrics, Mapping):
-            raise bad_argument("metrics", "a metrics dict", metrics)
-        rates = {self.task_space.from_name(key[len(_PREFIX):-len(_SUFFIX)]): value
-                 for key, value in metrics.items()
-                 if isinstance(key, str) and key.startswith(_PREFIX) and key.endswith(_SUFFIX)}
-        if not rates:
-            raise bad_argument("metrics", f"per-task success rates under keys "
-                               f"'{_PREFIX}<task>{_SUFFIX}'", metrics)
-        self.update_success_rates(rates)
+        self.update_success_rates(rates_from_metrics(metrics, self.task_space))
 
     # --- progress and sampling -----------------------------------------------------------------
 
@@ -169,11 +150,6 @@ class LearningProgressCurriculum(Curriculum):
 
     # --- background measurements --------------------------------------------------------------
 
-    def _evaluate_periodically(self) -> None:
-        while not self._stop.is_set():
-            self.on_result(self._evaluate_fn())
-            self._stop.wait(self.eval_interval)
-
     def _check(self) -> None:
         if self._evaluator is not None:
             self._evaluator.check()
@@ -181,14 +157,5 @@ class LearningProgressCurriculum(Curriculum):
     def close(self) -> None:
         """Stop background measurements (after the one running, if any) and raise a failure
         nobody was told of yet."""
-        self._stop.set()
         if self._evaluator is not None:
-            self._evaluator.join()
-
-
-def _plain(rate: Any) -> Any:
-    """A numpy scalar as a Python float, so that an error about it shows the number (``nan``)
-    rather than its dtype."""
-    if isinstance(rate, np.floating):
-        return float(rate)
-    return rate
+            self._evaluator.close()

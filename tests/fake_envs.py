@@ -389,3 +389,49 @@ class PaintedLengthEnv(gym.Wrapper):
         if self._render_mode != "rgb_array":
             return None
         return np.full((16, 24, 3), min(255, 4 * self.env.unwrapped.t), dtype=np.uint8)
+
+
+class RewardTaskEnv(gym.Env):
+    """Known answers for Robust PLR: episodes of ``length`` steps whose rewards the task's kind
+    sets: ``"calm"`` pays 0, ``"steady"`` 1, ``"noisy"`` +1 or -1 at random, and ``"broken"``
+    raises at its first step (an int task ``t`` is of kind ``KINDS[t % 3]``). Observations
+    are ``[t * obs_step]``: all 0 by default, so a linear critic's V is 0. Each reset records
+    ``(thread id, task)`` in ``resets``; with a ``gate``, resets after the first
+    ``free_resets`` wait for it. ``closed`` tells whether the env was closed."""
+
+    KINDS = ("calm", "steady", "noisy")
+    observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, length: int = 3, obs_step: float = 0.0,
+                 gate: threading.Event | None = None, free_resets: int = 0) -> None:
+        self.length, self.obs_step = length, obs_step
+        self.gate, self.free_resets = gate, free_resets
+        self.resets: list[tuple[int, Any]] = []
+        self.kind, self.t, self.closed = "calm", 0, False
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if (self.gate is not None and len(self.resets) >= self.free_resets
+                and not self.gate.wait(timeout=30)):
+            raise TimeoutError("the test never opened the gate")
+        task = options["task"]
+        self.resets.append((threading.get_ident(), task))
+        self.kind = self.KINDS[task % 3] if isinstance(task, int) else task
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        if self.kind == "broken":
+            raise RuntimeError("the level is broken")
+        self.t += 1
+        reward = {"calm": 0.0, "steady": 1.0}.get(self.kind)
+        if reward is None:
+            reward = float(self.np_random.choice([-1.0, 1.0]))
+        return self._obs(), reward, self.t >= self.length, False, {}
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.t * self.obs_step], dtype=np.float32)

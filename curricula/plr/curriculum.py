@@ -29,15 +29,17 @@ same cores: for small agents, ``torch.set_num_threads(1)`` keeps PLR's cost to t
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
+import gymnasium as gym
 import numpy as np
 
 from syllabus_eval.errors import bad_argument, check_count, check_number
-from syllabus_eval.protocols import AgentQueries
+from syllabus_eval.query.protocols import AgentQueries
 
 from ..curriculum import EXPERIENCE_KINDS, Curriculum, Experience
 from ..task_space import DiscreteTaskSpace
+from .robust import RobustReplay, check_robust_settings
 from .scores import REPLAY_SCHEDULES, SCORE_TRANSFORMS, STRATEGIES, TaskScores
 from .worker import PullWeights, ScoringWorker
 
@@ -51,17 +53,28 @@ class PrioritizedLevelReplay(Curriculum):
             (:class:`~syllabus_eval.AgentQueries`). Recurrent ones (``is_lstm=True``) also
             need ``initial_lstm_state(batch_size)``.
         strategy: the score of a segment: ``"value_l1"`` (mean absolute GAE, the paper's
-            best), ``"positive_value_loss"`` (mean positive GAE), ``"policy_entropy"``,
+            best), ``"positive_value_loss"`` (mean positive GAE), ``"gae"`` (mean signed GAE),
+            ``"one_step_td_error"`` (mean absolute one-step TD error), ``"policy_entropy"``,
             ``"least_confidence"`` or ``"min_margin"``. The last two need ``policy_logits`` in
             the evaluator's extras; entropy takes ``entropy`` or ``policy_logits``.
-        gamma: discount factor of the GAE.
+        gamma: discount factor of the GAE: the one the agent's value was trained with. A
+            value trained with a smaller one (say 0.99 against the default 0.999) leaves a
+            TD error of about ``(gamma - gamma_agent) V`` at every step that is not the
+            episode's last, so long episodes, those of a solved time-limited task most,
+            score highest.
         gae_lambda: lambda of the GAE.
-        score_transform: ``"rank"`` (h = 1 / rank) or ``"power"`` (h = score), PLR Eq. 1.
+        score_transform: PLR Eq. 1's h, over the seen tasks: ``"rank"`` (h = 1 / rank),
+            ``"power"`` (h = score, + 1e-3 when ``staleness_coef`` is 0, as in the paper's
+            code), ``"softmax"`` (P_S ∝ exp(score / beta)), ``"eps_greedy"`` (the best task
+            1 - 0.05, and 0.05 spread over all tasks), ``"max"`` (the best) or ``"constant"``
+            (uniform). Rank and power are the paper's; rank keeps the top task's share
+            whatever the gap between scores (with beta 0.5 on 5 tasks, 0.68 of P_S).
         temperature: beta of PLR Eq. 1: P_S ∝ h^(1/beta); higher is more uniform.
         staleness_coef: rho of PLR Eq. 3, the weight of the staleness distribution.
-        replay_prob: p, the probability of replaying a seen task while unseen tasks remain.
-        replay_schedule: ``"proportionate"`` replays with probability min(p, fraction of
-            tasks seen), ``"fixed"`` with p.
+        replay_prob: p, the probability of replaying a seen task while unseen tasks remain,
+            under the ``"fixed"`` schedule (the paper's code's 1 - nu).
+        replay_schedule: ``"proportionate"`` replays with probability the fraction of tasks
+            seen (the paper's), ``"fixed"`` with p.
         score_alpha: a new segment score S updates a task's score as
             ``(1 - alpha) * old + alpha * S`` (1: the latest score, as in the paper).
         num_steps: the longest segment; longer episodes are scored every ``num_steps`` steps,
@@ -74,7 +87,20 @@ class PrioritizedLevelReplay(Curriculum):
             batch: a query per few records would cost the training loop more time (the
             worker's Python code holds the GIL) than a query per batch.
         queue_size: the most records waiting; :meth:`observe` blocks while it is full.
-        seed: seeds the sampler.
+        seed: seeds the sampler (and, in robust mode, the evaluation episodes' resets).
+        robust: Robust PLR (PLR⊥, Jiang et al. 2021, :mod:`~syllabus_eval.curricula.plr.robust`):
+            unscored tasks are scored by PLR's own evaluation episodes of the current policy,
+            on envs from ``env_fn``, in a background thread; :meth:`sample` returns only
+            replays of scored tasks (a "new task" decision of ``replay_schedule`` queues a
+            task for evaluation instead), waiting for the first score if none is in yet.
+            Training experience of replayed tasks updates their scores as in PLR.
+        env_fn: robust mode only, and then required: returns one new gymnasium Env, which
+            plays tasks given as ``reset(options={"task": task})`` (or through ``set_task``).
+        set_task: robust mode: optional ``set_task(env, task)`` called before each
+            evaluation reset, for envs that take their task another way.
+        num_eval_envs: robust mode: envs that evaluate queued tasks side by side.
+        first_score_timeout: robust mode: seconds :meth:`sample` waits for the first scored
+            task before raising ``TimeoutError``.
 
     The worker thread starts at construction. :meth:`close` (or leaving a ``with`` block)
     scores every record observed before it, scores the open segments as if truncated there,
@@ -114,8 +140,14 @@ class PrioritizedLevelReplay(Curriculum):
         batch_wait: float = 0.02,
         queue_size: int = 4096,
         seed: int | None = None,
+        robust: bool = False,
+        env_fn: Callable[[], gym.Env] | None = None,
+        set_task: Callable[[gym.Env, object], None] | None = None,
+        num_eval_envs: int = 4,
+        first_score_timeout: float = 60.0,
     ) -> None:
         super().__init__(task_space, seed=seed)
+        check_robust_settings(robust, env_fn, set_task, num_eval_envs, first_score_timeout)
         if not isinstance(evaluator, AgentQueries):
             raise bad_argument("evaluator", "an object with the Evaluator's methods "
                                "(get_action, get_value, get_action_and_value)", evaluator)
@@ -143,6 +175,16 @@ class PrioritizedLevelReplay(Curriculum):
             gae_lambda=self.gae_lambda, num_steps=self.num_steps, batch_size=self.batch_size,
             batch_wait=self.batch_wait, queue_size=check_count("queue_size", queue_size))
         self.recurrent = self._worker.recurrent
+        self.robust = bool(robust)
+        self._robust: RobustReplay | None = None
+        if robust:
+            try:
+                self._robust = RobustReplay(
+                    self, env_fn, set_task=set_task, num_eval_envs=num_eval_envs,
+                    first_score_timeout=first_score_timeout, seed=seed)
+            except BaseException:
+                self._worker.close()  # a bad env_fn leaves no thread behind
+                raise
 
     # --- producers -----------------------------------------------------------------------------
 
@@ -163,20 +205,31 @@ class PrioritizedLevelReplay(Curriculum):
             raise bad_argument("experience.env_id", "a hashable env id", experience.env_id)
         if experience.kind == "reset":
             self.task_space.index(experience.task, "experience.task")
+        if self._robust is not None and experience.kind != "close":
+            self._robust.check()
         self._worker.put(experience)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every record observed before this call has been scored.
+        """Wait until every record observed before this call has been scored (in robust
+        mode, first every evaluation queued before it: ``timeout`` covers both).
 
         Raises:
-            CurriculumError: the worker failed.
+            CurriculumError: the worker (or the evaluation thread) failed.
             TimeoutError: ``timeout`` seconds passed first.
         """
+        if self._robust is not None:
+            timeout = self._robust.flush(timeout)
         self._worker.flush(timeout)
 
     def close(self) -> None:
-        """Score everything observed so far, then stop the worker (idempotent)."""
-        self._worker.close()
+        """Score everything observed so far, then stop the worker (idempotent). In robust
+        mode, first stop the evaluation thread (an evaluation under way is cut short and
+        scored as truncated there) and close its envs."""
+        try:
+            if self._robust is not None:
+                self._robust.close()
+        finally:
+            self._worker.close()
 
     def sync_weights_from(self, pull: PullWeights) -> None:
         """Score with weights pushed from elsewhere rather than the evaluator's own sync.
@@ -225,12 +278,26 @@ class PrioritizedLevelReplay(Curriculum):
         return self._table.replay_distribution(self.score_transform, self.temperature,
                                                self.staleness_coef)
 
+    def sample(self, k: int = 1) -> list:
+        """``k`` tasks to play, each drawn independently (robust mode: replays of scored
+        tasks only, see the class docs)."""
+        if self._robust is not None:
+            return self._robust.sample(k)
+        return super().sample(k)
+
     def distribution(self) -> np.ndarray:
-        """The probability of each task for the next draw: ``[N]``.
+        """The probability of each task for the next draw: ``[N]`` (robust mode: the replay
+        distribution, since every training draw is a replay).
 
         PLR first decides to replay (a seen task, from P_replay) or not (an unseen task,
         uniformly); this is that two-stage draw as one mixture.
         """
+        if self._robust is not None:
+            return self._robust.distribution()
+        return self._plr_distribution()
+
+    def _plr_distribution(self) -> np.ndarray:
+        # PLR's two-stage draw as one mixture; robust mode reads its replay decision from it.
         return self._table.distribution(self.score_transform, self.temperature,
                                         self.staleness_coef, self.replay_prob,
                                         self.replay_schedule)
@@ -240,3 +307,5 @@ class PrioritizedLevelReplay(Curriculum):
 
     def _check(self) -> None:
         self._worker.check()
+        if self._robust is not None:
+            self._robust.check()

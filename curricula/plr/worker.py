@@ -41,14 +41,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from syllabus_eval.advantages import gae
 from syllabus_eval.errors import describe
-from syllabus_eval.protocols import AgentQueries, SequenceQueries, is_recurrent
+from syllabus_eval.query.advantages import gae
+from syllabus_eval.query.protocols import AgentQueries, SequenceQueries, is_recurrent
 
 from ..background import BackgroundThread
 from ..curriculum import Experience
 from ..task_space import DiscreteTaskSpace
-from .scores import POLICY_SCORES, VALUE_SCORES, TaskScores
+from .scores import POLICY_SCORES, TD_SCORES, VALUE_SCORES, TaskScores, one_step_td_errors
 
 _STOP = object()  # queued by close(): the worker scores everything before it, then stops
 
@@ -344,10 +344,17 @@ class ScoringWorker:
         if steps == 0:
             return
         if self._policy_score is None:
+            # V(s_T): bootstrapped where the segment was cut short (a time limit, num_steps,
+            # a reset mid-episode), 0 only where s_T is terminal.
             bootstrap = 0.0 if terminated else segment.values[-1]
-            advantages = gae(segment.rewards, segment.values[:-1], bootstrap, self.gamma,
-                             self.gae_lambda)  # [T]
-            score = VALUE_SCORES[self.strategy](advantages)
+            if self.strategy in TD_SCORES:
+                td_errors = one_step_td_errors(segment.rewards, segment.values[:-1], bootstrap,
+                                               self.gamma)  # [T]
+                score = TD_SCORES[self.strategy](td_errors)
+            else:
+                advantages = gae(segment.rewards, segment.values[:-1], bootstrap, self.gamma,
+                                 self.gae_lambda)  # [T]
+                score = VALUE_SCORES[self.strategy](advantages)
         else:
             score = float(np.mean(segment.terms[:-1]))  # s_0 .. s_{T-1}: where actions were taken
         if not math.isfinite(score):  # finite inputs can still overflow (rewards near 1e308)

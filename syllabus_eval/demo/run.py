@@ -90,9 +90,12 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
     runner_options: dict[str, Any] = {}
     if backend != "thread":
         runner_options = {"env_fn": CartPoleTasks, "evaluator_fn": make_evaluator}
+    config = PPOConfig()
     # A softer temperature than the paper's 0.1 (for 200 levels) keeps several of 5 tasks in play.
-    with PrioritizedLevelReplay(TASKS, evaluator, seed=seed, num_steps=128,
-                                temperature=0.5) as plr, \
+    # PLR's GAE uses the discount the agent's value is trained with: with PLR's default 0.999
+    # against PPO's 0.99, every step of a long episode adds about 0.009 V to its score.
+    with PrioritizedLevelReplay(TASKS, evaluator, seed=seed, num_steps=128, temperature=0.5,
+                                gamma=config.gamma, gae_lambda=config.gae_lambda) as plr, \
             EvalRunner(CartPoleTasks, evaluator, num_envs=len(TASKS),
                        num_episodes=eval_episodes * len(TASKS), max_steps=None,
                        backend=backend, eval_every=eval_every, seed=seed,
@@ -102,7 +105,7 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
                        **runner_options) as runner:
         envs = gym.vector.SyncVectorEnv(
             [lambda: CurriculumWrapper(CartPoleTasks(), plr) for _ in range(num_envs)])
-        trainer = PPOTrainer(envs, agent, PPOConfig(), seed=seed)
+        trainer = PPOTrainer(envs, agent, config, seed=seed)
         runner.trigger_eval(agent, step=0)  # the untrained agent, for the plot's first point
         bar = tqdm(total=steps, unit="step", disable=not progress, desc="demo")
         recent: list[float] = []
@@ -121,6 +124,7 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
             pass
         envs.close()
         final_priorities = dict(zip(TASKS, plr.distribution()))
+        plr_scores = plr.task_scores()
         scored = plr.scored_steps()
         skipped, best = runner.skipped, runner.best
     videos = _record_videos(evaluator, trainer.global_step, out / "videos", seed, echo)
@@ -140,10 +144,12 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
     rows = [[task, suite, _with_interval(final, f"eval/{suite}/task/{task}/reward"),
              f"{final[f'eval/{suite}/task/{task}/success']:.0%}",
              f"{final_priorities[task]:.2f}" if suite == "train" else "held out",
+             f"{plr_scores[task]:.2f}" if task in plr_scores else "-",
              scored.get(task, 0) if suite == "train" else "-"]
             for suite, tasks in (("train", TASKS), ("test", HELD_OUT)) for task in tasks]
     echo(format_table(rows, ["task", "suite", "eval return (95% interval)", "success",
-                             "PLR probability", "steps scored by PLR"]))
+                             "PLR probability", "PLR score", "steps scored by PLR"]))
+    echo(_why_plr(plr_scores, temperature=plr.temperature))
     first = evaluations[0]["eval/train/reward"]
     echo(f"\ntraining tasks: evaluation return {first:.1f} at step 0 -> "
          f"{_with_interval(final, 'eval/train/reward')} at step {final['eval/step']}; "
@@ -155,6 +161,23 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
     echo(f"wrote {out / 'metrics.json'} and {out / 'demo.png'}"
          + (f", and {len(videos)} videos (one per task) in {out / 'videos'}" if videos else ""))
     return summary
+
+
+def _why_plr(scores: dict[str, float], temperature: float) -> str:
+    """Why PLR favours the task it does: the rank transform shares by order, not by gap."""
+    if len(scores) < 2:
+        return ""
+    top = max(scores, key=scores.get)
+    ranks = np.arange(1, len(scores) + 1)
+    rank_share = 1.0 / (1.0 / ranks ** (1 / temperature)).sum()  # P_S of rank 1
+    h = np.maximum(np.array(list(scores.values())), 0.0) ** (1 / temperature)
+    power_share = max(scores[top], 0.0) ** (1 / temperature) / h.sum() if h.sum() > 0 else 0.0
+    return (f"\nPLR score: mean |GAE| of the task's latest segment, a value error (a solved "
+            f"task's long episodes have one too). The rank transform gives the top-scored task "
+            f"({top}) {rank_share:.2f} of PLR's score-based draws however close the scores are "
+            f"(here {min(scores.values()):.2f} to {scores[top]:.2f}); "
+            f"score_transform='power' would give it {power_share:.2f}, a higher temperature "
+            "less too, and score_alpha < 1 averages segments rather than keeping the latest.")
 
 
 def _with_interval(metrics: dict[str, float], key: str) -> str:

@@ -26,8 +26,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import SB3Evaluator  # noqa: E402
 from tests.fake_envs import DictEnv, FramesEnv, seed_by_hand  # noqa: E402
-from tests.readme import readme_snippet  # noqa: E402
 from tests.query.test_evaluator import assert_same, in_thread, snapshot  # noqa: E402
+from tests.readme import readme_snippet  # noqa: E402
 
 B = 5
 # Pass copies: SB3's off-policy models write into the policy_kwargs dict they are given.

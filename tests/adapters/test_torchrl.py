@@ -23,8 +23,8 @@ from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator  # noq
 from syllabus_eval import EvalRunner  # noqa: E402
 from syllabus_eval.adapters import TorchRLEvaluator  # noqa: E402
 from tests.fake_envs import CheetahSpacesEnv, seed_by_hand  # noqa: E402
-from tests.readme import readme_snippet  # noqa: E402
 from tests.query.test_evaluator import assert_same, in_thread, snapshot  # noqa: E402
+from tests.readme import readme_snippet  # noqa: E402
 
 B = 5
 OBS = np.random.default_rng(0).normal(size=(B, 17)).astype(np.float32)

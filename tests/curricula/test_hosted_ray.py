@@ -18,7 +18,6 @@ import torch
 
 from syllabus_eval import CurriculumError
 from syllabus_eval.curricula import RayCurriculumServer
-from tests.evaluation.backends.test_ray_cluster import AUTH, cluster, ray_status  # noqa: F401 (fixture)
 from tests.curricula.hosting import (
     SCORE,
     SCORE_DOUBLED,
@@ -28,6 +27,7 @@ from tests.curricula.hosting import (
     episode,
     linear_plr,
 )
+from tests.evaluation.backends.test_ray_cluster import AUTH, cluster, ray_status  # noqa: F401 (fixture)
 from tests.readme import readme_snippet
 
 ray = pytest.importorskip("ray")

@@ -87,7 +87,7 @@ class TestNonFiniteRewards:
     @pytest.mark.parametrize("reward", [math.nan, math.inf, -math.inf])
     @pytest.mark.parametrize("transform, h", [
         ("rank", np.array([1.0, 1 / 3, 1 / 2])),  # ranks 1, 3, 2 of 1, 0.45, 0.8025
-        ("power", np.array([1.0, 0.45, 0.8025])),  # the scores themselves
+        ("power", np.array([1.0, 0.45, 0.8025]) + 1e-3),  # the scores (+ 1e-3: no staleness)
     ])
     def test_fail_the_worker_and_leave_the_table_finite(self, chain_env, reward, transform, h,
                                                         no_leaked_threads):

@@ -1,0 +1,112 @@
+"""Per-task success rates in: the pieces the curricula fed by evaluations share.
+
+Usage::
+
+    from syllabus_eval.curricula.success_rates import (PeriodicEvaluation, check_rates,
+                                                       rates_from_metrics)
+
+    rates = rates_from_metrics(metrics, task_space)   # {task: rate} of eval/task/<task>/success
+    checked = check_rates(rates, task_space)          # {task index: rate}, every entry checked
+    background = PeriodicEvaluation(evaluate_fn, 60.0, curriculum.on_result, "name")
+    background.check(); background.close()
+
+:class:`~syllabus_eval.curricula.LearningProgressCurriculum` and
+:class:`~syllabus_eval.curricula.Learnability` read the rollout engine's flat metrics the same
+way (``eval/task/<task>/success``, ``<task>`` being ``str(task)``) and take the same optional
+background evaluations.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import numpy as np
+
+from syllabus_eval.errors import bad_argument, check_number
+
+from .background import BackgroundThread
+from .task_space import DiscreteTaskSpace
+
+SUCCESS_PREFIX, SUCCESS_SUFFIX = "eval/task/", "/success"
+
+
+def rates_from_metrics(metrics: Mapping[str, Any], task_space: DiscreteTaskSpace
+                       ) -> dict[Hashable, Any]:
+    """``{task: rate}`` of the ``eval/task/<task>/success`` keys of a metrics dict.
+
+    Raises:
+        ValueError: ``metrics`` is not a dict, has no such key, or names an unknown task.
+    """
+    if not isinstance(metrics, Mapping):
+        raise bad_argument("metrics", "a metrics dict", metrics)
+    rates = {task_space.from_name(key[len(SUCCESS_PREFIX):-len(SUCCESS_SUFFIX)]): value
+             for key, value in metrics.items()
+             if isinstance(key, str) and key.startswith(SUCCESS_PREFIX)
+             and key.endswith(SUCCESS_SUFFIX)}
+    if not rates:
+        raise bad_argument("metrics", f"per-task success rates under keys "
+                           f"'{SUCCESS_PREFIX}<task>{SUCCESS_SUFFIX}'", metrics)
+    return rates
+
+
+def check_rates(rates: Mapping[Hashable, Any], task_space: DiscreteTaskSpace
+                ) -> dict[int, float]:
+    """``{task index: rate}`` with every rate a finite number in [0, 1]; all checked before
+    any is returned, so that a bad entry (NaN and inf included) changes nothing.
+
+    Raises:
+        ValueError: ``rates`` is not a non-empty dict, names an unknown task, or holds a rate
+            that is not a number in [0, 1] (``rates[<task>]`` named).
+    """
+    if not isinstance(rates, Mapping) or not rates:
+        raise bad_argument("rates", "a non-empty dict {task: success rate}", rates)
+    return {task_space.index(task, "rates"):
+            check_number(f"rates[{task!r}]", _plain(rate), 0.0, 1.0)
+            for task, rate in rates.items()}
+
+
+def check_evaluate_fn(evaluate_fn: object, eval_interval: object) -> float:
+    """Check the background evaluation's settings; return ``eval_interval`` as a float."""
+    if evaluate_fn is not None and not callable(evaluate_fn):
+        raise bad_argument("evaluate_fn", "a callable returning a metrics dict, or None",
+                           evaluate_fn)
+    return check_number("eval_interval", eval_interval, 0.0)
+
+
+class PeriodicEvaluation:
+    """A thread that calls ``evaluate_fn()`` at once, then ``interval`` seconds after each call
+    returns, and hands each metrics dict to ``on_result``.
+
+    A failure (of ``evaluate_fn`` or ``on_result``) ends the thread; :meth:`check` raises it
+    as :class:`~syllabus_eval.CurriculumError`, and :meth:`close` if nobody was told yet.
+    """
+
+    def __init__(self, evaluate_fn: Callable[[], Mapping[str, Any]], interval: float,
+                 on_result: Callable[[Mapping[str, Any]], None], name: str) -> None:
+        self._evaluate_fn, self._interval, self._on_result = evaluate_fn, interval, on_result
+        self._stop = threading.Event()
+        self._thread = BackgroundThread(self._run, name)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._on_result(self._evaluate_fn())
+            self._stop.wait(self._interval)
+
+    def check(self) -> None:
+        """Raise the thread's failure, if it failed."""
+        self._thread.check()
+
+    def close(self) -> None:
+        """Stop after the evaluation running, if any (not waiting out the interval)."""
+        self._stop.set()
+        self._thread.join()
+
+
+def _plain(rate: Any) -> Any:
+    """A numpy scalar as a Python float, so that an error about it shows the number (``nan``)
+    rather than its dtype."""
+    if isinstance(rate, np.floating):
+        return float(rate)
+    return rate
