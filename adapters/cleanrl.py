@@ -15,14 +15,23 @@ Observations become float32 tensors, as CleanRL's loop does with ``torch.Tensor(
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
-from syllabus_eval.query.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.errors import Choice
+from syllabus_eval.query.evaluator import AgentInputs, Clone, Evaluator, LSTMState
+
+
+class HeadKind(Choice):
+    """How greedy actions are read from the actor head."""
+
+    MEAN = "mean"  # actor_mean: the continuous action itself
+    LOGITS = "logits"  # actor on observations (ppo.py): the argmax of its logits
+    TRUNK = "trunk"  # actor on a shared trunk's output (ppo_atari.py)
 
 
 class CleanRLEvaluator(Evaluator):
@@ -40,6 +49,12 @@ class CleanRLEvaluator(Evaluator):
     call of all actions).
     """
 
+    clone_rules: ClassVar[dict[str, Clone]] = {
+        "_head": Clone.FRESH,  # found in the agent copy it belongs to: a clone finds its own
+        "_trunk_greedy": Clone.SHARE,  # the same code: what was checked holds for a clone
+    }
+    _head: tuple[nn.Module, HeadKind] | None = None  # the query agent's, found once
+
     def __init__(self, agent: nn.Module, device: str | torch.device | None = None,
                  preprocess_obs: Any = None, copy_agent: bool = True, is_lstm: bool = False,
                  **kwargs: Any) -> None:
@@ -50,7 +65,7 @@ class CleanRLEvaluator(Evaluator):
                             f"needs {', '.join(required)}; {type(agent).__name__} lacks "
                             f"{', '.join(missing)}")
         super().__init__(agent, device, preprocess_obs, copy_agent, is_lstm=is_lstm, **kwargs)
-        self._head: tuple[nn.Module, str] | None = None  # the query agent's, found once
+        self._head = None
         self._trunk_greedy: bool | None = None  # greedy from the trunk's output: checked once
         if self.deterministic:
             self._actor_head()  # fail at construction, not at the first query
@@ -97,7 +112,7 @@ class CleanRLEvaluator(Evaluator):
         critic = getattr(agent, "critic", None)
         # Reading the LSTM's inputs swaps the agent's lstm for a moment: only in a private
         # copy, never in the training agent that copy_agent=False queries in place.
-        in_place = self._live_source is not None
+        in_place = not self.copy_agent
         features = None if critic is None or in_place else _lstm_inputs(agent, inputs)
         if features is None:
             return super()._get_value_sequence(inputs, policy)
@@ -126,12 +141,12 @@ class CleanRLEvaluator(Evaluator):
         """The most likely action: override for agents built differently."""
         head, kind = self._actor_head()
         agent, obs = self.agent, inputs.obs
-        if kind == "mean":
+        if kind is HeadKind.MEAN:
             return head(obs), None
         if self.is_lstm:
             hidden, next_state = agent.get_states(obs, inputs.lstm_state, inputs.done)
             return head(hidden).argmax(dim=-1), next_state
-        if kind == "logits":
+        if kind is HeadKind.LOGITS:
             return head(obs).argmax(dim=-1), None
         # A shared trunk scales its input inside the agent (x / 255): its output is read from
         # the agent's own get_value instead of guessing the scaling.
@@ -157,23 +172,19 @@ class CleanRLEvaluator(Evaluator):
         _, log_prob, _, _ = self.agent.get_action_and_value(repeated, actions)
         return log_prob.view(num_actions, batch).T
 
-    def _actor_head(self) -> tuple[nn.Module, str]:
+    def _actor_head(self) -> tuple[nn.Module, HeadKind]:
         """The head greedy actions come from, and how to use it; found once per query agent,
         since walking the modules costs a step's time."""
         if self._head is None:
             self._head = self._find_actor_head(self.agent)
         return self._head
 
-    def _detach_into(self, clone: CleanRLEvaluator) -> None:
-        clone._head = None  # the clone's head is in its own copy of the agent
-        clone._trunk_greedy = self._trunk_greedy  # the same code: what was checked holds
-
-    def _find_actor_head(self, agent: nn.Module) -> tuple[nn.Module, str]:
+    def _find_actor_head(self, agent: nn.Module) -> tuple[nn.Module, HeadKind]:
         if isinstance(getattr(agent, "actor_mean", None), nn.Module) and not self.is_lstm:
-            return agent.actor_mean, "mean"
+            return agent.actor_mean, HeadKind.MEAN
         actor = getattr(agent, "actor", None)
         if isinstance(actor, nn.Module) and _out_features(actor):
-            return actor, "trunk" if hasattr(agent, "network") else "logits"
+            return actor, HeadKind.TRUNK if hasattr(agent, "network") else HeadKind.LOGITS
         raise TypeError(
             f"deterministic=True: {type(agent).__name__} exposes no actor head (`actor` ending "
             "in a Linear layer that gives logits, or `actor_mean` for continuous actions); "

@@ -9,14 +9,14 @@ Usage::
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
 from syllabus_eval.errors import bad_argument
-from syllabus_eval.query.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.query.evaluator import AgentInputs, Clone, Evaluator, LSTMState
 
 _SUPPORTED = (spaces.Discrete, spaces.MultiDiscrete, spaces.Box, spaces.MultiBinary)
 
@@ -35,6 +35,10 @@ class DummyEvaluator(Evaluator):
     """
 
     obs_dtype = None
+    clone_rules: ClassVar[dict[str, Clone]] = {
+        "action_space": Clone.COPY,  # a clone draws from its own random generator
+        "_dtype": Clone.SHARE,
+    }
 
     def __init__(self, action_space: spaces.Space, device: str | torch.device = "cpu",
                  preprocess_obs: Any = None, *, seed: int | None = None, is_lstm: bool = False,
@@ -47,9 +51,6 @@ class DummyEvaluator(Evaluator):
         self.action_space = copy.deepcopy(action_space)
         self.action_space.seed(seed)
         self._dtype = torch.float32 if isinstance(action_space, spaces.Box) else torch.int64
-
-    def _detach_into(self, clone: DummyEvaluator) -> None:
-        clone.action_space = copy.deepcopy(self.action_space)  # its own random generator
 
     def initial_lstm_state(self, batch_size: int) -> LSTMState | None:
         return (torch.zeros(1, batch_size, 1, device=self.device),) if self.is_lstm else None

@@ -95,17 +95,16 @@ class MoolibEvaluator(Evaluator):
         return prepared
 
     def _prepare_lstm(self, lstm_state: Any, done: Any, batch_size: int
-                      ) -> tuple[LSTMState | None, torch.Tensor]:
-        if not self.is_lstm:
-            if lstm_state not in (None, ()):
-                raise bad_argument("lstm_state", "None or () for a model without a core",
-                                   lstm_state)
-            return (), self._check_done(done, batch_size)
-        return super()._prepare_lstm(lstm_state, done, batch_size)
-
-    def _check_done(self, done: Any, batch_size: int) -> torch.Tensor | None:
+                      ) -> tuple[LSTMState, torch.Tensor | None]:
+        if self.is_lstm:
+            state = self._prepare_recurrent_state(lstm_state, batch_size)
+        elif lstm_state in (None, ()):
+            state = ()
+        else:
+            raise bad_argument("lstm_state", "None or () for a model without a core",
+                               lstm_state)
         # None stays None: done may come in the input dict instead (see _forward).
-        return None if done is None else super()._check_done(done, batch_size)
+        return state, None if done is None else self._prepare_done(done, batch_size)
 
     def _forward(self, inputs: AgentInputs) -> tuple[dict, LSTMState]:
         obs = inputs.obs

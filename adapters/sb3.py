@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 
 from syllabus_eval.errors import bad_argument, describe
 from syllabus_eval.query.compiled import unwrap_compiled
-from syllabus_eval.query.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.query.evaluator import AgentInputs, Clone, Evaluator, LSTMState
 from syllabus_eval.query.inputs import TensorTree
 
 _CPU = torch.device("cpu")
@@ -111,6 +111,9 @@ class SB3Evaluator(Evaluator):
 
     obs_dtype = None  # the policy's preprocess_obs casts and scales (images / 255) itself
     recurrent = False  # sb3-contrib's recurrent policies are not supported
+    # The strategy keeps no state of its own (DQN's reads the model's exploration rate, live).
+    clone_rules: ClassVar[dict[str, Clone]] = {"_strategy": Clone.SHARE,
+                                               "_action_space": Clone.SHARE}
 
     def __init__(self, model: Any, device: str | torch.device | None = None,
                  preprocess_obs: Any = None, copy_agent: bool = True, **kwargs: Any) -> None:

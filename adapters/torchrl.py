@@ -37,14 +37,14 @@ import functools
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from syllabus_eval.errors import describe
 from syllabus_eval.query.compiled import unwrap_compiled
-from syllabus_eval.query.evaluator import AgentInputs, Evaluator, LSTMState
+from syllabus_eval.query.evaluator import AgentInputs, Clone, Evaluator, LSTMState
 from syllabus_eval.query.inputs import TensorTree
 
 
@@ -95,6 +95,10 @@ class TorchRLEvaluator(Evaluator):
 
     obs_dtype = None  # integer and bool observations are kept; floats: see _prepare_state
     recurrent = False
+    # Settings read from the modules at construction, never changed after.
+    clone_rules: ClassVar[dict[str, Clone]] = dict.fromkeys(
+        ("observation_key", "action_key", "value_key", "_has_value", "_float_dtype",
+         "_value_reads_policy", "_needed", "_extras"), Clone.SHARE)
 
     def __init__(self, policy: nn.Module, value: nn.Module | None = None,
                  device: str | torch.device | None = None, preprocess_obs: Any = None,

@@ -26,6 +26,8 @@ from torch import nn
 from syllabus_eval.errors import bad_argument, describe
 
 _COMPILED = "_orig_mod"  # where torch.compile's OptimizedModule keeps the module it wraps
+# What compile=True compiles: the evaluator's query hooks, one per public template.
+QUERY_HOOKS = ("_get_action", "_get_value", "_get_action_and_value", "_get_value_sequence")
 
 
 def unwrap_compiled(module: nn.Module) -> nn.Module:
@@ -93,3 +95,16 @@ def compile_options(compile: object, has_copy: bool) -> dict[str, Any] | None:
         raise bad_argument("compile", "False without a private copy to compile (copy_agent="
                            "False or no agent): the training agent is never changed", compile)
     return options
+
+
+def compile_hooks(owner: object, names: tuple[str, ...], options: Mapping[str, Any]) -> None:
+    """``owner``'s methods ``names``, compiled with ``options``, as instance attributes.
+
+    The templates look hooks up on the instance at every query anyway, so evaluators that do
+    not compile pay nothing. The compiled code reads the copy's tensors as inputs (torch guards
+    on their shapes and dtypes, not their values): refreshes copy into them in place and need
+    no recompilation.
+    """
+    for name in names:
+        hook = getattr(type(owner), name).__get__(owner)  # the method, never a compiled one
+        setattr(owner, name, torch.compile(hook, **options))

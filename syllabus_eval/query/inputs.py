@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,24 @@ from gymnasium import spaces
 from torch import nn
 
 from syllabus_eval.errors import bad_argument, describe
+from syllabus_eval.query.protocols import LSTMState
 
 TensorTree = torch.Tensor | dict[str, "TensorTree"]
+
+
+@dataclass(slots=True)
+class AgentInputs:
+    """What a hook receives: prepared tensors on the evaluator's device."""
+
+    # [B, ...] (or a dict of them); [T * B, ...], time-major, for sequences. Tensors from our
+    # _prepare_state; a ported one's result as it returned it (numpy arrays, say).
+    obs: TensorTree | Any
+    lstm_state: LSTMState | None  # each [num_layers, B, hidden] for CleanRL / moolib
+    done: torch.Tensor | None  # [B] ([T * B] for sequences) float32; None: feedforward agents
+    batch_size: int  # B
+    deterministic: bool
+    steps: int = 1  # T: the steps of each env's sequence (get_value_sequence)
+    lengths: torch.Tensor | None = None  # [B] int64: env b's steps are its first lengths[b]
 
 # Layers that say what their input is: where observations enter an agent.
 _INPUT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase)

@@ -23,7 +23,7 @@ from stable_baselines3 import A2C, DQN, PPO, SAC, TD3  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
-from syllabus_eval import EvalRunner  # noqa: E402
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner  # noqa: E402
 from syllabus_eval.adapters import SB3Evaluator  # noqa: E402
 from tests.fake_envs import DictEnv, FramesEnv, seed_by_hand  # noqa: E402
 from tests.query.test_evaluator import assert_same, in_thread, snapshot  # noqa: E402
@@ -375,8 +375,8 @@ class TestEvalRunner:
         # documented seed: with greedy actions, the very same episodes.
         model = BY_NAME["ppo-cartpole"].build()
         model.learn(64)
-        runner = EvalRunner(_cartpole, SB3Evaluator(model), num_envs=4, num_episodes=8,
-                            seed=0)
+        runner = EvalRunner(EnvSpec(_cartpole, num_envs=4), SB3Evaluator(model), num_episodes=8,
+                            episodes=EpisodeSettings(seed=0))
         result = runner.evaluate()
         runner.shutdown()
         rewards, lengths = sb3_episode_by_episode(model, _cartpole, num_envs=4, num_episodes=8)
@@ -391,7 +391,8 @@ class TestEvalRunner:
         def short() -> gym.Env:
             return gym.make("Pendulum-v1", max_episode_steps=20)
 
-        with EvalRunner(short, SB3Evaluator(model), num_envs=2, num_episodes=4) as runner:
+        with EvalRunner(EnvSpec(short, num_envs=2), SB3Evaluator(model),
+                        num_episodes=4) as runner:
             result = runner.evaluate(model.policy)  # the policy's weights, as a module
         rewards, _ = sb3_episode_by_episode(model, short, num_envs=2, num_episodes=4)
         assert [e.reward for e in result.episodes] == pytest.approx(rewards)

@@ -20,7 +20,7 @@ from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequ
 from torchrl.envs.utils import ExplorationType, exploration_type, set_exploration_type  # noqa: E402
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator  # noqa: E402
 
-from syllabus_eval import EvalRunner  # noqa: E402
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner  # noqa: E402
 from syllabus_eval.adapters import TorchRLEvaluator  # noqa: E402
 from tests.fake_envs import CheetahSpacesEnv, seed_by_hand  # noqa: E402
 from tests.query.test_evaluator import assert_same, in_thread, snapshot  # noqa: E402
@@ -111,8 +111,8 @@ class TestTheSeedPolicy:
 
     def test_eval_runner_blocking_and_in_the_background(self) -> None:
         policy = seed_policy()
-        with EvalRunner(CheetahSpacesEnv, TorchRLEvaluator(policy), num_envs=2, num_episodes=5,
-                        max_steps=1000) as runner:
+        with EvalRunner(EnvSpec(CheetahSpacesEnv, num_envs=2), TorchRLEvaluator(policy),
+                        num_episodes=5, episodes=EpisodeSettings(max_steps=1000)) as runner:
             metrics = runner.evaluate(weights=policy, step=0)
             expected = returns_by_hand(policy, 2, 5)
             assert [e.reward for e in metrics.episodes] == pytest.approx(expected, rel=1e-6)
@@ -129,7 +129,8 @@ class TestTheSeedPolicy:
     def test_state_dict_weights_and_the_live_policy(self) -> None:
         policy = seed_policy()
         evaluator = TorchRLEvaluator(policy)
-        with EvalRunner(CheetahSpacesEnv, evaluator, num_envs=2, num_episodes=2) as runner:
+        with EvalRunner(EnvSpec(CheetahSpacesEnv, num_envs=2), evaluator,
+                        num_episodes=2) as runner:
             from_state = runner.evaluate(weights=policy.state_dict())
             live = runner.evaluate()  # weights=None: the training agent, the policy itself
         assert from_state["eval/reward"] == live["eval/reward"]
@@ -261,7 +262,8 @@ class TestWeights:
     def test_eval_runner_weights_with_a_value_module(self) -> None:
         module, value_module = actor(), critic()
         evaluator = TorchRLEvaluator(module, value=value_module)
-        with EvalRunner(CheetahSpacesEnv, evaluator, num_envs=2, num_episodes=2) as runner:
+        with EvalRunner(EnvSpec(CheetahSpacesEnv, num_envs=2), evaluator,
+                        num_episodes=2) as runner:
             live = runner.evaluate()  # weights=None: the live policy and value
             given = runner.evaluate(weights=evaluator.training_agent)
             assert live["eval/reward"] == given["eval/reward"]

@@ -14,7 +14,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from syllabus_eval import EvalRunner, Evaluator
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner, Evaluator
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.demo.agents import LSTMAgent, MLPAgent
 from tests.cases import CASES, RECURRENT, VECTOR, WITH_AGENT, Case
@@ -746,11 +746,12 @@ class TestSyllabusTemplate:
                              for _ in range(2))
 
         agent, other = tiny_lstm_agent(), tiny_lstm_agent(seed=1)
-        kwargs = {"num_envs": 2, "num_episodes": 4, "max_steps": 50, "seed": 0}
+        envs = EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=2)
+        episodes = EpisodeSettings(max_steps=50, seed=0)
         results = []
         for evaluator in (RecurrentTemplate(agent, is_lstm=True),
                           CleanRLEvaluator(agent, is_lstm=True)):
-            with EvalRunner(lambda: gym.make("CartPole-v1"), evaluator, **kwargs) as runner:
+            with EvalRunner(envs, evaluator, num_episodes=4, episodes=episodes) as runner:
                 results.append((runner.evaluate(step=1), runner.evaluate(other, step=2)))
         for template, cleanrl in zip(*results):  # the training agent's weights, then other's
             assert template.episodes == cleanrl.episodes and len(template.episodes) == 4
@@ -905,8 +906,8 @@ class TestCompile:
                                agent.get_value(torch.as_tensor(obs)))
         episodes = []
         for queries in (evaluator, CleanRLEvaluator(agent)):  # the runner queries a clone
-            with EvalRunner(lambda: gym.make("CartPole-v1"), queries, num_envs=2,
-                            num_episodes=4, seed=0) as runner:
+            with EvalRunner(EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=2), queries,
+                            num_episodes=4, episodes=EpisodeSettings(seed=0)) as runner:
                 episodes.append(runner.evaluate(other).episodes)
         assert episodes[0] == episodes[1]
 

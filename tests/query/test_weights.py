@@ -13,7 +13,14 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from syllabus_eval import EvalRunner, WeightSource, snapshot_state_dict, weight_source
+from syllabus_eval import (
+    EnvSpec,
+    EpisodeSettings,
+    EvalRunner,
+    WeightSource,
+    snapshot_state_dict,
+    weight_source,
+)
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.demo.agents import MLPAgent
 from syllabus_eval.evaluation.snapshot import take_snapshot
@@ -395,8 +402,9 @@ class TestCompiledModules:
 
     def test_a_runner_evaluates_compiled_weights(self) -> None:
         agent, other = mlp(), MLPAgent(fake_envs(VECTOR, spaces.Discrete(2)))
-        with EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(torch.compile(agent)),
-                        num_envs=2, num_episodes=4, seed=0) as runner:
+        with EvalRunner(EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=2),
+                        CleanRLEvaluator(torch.compile(agent)), num_episodes=4,
+                        episodes=EpisodeSettings(seed=0)) as runner:
             for weights in (other, torch.compile(other), torch.compile(other).state_dict()):
                 episodes = runner.evaluate(weights).episodes
                 assert episodes == runner.evaluate(other).episodes
