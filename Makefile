@@ -8,11 +8,11 @@ PIP    := $(PY) -m pip install -q -c constraints.txt
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[dev,ray,tensorboard,video,sb3,torchrl]'
+	$(PIP) -e '.[dev,ray,tensorboard,video,sb3,torchrl,minigrid]'
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed
-	$(PIP) -e '.[dev,ray,tensorboard,video,bench]'
+	$(PIP) -e '.[dev,ray,tensorboard,video,bench,minigrid]'
 	touch $@
 
 demo: $(VENV)/.installed
