@@ -4,11 +4,12 @@ writing ``"action"``, and an optional value module (``ValueOperator``) writing `
 Usage::
 
     from tensordict.nn import TensorDictModule
-    from syllabus_eval import EvalRunner
+    from syllabus_eval import EpisodeSettings, EvalRunner
     from syllabus_eval.adapters import TorchRLEvaluator
 
     policy = TensorDictModule(nn.Linear(17, 6), in_keys=["observation"], out_keys=["action"])
-    runner = EvalRunner(make_env, TorchRLEvaluator(policy), max_steps=1000)
+    runner = EvalRunner(make_env, TorchRLEvaluator(policy),
+                        episodes=EpisodeSettings(max_steps=1000))
     metrics = runner.evaluate(weights=policy, step=0)     # a Gymnasium env, 17 -> 6
     evaluator = TorchRLEvaluator(actor, value=critic)     # get_value: critic's state_value
 

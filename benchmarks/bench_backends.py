@@ -46,10 +46,11 @@ from bench_rollout import NUM_ENVS, AtariShaped, make_cartpole, new_agent
 from timing import ratio_text
 from torch import nn
 
-from syllabus_eval import EvalRunner
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner, EvalSchedule
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent
 from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer
+from syllabus_eval.evaluation.backends import as_backend
 from syllabus_eval.query.weights import snapshot_state_dict
 from syllabus_eval.results.report import format_table
 
@@ -91,7 +92,7 @@ class Loop:
     def __init__(self, runner: EvalRunner | None) -> None:
         self.runner, self.offset, self.results = runner, 0, 0
         if runner is not None:
-            runner.on_result.append(lambda _: self.count())
+            runner.callbacks.append(lambda _: self.count())
 
     def count(self) -> None:
         self.results += 1
@@ -132,8 +133,8 @@ def training_cost(backends: list[str], rounds: int, iterations: int,
     """Per backend: loop time over no evaluation, its speed, time until the last result over
     no evaluation (``median (min-max)``), and the evaluations done per round."""
     loops = {backend: Loop(EvalRunner(make_cartpole, CleanRLEvaluator(new_agent()),
-                                      num_episodes=episodes, eval_every=EVAL_EVERY,
-                                      **BACKENDS[backend]))
+                                      num_episodes=episodes,
+                                      schedule=EvalSchedule(every=EVAL_EVERY), **BACKENDS[backend]))
              for backend in backends}
     alone = Loop(None)
     alone.run(1)  # warm-up
@@ -206,8 +207,8 @@ def trigger_row(make_env: Callable[[], gym.Env], agent: nn.Module, rounds: int,
     def pickled() -> bytes:  # what the runner's thread paid per trigger before shared memory
         return pickle.dumps(snapshot_state_dict(agent), protocol=pickle.HIGHEST_PROTOCOL)
 
-    runner = EvalRunner(make_env, CleanRLEvaluator(agent), num_envs=1, num_episodes=1,
-                        max_steps=1, backend="process")
+    runner = EvalRunner(EnvSpec(make_env, num_envs=1), CleanRLEvaluator(agent), num_episodes=1,
+                        backend="process", episodes=EpisodeSettings(max_steps=1))
     samples: dict[str, list[float]] = {"copy": [], "trigger": [], "pickled": []}
     for round_ in range(rounds):
         samples["copy"].append(mean_seconds(copy, triggers))
@@ -244,9 +245,9 @@ def worker_speedup(backend: str, rounds: int, episodes: int) -> str:
     agent = new_agent(2)
     # Half a CPU per Ray actor: the three actors of both runners fit in a 2-CPU Ray.
     options = {"num_cpus": 0.5} if backend == "ray" else {}
-    runners = [EvalRunner(SlowCartPole, CleanRLEvaluator(new_agent()), num_envs=NUM_ENVS,
-                          num_episodes=episodes, max_steps=SLOW_MAX_STEPS, backend=backend,
-                          num_workers=workers, **options)
+    runners = [EvalRunner(EnvSpec(SlowCartPole, num_envs=NUM_ENVS), CleanRLEvaluator(new_agent()),
+                          num_episodes=episodes, episodes=EpisodeSettings(max_steps=SLOW_MAX_STEPS),
+                          backend=as_backend(backend, num_workers=workers, **options))
                for workers in (1, 2)]
     reference = [runner.evaluate(agent) for runner in runners]  # warm-up
     assert reference[0].episodes == reference[1].episodes

@@ -55,7 +55,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import interleaved, ppo_seconds, ratio_text  # noqa: E402
 
-from syllabus_eval import EvalRunner  # noqa: E402
+from syllabus_eval import (
+    EnvSpec,
+    EpisodeSettings,
+    EvalRunner,  # noqa: E402
+    EvalSchedule,
+)
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent  # noqa: E402
 from syllabus_eval.demo.ppo import IterationStats, PPOTrainer  # noqa: E402
@@ -215,9 +220,10 @@ def throughput(rounds: int, episodes: int, cnn_episodes: int) -> None:
     def runner(make_env: Callable[[], Any], agent: nn.Module, deterministic: bool = True,
                n: int = episodes, ci: float | None = None, max_steps: int | None = MAX_STEPS,
                floating: bool = False) -> EvalRunner:
-        return EvalRunner(make_env, CleanRLEvaluator(agent), num_envs=NUM_ENVS, num_episodes=n,
-                          max_steps=max_steps, deterministic=deterministic, ci=ci,
-                          interchangeable_slots=floating)
+        return EvalRunner(EnvSpec(make_env, num_envs=NUM_ENVS), CleanRLEvaluator(agent),
+                          num_episodes=n,
+                          episodes=EpisodeSettings(max_steps=max_steps, deterministic=deterministic,
+                                                   ci=ci, interchangeable_slots=floating))
 
     # The native env keeps its own 500-step limit: it cannot reset single sub-envs.
     runners = {"greedy": runner(make_cartpole, mlp),
@@ -321,9 +327,10 @@ def training_cost(rounds: int, iterations: int, episodes: int) -> None:
     # The runner evaluates whatever weights it is handed; its evaluator is built on any agent
     # of the same shape. The thread backend: what sharing the interpreter costs (the default
     # backend's cost is bench_backends.py's).
-    runner = EvalRunner(make_cartpole, CleanRLEvaluator(new_agent()), num_envs=NUM_ENVS,
-                        num_episodes=episodes, max_steps=MAX_STEPS, busy_policy="queue",
-                        backend="thread")
+    runner = EvalRunner(EnvSpec(make_cartpole, num_envs=NUM_ENVS), CleanRLEvaluator(new_agent()),
+                        num_episodes=episodes, backend="thread",
+                        episodes=EpisodeSettings(max_steps=MAX_STEPS),
+                        schedule=EvalSchedule(busy_policy="queue"))
     ppo_training(1, runner, background=False)  # warm-up
     # The three back to back in each round, so that each round's ratios compare.
     runs = interleaved({"alone": lambda _: ppo_training(iterations, None, background=False),

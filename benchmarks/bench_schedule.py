@@ -25,7 +25,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import interleaved, median_ratio  # noqa: E402
 
-from syllabus_eval import EvalRunner  # noqa: E402
+from syllabus_eval import (
+    EnvSpec,
+    EvalRunner,  # noqa: E402
+    EvalSchedule,
+)
 from syllabus_eval.adapters import CleanRLEvaluator  # noqa: E402
 from syllabus_eval.demo.agents import MLPAgent  # noqa: E402
 from syllabus_eval.results.report import format_table  # noqa: E402
@@ -58,8 +62,8 @@ def main() -> None:
     envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * NUM_ENVS)
     agent = MLPAgent(envs)
     never_due = 10 * NUM_ENVS * steps * rounds  # beyond every step the rounds reach
-    with EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent), num_envs=2,
-                    num_episodes=2, eval_every=never_due) as runner:
+    with EvalRunner(EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=2), CleanRLEvaluator(agent),
+                    num_episodes=2, schedule=EvalSchedule(every=never_due)) as runner:
         collect(envs, agent, steps // 10, runner)  # warm-up
         seconds = interleaved({"plain": lambda _: collect(envs, agent, steps, None),
                                "maybe_trigger": lambda _: collect(envs, agent, steps, runner)},

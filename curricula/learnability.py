@@ -4,12 +4,12 @@ about half the time.
 
 Usage::
 
-    from syllabus_eval import EvalRunner
+    from syllabus_eval import EnvSpec, EvalRunner
     from syllabus_eval.curricula import Learnability
 
     learnability = Learnability(tasks, topk=10, learnable_prob=0.9, seed=0)
-    runner = EvalRunner(make_env, evaluator, num_envs=8, num_episodes=10 * len(tasks),
-                        tasks=tasks, on_result=learnability.on_result)
+    runner = EvalRunner(EnvSpec(make_env, num_envs=8), evaluator, num_episodes=10 * len(tasks),
+                        tasks=tasks, callbacks=learnability.on_result)
     runner.evaluate(weights=agent)           # per-task success rates -> learnability scores
     learnability.task_scores()               # {task: p (1 - p)} of the tasks evaluated
     learnability.sample(8)
@@ -119,7 +119,7 @@ class Learnability(Curriculum):
 
     def on_result(self, metrics: Mapping[str, Any]) -> None:
         """Take the per-task success rates ``eval/task/<task>/success`` of a metrics dict
-        (an :class:`~syllabus_eval.EvalRunner`'s ``on_result``)."""
+        (one of an :class:`~syllabus_eval.EvalRunner`'s ``callbacks``)."""
         self.update_success_rates(rates_from_metrics(metrics, self.task_space))
 
     # --- scores and sampling -------------------------------------------------------------------

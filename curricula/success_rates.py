@@ -5,19 +5,20 @@ Usage::
     from syllabus_eval.curricula.success_rates import (PeriodicEvaluation, check_rates,
                                                        rates_from_metrics)
 
-    rates = rates_from_metrics(metrics, task_space)   # {task: rate} of eval/task/<task>/success
+    rates = rates_from_metrics(metrics, task_space)   # {task: rate} of eval/.../task/<task>/success
     checked = check_rates(rates, task_space)          # {task index: rate}, every entry checked
     background = PeriodicEvaluation(evaluate_fn, 60.0, curriculum.on_result, "name")
     background.check(); background.close()
 
 :class:`~syllabus_eval.curricula.LearningProgressCurriculum` and
 :class:`~syllabus_eval.curricula.Learnability` read the rollout engine's flat metrics the same
-way (``eval/task/<task>/success``, ``<task>`` being ``str(task)``) and take the same optional
-background evaluations.
+way (``eval/task/<task>/success`` or per suite, ``<task>`` being ``str(task)``) and take the
+same optional background evaluations.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
@@ -29,26 +30,34 @@ from syllabus_eval.errors import bad_argument, check_number
 from .background import BackgroundThread
 from .task_space import DiscreteTaskSpace
 
-SUCCESS_PREFIX, SUCCESS_SUFFIX = "eval/task/", "/success"
+# eval/task/<task>/success, or eval/<suite>/task/<task>/success with the runner's suites=
+SUCCESS_KEY = re.compile(r"^eval/(?:[^/]+/)?task/(?P<task>.+)/success$")
 
 
 def rates_from_metrics(metrics: Mapping[str, Any], task_space: DiscreteTaskSpace
                        ) -> dict[Hashable, Any]:
-    """``{task: rate}`` of the ``eval/task/<task>/success`` keys of a metrics dict.
+    """``{task: rate}`` of the per-task success keys of a metrics dict: ``eval/task/<task>/
+    success``, or ``eval/<suite>/task/<task>/success`` from a runner with ``suites=``. A task
+    in several suites gets their rates weighted by their ``num_episodes``.
 
     Raises:
         ValueError: ``metrics`` is not a dict, has no such key, or names an unknown task.
     """
     if not isinstance(metrics, Mapping):
         raise bad_argument("metrics", "a metrics dict", metrics)
-    rates = {task_space.from_name(key[len(SUCCESS_PREFIX):-len(SUCCESS_SUFFIX)]): value
-             for key, value in metrics.items()
-             if isinstance(key, str) and key.startswith(SUCCESS_PREFIX)
-             and key.endswith(SUCCESS_SUFFIX)}
-    if not rates:
-        raise bad_argument("metrics", f"per-task success rates under keys "
-                           f"'{SUCCESS_PREFIX}<task>{SUCCESS_SUFFIX}'", metrics)
-    return rates
+    found: dict[Hashable, list[tuple[Any, float]]] = {}
+    for key, value in metrics.items():
+        match = SUCCESS_KEY.match(key) if isinstance(key, str) else None
+        if match is not None and "/task/" not in match["task"]:
+            episodes = metrics.get(key.removesuffix("success") + "num_episodes", 1)
+            found.setdefault(task_space.from_name(match["task"]), []).append((value, episodes))
+    if not found:
+        raise bad_argument("metrics", "per-task success rates under keys "
+                           "'eval/task/<task>/success' or 'eval/<suite>/task/<task>/success'",
+                           metrics)
+    return {task: pairs[0][0] if len(pairs) == 1 else
+            sum(rate * n for rate, n in pairs) / sum(n for _, n in pairs)
+            for task, pairs in found.items()}
 
 
 def check_rates(rates: Mapping[Hashable, Any], task_space: DiscreteTaskSpace

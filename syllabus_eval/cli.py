@@ -26,12 +26,14 @@ from typing import Any
 import gymnasium as gym
 
 from syllabus_eval.errors import ArgumentError, describe
+from syllabus_eval.evaluation.backend_settings import as_backend
 from syllabus_eval.evaluation.backends import BACKENDS
 from syllabus_eval.evaluation.checkpoints import Checkpoint, load_checkpoint
 from syllabus_eval.evaluation.normalization import normalizes_observations
 from syllabus_eval.evaluation.runner import EvalRunner
 from syllabus_eval.results.loggers import json_ready
-from syllabus_eval.rollout.video import render_offscreen
+from syllabus_eval.rollout import EnvSpec, EpisodeSettings
+from syllabus_eval.rollout.video import VideoSettings, render_offscreen
 from syllabus_eval.sweep import check_sweep_arguments, checkpoint_files
 
 ADAPTERS = {"cleanrl": "CleanRLEvaluator", "moolib": "MoolibEvaluator", "dummy": "DummyEvaluator"}
@@ -281,12 +283,15 @@ def _runner(args: argparse.Namespace, make_env: Callable[[], Any], evaluator: An
             ) -> EvalRunner:
     """The :class:`~syllabus_eval.EvalRunner` of ``args`` on envs of ``make_env``."""
     # Picklable factories: process and Ray workers build their env and evaluator from them.
-    workers = {} if args.backend == "thread" else {
+    workers = {} if args.backend in ("thread", "auto") else {
         "evaluator_fn": partial(_build_evaluator, args, make_env=make_env)}
-    return EvalRunner(make_env, evaluator, num_envs=args.num_envs, num_episodes=args.episodes,
-                      max_steps=args.max_steps, backend=args.backend,
-                      deterministic=args.deterministic, seed=args.seed, tasks=args.tasks,
-                      video_dir=args.video, progress=sys.stderr.isatty(), **workers)
+    video = None if args.video is None else VideoSettings(args.video)
+    return EvalRunner(EnvSpec(make_env, num_envs=args.num_envs), evaluator,
+                      num_episodes=args.episodes, tasks=args.tasks,
+                      episodes=EpisodeSettings(max_steps=args.max_steps,
+                                               deterministic=args.deterministic, seed=args.seed),
+                      backend=as_backend(args.backend, **workers), video=video,
+                      progress=sys.stderr.isatty())
 
 
 def _write_json(path: str, value: Any) -> None:

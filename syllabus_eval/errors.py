@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import pickle
 import traceback
 from contextlib import suppress
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import TypeVar
 
 import numpy as np
 
@@ -139,3 +141,45 @@ def check_flag(name: str, value: object, *, none_ok: bool = False) -> None:
         return
     if not isinstance(value, (bool, np.bool_)):
         raise bad_argument(name, "True, False or None" if none_ok else "True or False", value)
+
+
+class Choice(str, enum.Enum):
+    """A mode named by a string (Gymnasium's ``AutoresetMode``): each member *is* its string,
+    so that plain strings keep working wherever a member goes, and prints as it."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __hash__(self) -> int:  # as its string's: equal to it, so found where it is a key
+        return str.__hash__(self)
+
+
+ChoiceT = TypeVar("ChoiceT", bound=Choice)
+
+
+def check_choice(name: str, value: object, choices: type[ChoiceT]) -> ChoiceT:
+    """``value`` (a member or its string) as a member of ``choices``; an
+    :class:`ArgumentError` naming ``name`` and listing the valid strings otherwise."""
+    if isinstance(value, choices):
+        return value
+    if isinstance(value, str):
+        with suppress(ValueError):
+            return choices(value)
+    raise bad_argument(name, f"one of {[member.value for member in choices]}", value)
+
+
+class MovedArgumentError(TypeError):
+    """A keyword argument that moved into a settings object: a ``TypeError`` (as for any
+    unexpected keyword) that carries the old name and where it went as fields.
+
+    Attributes:
+        argument: the old keyword (``"eval_every"``).
+        new_home: what to pass instead (``"schedule=EvalSchedule(every=...)"``).
+    """
+
+    def __init__(self, argument: str, new_home: str) -> None:
+        super().__init__(f"{argument}= moved: pass {new_home}")
+        self.argument, self.new_home = argument, new_home
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.argument, self.new_home)

@@ -10,7 +10,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-from syllabus_eval import EvalRunner
+from syllabus_eval import EnvSpec, EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.demo.agents import MLPAgent
 from tests.fake_envs import ActionRewardEnv, GatedEnv
@@ -34,9 +34,10 @@ class Gate:
     def make_env(self) -> gym.Env:
         return GatedEnv(ActionRewardEnv(), self.open, self.stepping, self.crash)
 
-    def runner(self, agent: MLPAgent, **kwargs) -> EvalRunner:
-        kwargs = {"num_envs": 2, "num_episodes": 4, **kwargs}
-        return EvalRunner(self.make_env, CleanRLEvaluator(agent), **kwargs)
+    def runner(self, agent: MLPAgent, num_envs: int = 2, **kwargs) -> EvalRunner:
+        kwargs = {"num_episodes": 4, **kwargs}
+        return EvalRunner(EnvSpec(self.make_env, num_envs=num_envs), CleanRLEvaluator(agent),
+                          **kwargs)
 
 
 @pytest.fixture

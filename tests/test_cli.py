@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import syllabus_eval.sweep as sweep_module
-from syllabus_eval import EvalRunner, Snapshot
+import syllabus_eval.sweep.run as sweep_run
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner, Snapshot
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.cli import main
 from syllabus_eval.demo.agents import CNNAgent, MLPAgent
@@ -85,8 +86,9 @@ class TestEvaluate:
         metrics = json.loads(out.read_text())
         agent = MLPAgent(gym.make_vec("CartPole-v1", num_envs=1))
         agent.load_state_dict(torch.load(checkpoint, weights_only=True))
-        with EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent), num_envs=3,
-                        num_episodes=6, max_steps=None, seed=5) as runner:
+        with EvalRunner(EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=3),
+                        CleanRLEvaluator(agent), num_episodes=6,
+                        episodes=EpisodeSettings(max_steps=None, seed=5)) as runner:
             expected = runner.evaluate()
         assert metrics["eval/num_episodes"] == 6
         assert metrics["eval/reward"] == expected["eval/reward"]
@@ -345,11 +347,11 @@ class TestSeriesNumbers:
             save_checkpoint(tmp_path / "ckpts" / "c100.pt",
                             Snapshot(state, step=100, obs_norm=STATS))
 
-        monkeypatch.setattr(sweep_module, "time", FakeClock({2.5: write}))
+        monkeypatch.setattr(sweep_run, "time", FakeClock({2.5: write}))
         (entry,) = self.series(tmp_path, "--episodes", "4", "--watch", "--idle-timeout", "5",
                                "--poll-interval", "1")
-        with EvalRunner(normalized_cartpole, CleanRLEvaluator(cartpole_agent(seed=0)),
-                        num_envs=2, num_episodes=4) as runner:
+        with EvalRunner(EnvSpec(normalized_cartpole, num_envs=2),
+                        CleanRLEvaluator(cartpole_agent(seed=0)), num_episodes=4) as runner:
             expected = runner.evaluate(state, step=100, obs_norm=STATS)
         assert "error" not in entry
         for key in ("eval/reward", "eval/episode_length", "eval/num_episodes"):

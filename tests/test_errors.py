@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from syllabus_eval import EnvSpec
 from syllabus_eval.errors import bad_argument
 
 
@@ -27,7 +28,7 @@ def test_argument_errors_carry_the_name_rename_and_travel_pickled():
     from syllabus_eval.errors import ArgumentError
 
     with pytest.raises(ArgumentError) as caught:
-        EvalRunner(lambda: None, None, num_envs=-1)
+        EvalRunner(EnvSpec(lambda: None, num_envs=-1), None)
     error = caught.value
     assert isinstance(error, ValueError)  # what user code catches keeps working
     assert (error.argument, error.message) == ("num_envs", "expected an integer >= 1, got int -1")

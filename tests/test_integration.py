@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 
-from syllabus_eval import EvalRunner
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.curricula import LearningProgressCurriculum
 from syllabus_eval.demo.agents import MLPAgent
@@ -29,14 +29,15 @@ def evaluator() -> CleanRLEvaluator:
 def runner_for(evaluator: CleanRLEvaluator, **kwargs) -> EvalRunner:
     # An untrained agent lasts 6-7 steps on short poles, 11-14 on the others: a limit of 12
     # gives every task its own success rate.
-    return EvalRunner(partial(CartPoleTasks, time_limit=12), evaluator, num_envs=3,
-                      num_episodes=12, max_steps=None, tasks=TASKS, seed=0, **kwargs)
+    return EvalRunner(EnvSpec(partial(CartPoleTasks, time_limit=12), num_envs=3), evaluator,
+                      num_episodes=12, tasks=TASKS,
+                      episodes=EpisodeSettings(max_steps=None, seed=0), **kwargs)
 
 
 class TestLearningProgressFromTheRunner:
     def test_on_result_takes_the_runners_per_task_success(self, evaluator) -> None:
         lp = LearningProgressCurriculum(TASKS, seed=0)
-        with runner_for(evaluator, on_result=lp.on_result) as runner:
+        with runner_for(evaluator, callbacks=lp.on_result) as runner:
             first = runner.evaluate()
             second = runner.evaluate()
         rates = lp.success_rates()

@@ -121,6 +121,17 @@ class TestRoomsByLayer:
                   if target in MODULES and layer_of(target) > layer_of(name)]
         assert upward == []
 
+    @pytest.mark.parametrize("name", sorted(MODULES))
+    def test_modules_and_functions_stay_short(self, name):
+        """One job per module and per function: none over 520 and 80 lines."""
+        source = MODULES[name].read_text()
+        assert source.count("\n") <= 520, f"{name}: over 520 lines"
+        long = {node.name: node.end_lineno - node.lineno + 1
+                for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.end_lineno - node.lineno + 1 > 80}
+        assert long == {}, f"{name}: functions over 80 lines"
+
     def test_few_modules_lie_flat_in_the_package(self):
         flat = sorted(path.name for path in (ROOT / "syllabus_eval").glob("*.py"))
         assert len(flat) <= 8, flat

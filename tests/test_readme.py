@@ -46,10 +46,26 @@ PRELUDES = {
     "Compiled agents (`torch.compile`)#1": CARTPOLE + "from syllabus_eval.adapters import "
                                                       "CleanRLEvaluator\n",
     "A curriculum that queries the agent: Prioritized Level Replay#1": CARTPOLE,
+    # Self-contained examples: nothing to give.
+    "The hooks an adapter may use, and what its clones share#1": "",
+    "Robust PLR (PLR⊥): score new tasks by evaluation, train only on replays#1": "",
+    "Learnability (sampling for learnability)#1": "",
+    "MiniGrid levels as tasks (`pip install 'syllabus-eval[minigrid]'`)#1": "",
     "Periodic evaluation during training#2": CARTPOLE + "from syllabus_eval import EvalRunner\n"
                                                         "from syllabus_eval.adapters import "
                                                         "CleanRLEvaluator\n"
                                                         "evaluator = CleanRLEvaluator(agent)\n",
+}
+
+
+# What an example's comments say it leaves, checked after it runs.
+CHECKS = {
+    "Learnability (sampling for learnability)#1":
+        "import numpy as np\n"
+        "assert learnability.success_rates()['long-pole'] == 0.4\n"
+        "np.testing.assert_allclose(learnability.distribution(), [.04, .44, .04, .04, .44])\n",
+    "Robust PLR (PLR⊥): score new tasks by evaluation, train only on replays#1":
+        "assert set(plr.task_scores()) == set(CARTPOLE_TASKS)\n",
 }
 
 
@@ -80,12 +96,15 @@ def local_ray():
 
 @pytest.mark.parametrize("key", sorted(PRELUDES))
 def test_the_example_runs_as_written(key, tmp_path, monkeypatch, request):
+    if "minigrid" in key:
+        pytest.importorskip("minigrid", reason="the minigrid extra (Python 3.11+)")
     if '"ray"' in EXAMPLES[key]:
         request.getfixturevalue("local_ray")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__main__"}
     exec(compile(PRELUDES[key], "prelude", "exec"), namespace)  # noqa: S102
     exec(compile(EXAMPLES[key], f"README.md: {key}", "exec"), namespace)  # noqa: S102
+    exec(compile(CHECKS.get(key, ""), "checks", "exec"), namespace)  # noqa: S102
     for value in namespace.values():  # what the example built and left open
         if hasattr(value, "close") and isinstance(value, gym.vector.VectorEnv | gym.Env):
             value.close()

@@ -21,8 +21,10 @@ import pytest
 import torch
 
 import syllabus_eval.results.report as report
-import syllabus_eval.sweep as sweep_module
-from syllabus_eval import EvalRunner, Snapshot
+import syllabus_eval.sweep.entries as sweep_entries
+import syllabus_eval.sweep.files as sweep_files
+import syllabus_eval.sweep.run as sweep_run
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner, Snapshot
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.demo.agents import MLPAgent
 from syllabus_eval.evaluation.checkpoints import save_checkpoint
@@ -56,8 +58,9 @@ def save_series(folder: Path, steps=(300, 100, 200)) -> dict[int, dict]:
 
 
 def runner(make_env=cartpole, **kwargs) -> EvalRunner:
-    return EvalRunner(make_env, CleanRLEvaluator(cartpole_agent(seed=0)),
-                      **{"num_envs": 2, "num_episodes": 4, "max_steps": 100, **kwargs})
+    return EvalRunner(EnvSpec(make_env, num_envs=2), CleanRLEvaluator(cartpole_agent(seed=0)),
+                      **{"num_episodes": 4, "episodes": EpisodeSettings(max_steps=100),
+                         **kwargs})
 
 
 def task_agent(seed: int) -> MLPAgent:
@@ -153,8 +156,8 @@ class TestSweep:
             return save(fig, path)
 
         monkeypatch.setattr(report, "save_figure", seeing)
-        with EvalRunner(TaskEnv, CleanRLEvaluator(task_agent(0)),
-                        num_envs=2, num_episodes=6, tasks=[0, 1, 2]) as sweep_runner:
+        with EvalRunner(EnvSpec(TaskEnv, num_envs=2), CleanRLEvaluator(task_agent(0)),
+                        num_episodes=6, tasks=[0, 1, 2]) as sweep_runner:
             entries = evaluate_checkpoints(folder, sweep_runner)
         plot_sweep(entries, tmp_path / "curve.png")
         reward, success = drawn  # a panel each; a curve per task, and all of them
@@ -233,7 +236,7 @@ class TestFailedCheckpointsAreRetried:
         save_series(tmp_path, steps=(100, 200))
         results = tmp_path / "results.jsonl"
         # An agent of another env: every checkpoint fails to load into it (a wrong --agent).
-        with EvalRunner(TaskEnv, CleanRLEvaluator(task_agent(0)), num_envs=1,
+        with EvalRunner(EnvSpec(TaskEnv, num_envs=1), CleanRLEvaluator(task_agent(0)),
                         num_episodes=1) as wrong:
             first = evaluate_checkpoints(tmp_path, wrong, results=results)
         assert all(entry.error for entry in first) and len(first) == 2
@@ -253,7 +256,7 @@ class TestFailedCheckpointsAreRetried:
     def test_a_checkpoint_that_fails_is_tried_once_per_sweep_while_watching(self, tmp_path,
                                                                            monkeypatch):
         (tmp_path / "broken_100.pt").write_bytes(b"half a checkpoint")
-        monkeypatch.setattr(sweep_module, "time", FakeClock())
+        monkeypatch.setattr(sweep_run, "time", FakeClock())
         with runner() as sweep_runner:
             entries = evaluate_checkpoints(tmp_path, sweep_runner, watch=True,
                                            idle_timeout=5, poll_interval=1)
@@ -270,7 +273,7 @@ class TestWatchClock:
         # Polls at 0, 2, 4, 6: the file appears at 6, when the 5 s idle timeout has passed,
         # and holds still only at the poll of 8.
         clock = FakeClock({5.5: write})
-        monkeypatch.setattr(sweep_module, "time", clock)
+        monkeypatch.setattr(sweep_run, "time", clock)
         with runner() as sweep_runner:
             entries = evaluate_checkpoints(tmp_path, sweep_runner, watch=True, idle_timeout=5,
                                            poll_interval=2)
@@ -281,7 +284,7 @@ class TestWatchClock:
         growing = tmp_path / "growing_1.pt"
         due = {t + 0.5: (lambda t=t: growing.write_bytes(b"x" * (t + 1))) for t in range(10)}
         clock = FakeClock(due)
-        monkeypatch.setattr(sweep_module, "time", clock)
+        monkeypatch.setattr(sweep_run, "time", clock)
         with runner() as sweep_runner:
             entries = evaluate_checkpoints(tmp_path, sweep_runner, watch=True, idle_timeout=3,
                                            poll_interval=1)
@@ -303,16 +306,16 @@ class TestHashing:
             loaded.append(Path(path).name)
             return load(path)
 
-        load = sweep_module.load_checkpoint
-        monkeypatch.setattr(sweep_module.hashlib, "sha256", counting_sha256)
-        monkeypatch.setattr(sweep_module, "load_checkpoint", counting_load)
+        load = sweep_run.load_checkpoint  # loaded to be evaluated (not to learn a step)
+        monkeypatch.setattr(sweep_files.hashlib, "sha256", counting_sha256)
+        monkeypatch.setattr(sweep_run, "load_checkpoint", counting_load)
 
         def rewrite():  # new content (a new mtime): hashed and evaluated again
             save_checkpoint(tmp_path / "ckpt-a.pt",
                             Snapshot(cartpole_agent(seed=7).state_dict(), step=700))
 
         clock = FakeClock({3.5: rewrite})
-        monkeypatch.setattr(sweep_module, "time", clock)
+        monkeypatch.setattr(sweep_run, "time", clock)
         with runner() as sweep_runner:
             entries = evaluate_checkpoints(tmp_path, sweep_runner, watch=True,
                                            idle_timeout=5, poll_interval=1)
@@ -328,8 +331,8 @@ class TestSuites:
             save_checkpoint(tmp_path / f"c{step}.pt",
                             Snapshot(task_agent(step).state_dict(), step=step))
         drawn = drawn_labels(monkeypatch)
-        with EvalRunner(TaskEnv, CleanRLEvaluator(task_agent(0)), num_envs=2, num_episodes=6,
-                        suites={"train": [0, 1], "test": [2]}) as sweep_runner:
+        with EvalRunner(EnvSpec(TaskEnv, num_envs=2), CleanRLEvaluator(task_agent(0)),
+                        num_episodes=6, suites={"train": [0, 1], "test": [2]}) as sweep_runner:
             entries = evaluate_checkpoints(tmp_path, sweep_runner,
                                            curve=tmp_path / "curve.png")
         table = sweep_table(entries).splitlines()
@@ -416,7 +419,7 @@ class TestArguments:
         def full_disk(*args, **kwargs):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(sweep_module, "plot_curves", full_disk)
+        monkeypatch.setattr(sweep_entries, "plot_curves", full_disk)
         with runner() as sweep_runner, caplog.at_level(logging.WARNING, "syllabus_eval.sweep"):
             entries = evaluate_checkpoints(tmp_path, sweep_runner,
                                            curve=tmp_path / "curve.png")
@@ -510,10 +513,10 @@ class TestResultsAreKeyedBySettings:
     def test_a_rerun_with_a_shorter_cut_evaluates_again(self, tmp_path, caplog):
         torch.save(balancing_state(), tmp_path / "agent_100.pt")
         results = tmp_path / "results.jsonl"
-        with runner(max_steps=None) as uncut:
+        with runner(episodes=EpisodeSettings(max_steps=None)) as uncut:
             (first,) = evaluate_checkpoints(tmp_path, uncut, results=results)
         assert first.metrics["eval/reward"] > 100  # it balances far past 20 steps uncut
-        with runner(max_steps=20) as cut, caplog.at_level(logging.WARNING,
+        with runner(episodes=EpisodeSettings(max_steps=20)) as cut, caplog.at_level(logging.WARNING,
                                                           "syllabus_eval.sweep"):
             evaluated = counting(cut)
             (second,) = evaluate_checkpoints(tmp_path, cut, results=results)
@@ -532,10 +535,10 @@ class TestResultsAreKeyedBySettings:
         torch.save(balancing_state(), tmp_path / "agent_100.pt")
         results = tmp_path / "results.jsonl"
         for max_steps in (None, 20):
-            with runner(max_steps=max_steps) as sweep_runner:
+            with runner(episodes=EpisodeSettings(max_steps=max_steps)) as sweep_runner:
                 evaluate_checkpoints(tmp_path, sweep_runner, results=results)
         for max_steps, reward in ((20, 20.0), (None, None)):
-            with runner(max_steps=max_steps) as sweep_runner:
+            with runner(episodes=EpisodeSettings(max_steps=max_steps)) as sweep_runner:
                 evaluated = counting(sweep_runner)
                 (entry,) = evaluate_checkpoints(tmp_path, sweep_runner, results=results)
             assert evaluated == []  # each settings' own lines are resumed
@@ -552,7 +555,7 @@ class TestResultsAreKeyedBySettings:
                  "sha256": hashlib.sha256((tmp_path / "agent_100.pt").read_bytes()).hexdigest(),
                  "metrics": {"eval/reward": 380.0}}  # as an older version wrote them
         results.write_text(json.dumps(stale) + "\n")
-        with runner(max_steps=20) as sweep_runner:
+        with runner(episodes=EpisodeSettings(max_steps=20)) as sweep_runner:
             (entry,) = evaluate_checkpoints(tmp_path, sweep_runner, results=results)
         assert entry.metrics["eval/reward"] == 20.0
 
@@ -624,7 +627,7 @@ class TestNormalisationPerCheckpoint:
             save_checkpoint(tmp_path / "c100.pt", Snapshot(state, step=100, obs_norm=STATS))
             torch.save(state, tmp_path / "raw_200.pt")  # the same weights, no statistics
 
-        monkeypatch.setattr(sweep_module, "time", FakeClock({2.5: write}))
+        monkeypatch.setattr(sweep_run, "time", FakeClock({2.5: write}))
         built, shut = [], []
 
         def normalising() -> EvalRunner:  # built when the first normalised checkpoint comes

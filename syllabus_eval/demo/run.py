@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,9 +37,13 @@ from syllabus_eval.demo.agents import MLPAgent
 from syllabus_eval.demo.envs import CARTPOLE_TASKS, HELD_OUT_TASKS, CartPoleTasks
 from syllabus_eval.demo.plots import plot_training
 from syllabus_eval.demo.ppo import PPOConfig, PPOTrainer
+from syllabus_eval.evaluation.backend_settings import as_backend
 from syllabus_eval.evaluation.runner import EvalRunner
+from syllabus_eval.evaluation.schedule import EvalSchedule
+from syllabus_eval.evaluation.tracking import SaveBest
 from syllabus_eval.results.report import format_table
-from syllabus_eval.rollout.video import render_offscreen
+from syllabus_eval.rollout import EnvSpec, EpisodeSettings
+from syllabus_eval.rollout.video import VideoSettings, render_offscreen
 
 TASKS = list(CARTPOLE_TASKS)
 HELD_OUT = list(HELD_OUT_TASKS)
@@ -81,12 +86,49 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
         What ``metrics.json`` holds.
     """
     out = Path(out)
+    started = time.perf_counter()
+    training = _train(steps, seed, backend, out, num_envs, eval_every, eval_episodes, progress)
+    videos = _record_videos(training.evaluator, training.step, out / "videos", seed, echo)
+    evaluations = training.evaluations
+    summary = {
+        "config": {"steps": steps, "seed": seed, "backend": backend, "num_envs": num_envs,
+                   "eval_every": eval_every, "eval_episodes": eval_episodes},
+        "seconds": time.perf_counter() - started,
+        "evaluations": evaluations,
+        "priorities": [{"step": step, "probabilities": p} for step, p in training.priorities],
+        "final": evaluations[-1],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    plot_training(evaluations, training.priorities, out / "demo.png")
+    _report(training, summary, out, videos, echo)
+    return summary
+
+
+@dataclass
+class _Training:
+    """What a demo's training leaves for its report."""
+
+    evaluator: CleanRLEvaluator
+    step: int
+    evaluations: list[dict[str, float]]
+    priorities: list[tuple[int, dict[str, float]]]
+    final_priorities: dict[str, float]
+    plr_scores: dict[str, float]
+    scored: dict[str, int]
+    temperature: float
+    skipped: int
+    best: float | None
+
+
+def _train(steps: int, seed: int, backend: str, out: Path, num_envs: int, eval_every: int,
+           eval_episodes: int, progress: bool) -> _Training:
+    """PPO on the training tasks drawn by PLR, evaluated in the background on both suites."""
     torch.manual_seed(seed)
     agent = make_agent()
     evaluator = CleanRLEvaluator(agent)
     evaluations: list[dict[str, float]] = []
     priorities: list[tuple[int, dict[str, float]]] = []
-    started = time.perf_counter()
     runner_options: dict[str, Any] = {}
     if backend != "thread":
         runner_options = {"env_fn": CartPoleTasks, "evaluator_fn": make_evaluator}
@@ -96,13 +138,14 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
     # against PPO's 0.99, every step of a long episode adds about 0.009 V to its score.
     with PrioritizedLevelReplay(TASKS, evaluator, seed=seed, num_steps=128, temperature=0.5,
                                 gamma=config.gamma, gae_lambda=config.gae_lambda) as plr, \
-            EvalRunner(CartPoleTasks, evaluator, num_envs=len(TASKS),
-                       num_episodes=eval_episodes * len(TASKS), max_steps=None,
-                       backend=backend, eval_every=eval_every, seed=seed,
+            EvalRunner(EnvSpec(CartPoleTasks, num_envs=len(TASKS)), evaluator,
+                       num_episodes=eval_episodes * len(TASKS),
+                       episodes=EpisodeSettings(max_steps=None, seed=seed),
+                       backend=as_backend(backend, **runner_options),
+                       schedule=EvalSchedule(every=eval_every),
                        suites={"train": TASKS, "test": HELD_OUT},
-                       save_best=out / "best.pt", best_metric="eval/test/reward",
-                       on_result=lambda result: evaluations.append(dict(result)),
-                       **runner_options) as runner:
+                       callbacks=[SaveBest(out / "best.pt", metric="eval/test/reward"),
+                                  lambda result: evaluations.append(dict(result))]) as runner:
         envs = gym.vector.SyncVectorEnv(
             [lambda: CurriculumWrapper(CartPoleTasks(), plr) for _ in range(num_envs)])
         trainer = PPOTrainer(envs, agent, config, seed=seed)
@@ -123,44 +166,35 @@ def run_demo(steps: int = 80_000, seed: int = 0, backend: str = "thread",
         while runner.wait() is not None:  # drain the background results (errors raise here)
             pass
         envs.close()
-        final_priorities = dict(zip(TASKS, plr.distribution()))
-        plr_scores = plr.task_scores()
-        scored = plr.scored_steps()
-        skipped, best = runner.skipped, runner.best
-    videos = _record_videos(evaluator, trainer.global_step, out / "videos", seed, echo)
+        return _Training(evaluator, trainer.global_step, evaluations, priorities,
+                         dict(zip(TASKS, plr.distribution())), plr.task_scores(),
+                         plr.scored_steps(), plr.temperature, runner.skipped, runner.best)
 
-    final = evaluations[-1]
-    summary = {
-        "config": {"steps": steps, "seed": seed, "backend": backend, "num_envs": num_envs,
-                   "eval_every": eval_every, "eval_episodes": eval_episodes},
-        "seconds": time.perf_counter() - started,
-        "evaluations": evaluations,
-        "priorities": [{"step": step, "probabilities": p} for step, p in priorities],
-        "final": final,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
-    plot_training(evaluations, priorities, out / "demo.png")
+
+def _report(training: _Training, summary: dict[str, Any], out: Path, videos: list,
+            echo: Callable[[str], Any]) -> None:
+    """The final table per task and suite, why PLR favours what it does, and the totals."""
+    final, evaluations = summary["final"], training.evaluations
+    scores = training.plr_scores
     rows = [[task, suite, _with_interval(final, f"eval/{suite}/task/{task}/reward"),
              f"{final[f'eval/{suite}/task/{task}/success']:.0%}",
-             f"{final_priorities[task]:.2f}" if suite == "train" else "held out",
-             f"{plr_scores[task]:.2f}" if task in plr_scores else "-",
-             scored.get(task, 0) if suite == "train" else "-"]
+             f"{training.final_priorities[task]:.2f}" if suite == "train" else "held out",
+             f"{scores[task]:.2f}" if task in scores else "-",
+             training.scored.get(task, 0) if suite == "train" else "-"]
             for suite, tasks in (("train", TASKS), ("test", HELD_OUT)) for task in tasks]
     echo(format_table(rows, ["task", "suite", "eval return (95% interval)", "success",
                              "PLR probability", "PLR score", "steps scored by PLR"]))
-    echo(_why_plr(plr_scores, temperature=plr.temperature))
+    echo(_why_plr(scores, temperature=training.temperature))
     first = evaluations[0]["eval/train/reward"]
     echo(f"\ntraining tasks: evaluation return {first:.1f} at step 0 -> "
          f"{_with_interval(final, 'eval/train/reward')} at step {final['eval/step']}; "
          f"held-out tasks {_with_interval(final, 'eval/test/reward')} (generalization gap "
          f"{final['eval/generalization_gap']:.1f})")
-    echo(f"{len(evaluations)} evaluations, {skipped} skipped while one ran, "
-         f"{summary['seconds']:.0f} s; best held-out return {best:.1f}, saved as "
+    echo(f"{len(evaluations)} evaluations, {training.skipped} skipped while one ran, "
+         f"{summary['seconds']:.0f} s; best held-out return {training.best:.1f}, saved as "
          f"{out / 'best.pt'}")
     echo(f"wrote {out / 'metrics.json'} and {out / 'demo.png'}"
          + (f", and {len(videos)} videos (one per task) in {out / 'videos'}" if videos else ""))
-    return summary
 
 
 def _why_plr(scores: dict[str, float], temperature: float) -> str:
@@ -195,10 +229,11 @@ def _record_videos(evaluator: CleanRLEvaluator, step: int, folder: Path, seed: i
                    echo: Callable[[str], Any]) -> list:
     """One video per task, training and held-out, of the trained agent (the video extra)."""
     try:
-        runner = EvalRunner(_rendered_tasks, evaluator, num_envs=len(TASKS),
-                            num_episodes=len(TASKS), max_steps=None, seed=seed,
-                            suites={"train": TASKS, "test": HELD_OUT}, video_dir=folder,
-                            video_max_frames=300, ci=None)
+        runner = EvalRunner(EnvSpec(_rendered_tasks, num_envs=len(TASKS)), evaluator,
+                            num_episodes=len(TASKS),
+                            episodes=EpisodeSettings(max_steps=None, seed=seed, ci=None),
+                            suites={"train": TASKS, "test": HELD_OUT},
+                            video=VideoSettings(folder, max_frames=300))
     except ImportError as error:  # without imageio (or pygame, which draws CartPole)
         echo(f"no videos: {error}")
         return []

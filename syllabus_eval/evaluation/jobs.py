@@ -27,13 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syllabus_eval.errors import EvaluationCancelled, EvaluationError
+from syllabus_eval.evaluation.schedule import BusyPolicy
 from syllabus_eval.evaluation.snapshot import Snapshot
 from syllabus_eval.results.metrics import EvalResult
 
 logger = logging.getLogger(__name__)
-
-BUSY_POLICIES = ("error", "queue", "skip")
-
 
 @dataclass(eq=False)  # jobs are told apart by identity
 class Job:
@@ -76,8 +74,8 @@ class JobQueue:
         with self._lock:
             return self._busy > 0
 
-    def submit(self, snapshot: Callable[[], Snapshot], blocking: bool, busy_policy: str
-               ) -> Job | None:
+    def submit(self, snapshot: Callable[[], Snapshot], blocking: bool,
+               busy_policy: BusyPolicy) -> Job | None:
         """Queue a job on ``snapshot()``, taken now; ``None`` if skipped (busy, ``"skip"``).
 
         Raises:
@@ -91,7 +89,8 @@ class JobQueue:
                     return None
                 raise RuntimeError(
                     f"EvalRunner: an evaluation is still pending (busy_policy="
-                    f"{busy_policy!r}); wait() for it, or use busy_policy='queue'")
+                    f"{str(busy_policy)!r}); wait() for it, or use "
+                    "schedule=EvalSchedule(busy_policy='queue')")
             self._busy += 1  # reserved before the snapshot, which may wait for a step
         try:
             job = Job(snapshot(), blocking)

@@ -2,13 +2,15 @@
 
 Usage::
 
-    from syllabus_eval import EvalRunner
+    from syllabus_eval import EnvSpec, EvalRunner, EvalSchedule, SaveBest, StopOnReward
     from syllabus_eval.adapters import CleanRLEvaluator
     from syllabus_eval.results.loggers import JSONLinesLogger
 
-    with EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent), num_envs=8,
-                    num_episodes=20, eval_every=10_000, save_best="runs/best.pt",
-                    on_result=[print, JSONLinesLogger("runs/eval.jsonl")]) as runner:
+    with EvalRunner(EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=8),
+                    CleanRLEvaluator(agent), num_episodes=20,
+                    schedule=EvalSchedule(every=10_000),
+                    callbacks=[print, JSONLinesLogger("runs/eval.jsonl"),
+                               SaveBest("runs/best.pt"), StopOnReward(475.0, times=3)]) as runner:
         for step in range(0, total_steps, num_envs):
             ...                                        # train
             runner.maybe_trigger(agent, step=step)     # every 10,000 env steps, meanwhile
@@ -16,34 +18,41 @@ Usage::
                 break
         runner.final_eval(agent, step=step)            # the last policy, blocking
 
-The runner is the facade of evaluation; it composes a backend (where episodes run,
-:mod:`.backends`), a job queue (the runner's thread: evaluations one at a time, in
-trigger order, :mod:`.jobs`), a schedule in env steps (:mod:`.schedule`)
-and what happens to each result (the best model, early stopping and the callbacks,
-:mod:`syllabus_eval.evaluation.tracking`). The weights, and the observation statistics given as
-``obs_norm``, are snapshotted when the evaluation is triggered (never later) and put on the
-evaluation device; training goes on meanwhile. Results are :class:`EvalResult`: the flat
-metrics dict, with the per-episode records on ``.episodes`` and the trigger step on ``.step``.
+The runner is the facade of evaluation. Its arguments are typed parts a user can build, read
+and log (dataclasses with a docstring per field): how envs are made (:class:`EnvSpec`), how
+episodes run (:class:`EpisodeSettings`), where (the backend objects of
+:mod:`.backend_settings`), when (:class:`EvalSchedule`), what happens to each result (the
+callbacks of :mod:`.tracking`: :class:`SaveBest`, :class:`StopOnReward`,
+:class:`StopOnNoImprovement`, any callable) and videos (:class:`VideoSettings`); all of them are
+on record in ``runner.settings`` and on each result (``result.settings``). It composes a
+backend (where episodes run, :mod:`.backends`), a job queue (the runner's thread: evaluations
+one at a time, in trigger order, :mod:`.jobs`) and the tracker of results. The weights, and
+the observation statistics given as ``obs_norm``, are snapshotted when the evaluation is
+triggered (never later) and put on the evaluation device; training goes on meanwhile. Results
+are :class:`EvalResult`: the flat metrics dict, with the per-episode records on ``.episodes``
+and the trigger step on ``.step``.
 
-By default (``backend="auto"``, :mod:`.backends.auto`) blocking evaluations run in
-the runner's thread and background ones in a worker process launched at the first (those due
-while it starts, seconds, run in the thread), which training barely feels; where a worker
-cannot run them (a script without the ``if __name__ == "__main__":`` guard, an env instance,
-something that does not pickle) they stay in the runner's thread, with one warning that says
-why. There (``backend="thread"``) an
-evaluation shares the GIL with training: a background one pauses a moment each env step so that
-the training thread gets the GIL back at once (:mod:`.backends.thread`), and runs
-slower for it. The ``"process"`` and ``"ray"`` backends run every evaluation in worker
-processes or Ray actors (:mod:`.backends.pool`), which get the evaluator itself
-(its private copy, pickled once) or build theirs with ``evaluator_fn``::
+By default (``backend="auto"``, :mod:`.backends.auto`) blocking evaluations run in the runner's
+thread and background ones in a worker process launched at the first (those due while it
+starts, seconds, run in the thread), which training barely feels; where a worker cannot run
+them (a script without the ``if __name__ == "__main__":`` guard, an env instance, something
+that does not pickle) they stay in the runner's thread, with one warning that says why. There
+(``backend="thread"``) an evaluation shares the GIL with training: a background one pauses a
+moment each env step so that the training thread gets the GIL back at once, and runs slower
+for it. :class:`ProcessBackend` and :class:`RayBackend` run every evaluation in worker
+processes or Ray actors (:mod:`.backends.pool`), which get the evaluator itself (its private
+copy, pickled once) or build theirs with ``evaluator_fn``::
 
-    runner = EvalRunner(make_env, evaluator, num_envs=8, backend="process", num_workers=2,
-                        timeout=600)
+    runner = EvalRunner(EnvSpec(make_env, num_envs=8), evaluator,
+                        backend=ProcessBackend(num_workers=2, timeout=600))
+
+The keywords of the former flat signature (``eval_every=``, ``save_best=``, ``num_envs=``,
+...) raise a ``TypeError`` that names their new home (:data:`.settings.MOVED`).
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import threading
 import time
 import warnings
@@ -57,247 +66,148 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from syllabus_eval.errors import ArgumentError, bad_argument, check_count, check_number, describe
-from syllabus_eval.evaluation.backends import create_backend
-from syllabus_eval.evaluation.jobs import BUSY_POLICIES, Job, JobQueue
+from syllabus_eval.errors import ArgumentError, bad_argument, check_count, check_flag
+from syllabus_eval.evaluation.backends import (
+    BackendKind,
+    BackendSettings,
+    as_backend,
+    create_backend,
+)
+from syllabus_eval.evaluation.jobs import Job, JobQueue
 from syllabus_eval.evaluation.normalization import read_obs_norm
-from syllabus_eval.evaluation.schedule import EvalSchedule
+from syllabus_eval.evaluation.schedule import BusyPolicy, EvalSchedule
+from syllabus_eval.evaluation.settings import (
+    build_plan,
+    check_evaluator,
+    check_ranking,
+    of_type,
+    record,
+    refuse_moved,
+)
 from syllabus_eval.evaluation.snapshot import Snapshot
 from syllabus_eval.evaluation.tracking import Callback, ResultTracker
 from syllabus_eval.query.compiled import unwrap_compiled
 from syllabus_eval.query.protocols import AgentQueries, WeightedAgentQueries
 from syllabus_eval.query.weights import weight_source
 from syllabus_eval.results.metrics import EvalResult, MetricsFn, summarize
-from syllabus_eval.rollout import GivenEnvs, RolloutSettings
+from syllabus_eval.rollout import EnvSpec, EpisodeSettings
 from syllabus_eval.rollout.video import VideoSettings, video_support, without_clips, write_videos
 
 Weights = nn.Module | Mapping[str, torch.Tensor] | None
+EnvSource = Callable[[], gym.Env | gym.vector.VectorEnv] | gym.Env | gym.vector.VectorEnv
 
 
 class EvalRunner:
     """Evaluates an agent periodically over vectorized envs, with exact episode counts.
 
     Args:
-        make_env: returns one ``gymnasium.Env`` (``num_envs`` copies are made) or a whole
-            ``VectorEnv`` of ``num_envs`` sub-envs. Wrappers inside it are part of the env:
-            the training script's own factory is right (reward wrappers: see
-            :class:`~syllabus_eval.EpisodeRecord` for which return is reported). The
-            ``"thread"`` and ``"auto"`` backends also take an env instance, as TorchRL's
-            ``Evaluator(eval_env, policy)`` does: a ``VectorEnv`` (its sub-envs are the slots)
-            or one ``Env`` (one slot); the runner does not close it.
-        evaluator: the agent's :class:`~syllabus_eval.Evaluator` (any object with its
-            query methods). Evaluations run on ``evaluator.detached(device)``, a private copy;
-            in process and Ray workers, on that copy sent to them once (with cloudpickle), or
-            on the evaluators ``evaluator_fn`` builds there. With ``evaluator_fn`` these
-            backends need none (``None``, TorchRL's ``policy_factory``): weights then come
-            from :meth:`evaluate` / :meth:`trigger_eval`, or are the factory's own.
-        num_envs: env slots (default 8, or the size of a vector env instance); slot ``i``
-            runs ``(num_episodes + i) // num_envs`` episodes, each on its own env (the slots
-            may differ).
-        num_episodes: episodes per evaluation.
-        max_steps: steps after which an episode is truncated; ``None`` (the default): the
-            env's own limit. Episodes it cuts are counted as ``eval/max_steps_cut`` (a warning
-            says so, once per runner).
-        backend: where episodes run: ``"auto"`` (the default: blocking evaluations in the
-            runner's daemon thread, background ones in one worker process launched at the
-            first; see :mod:`.backends.auto`), ``"thread"`` (every evaluation in
-            the runner's thread), ``"process"`` (spawned worker processes) or ``"ray"`` (Ray
-            actors; needs ``pip install 'syllabus-eval[ray]'``). The options below marked
-            *process, ray* are refused by backends that do not take them.
-        busy_policy: what a trigger does while an evaluation is pending: ``"error"`` raises
-            ``RuntimeError``, ``"queue"`` runs it afterwards, ``"skip"`` drops it (counted in
-            :attr:`skipped`). Default: ``"skip"`` with ``eval_every``, else ``"error"``.
-        on_result: a callable or a list of them, each called with every
-            :class:`EvalResult`, on the runner's thread, before :meth:`wait` returns it (the
-            loggers of :mod:`syllabus_eval.results.loggers`, ``wandb.log``, ...). An exception one
-            raises is logged, kept on ``result.on_result_error`` and stops neither the others
-            nor the runner. The evaluation counts as pending until they return.
-        metrics_fn: ``metrics_fn(episodes) -> {name: number}``, extra metrics under ``eval/``.
-        eval_every: env steps between the evaluations :meth:`maybe_trigger` starts (see
-            :mod:`syllabus_eval.evaluation.schedule`); ``None``: no schedule.
-        save_best: a path: each new best result's snapshot is written there (weights,
-            observation statistics, step and metrics, :mod:`syllabus_eval.evaluation.checkpoints`).
-        best_metric: the metric that ranks results (default ``"eval/reward"``).
-        best_mode: ``"max"`` (higher is better, the default) or ``"min"``.
-        on_new_best: called with each new best result (before ``on_result``).
-        stop_reward: ``(threshold, k)``: :attr:`should_stop` after ``k`` consecutive results
-            whose ``best_metric`` is at or beyond ``threshold``.
-        stop_patience: :attr:`should_stop` after this many results without a new best.
-        deterministic: greedy actions (default), sampled (``False``) or the evaluator's default
-            (``None``); see :class:`RolloutSettings`.
-        seed: a non-negative int from which each episode's reset seed is derived by its slot
-            and index (default 0: every evaluation sees the same episodes; different seeds
-            share none, :mod:`syllabus_eval.rollout`); ``None``: unseeded.
-        tasks: tasks assigned to episodes round robin, passed as the reset option ``"task"``.
+        envs: how the envs are made: an :class:`EnvSpec` (factory, ``num_envs``,
+            vectorization, ``set_task``), or what its ``factory`` takes, standing for
+            ``EnvSpec(envs)`` (8 slots; an env instance: its own size). Slot ``i`` runs
+            ``(num_episodes + i) // num_envs`` episodes, each on its own env.
+        evaluator: the agent's :class:`~syllabus_eval.Evaluator` (any object with its query
+            methods). Evaluations run on ``evaluator.detached(device)``, a private copy (in
+            worker backends: that copy sent to them once, or what ``evaluator_fn`` builds
+            there; with ``evaluator_fn`` it may be ``None``, TorchRL's ``policy_factory``).
+        num_episodes: episodes per evaluation (per suite).
+        episodes: how episodes run and are summarised (:class:`EpisodeSettings`: ``max_steps``,
+            ``deterministic``, ``seed``, ``interchangeable_slots``, ``success_key``,
+            ``info_keys``, ``ci``); default ``EpisodeSettings()``.
+        tasks: tasks assigned to episodes round robin, passed as the reset option ``"task"``
+            (or to the spec's ``set_task``).
         suites: ``{name: [tasks]}``: each evaluation runs every suite on the same snapshot,
-            each with its own ``num_episodes``, reported under ``eval/<name>/...`` (per task
-            inside each), with ``eval/generalization_gap`` (``train`` minus ``test`` mean
-            return) when both are given. Instead of ``tasks``. Rank results by a suite's
-            metric then, e.g. ``best_metric="eval/test/reward"``.
-        set_task: ``set_task(env, task)``, called before each reset instead of the option.
-        success_key: the info key giving an episode's success at its last step.
-        info_keys: ``{key: "last" | "sum" | "mean" | "max" | "min"}``: info entries reduced
-            over each episode, reported as ``eval/info/<key>`` (and per task and suite; how
-            many episodes lacked one as ``.../missing``) and on each record's ``info``.
-        ci: the confidence level of the intervals every mean gets (bootstrap for returns,
-            Wilson for success rates; seeded by ``seed``); ``None``: none.
-        video_dir: a folder: each evaluation records ``video_episodes`` episodes per task (or
-            per evaluation without tasks; per suite) from ``env.render()`` (make the envs with
-            ``render_mode="rgb_array"``) and writes them there as MP4 (GIF without ffmpeg),
-            named by suite, task, step and return; they are listed on ``result.videos``. Needs
-            ``pip install 'syllabus-eval[video]'``.
-        video_episodes: episodes recorded per task (default 1).
-        video_select: which: ``"first"`` (in slot order), ``"best"`` or ``"worst"`` return.
-        video_max_frames: the most frames of one video (default 500); a longer episode's
-            video stops there, with a warning.
-        interchangeable_slots: declare the env slots alike, so that each slot's last quarter
-            of episodes may run on whichever env is free (the floating tail: evaluations end
-            sooner). Default ``False``: every episode runs on its own slot's env, which is
-            exact whatever the envs are (see :class:`RolloutSettings`).
-        vectorization_mode: ``"sync"`` (our env pool, in the runner's thread) or ``"async"``
-            (a Gymnasium ``AsyncVectorEnv``).
+            each with its own ``num_episodes``, reported under ``eval/<name>/...``, with
+            ``eval/generalization_gap`` (``train`` minus ``test`` mean return) when both are
+            given. Instead of ``tasks``. Rank results by a suite's metric then, e.g.
+            ``SaveBest(path, metric="eval/test/reward")``.
+        backend: where episodes run: ``"auto"`` (the default), ``"thread"``, ``"process"``,
+            ``"ray"``, or one of those objects with options: :class:`AutoBackend`,
+            :class:`ThreadBackend`, :class:`ProcessBackend` (``num_workers``,
+            ``max_restarts``, ``timeout``, ``env_fn``, ``evaluator_fn``, ``init_fn``),
+            :class:`RayBackend` (those, and ``address``, ``num_cpus``, ``num_gpus``,
+            ``ray_kwargs``; needs ``pip install 'syllabus-eval[ray]'``).
+        schedule: when :meth:`maybe_trigger` evaluates and what a trigger does while one is
+            pending (:class:`EvalSchedule`: ``every``, ``busy_policy``, by default
+            ``"skip"``); default ``EvalSchedule()``: no periodic evaluations.
+        callbacks: a callable or a list of them, each given every :class:`EvalResult` on the
+            runner's thread, in order, before :meth:`wait` returns it: loggers
+            (:mod:`syllabus_eval.results.loggers`, ``wandb.log``), :class:`SaveBest`,
+            :class:`StopOnReward`, :class:`StopOnNoImprovement`. An exception one raises is
+            logged, kept on ``result.on_result_error`` and stops nothing; :attr:`should_stop`
+            combines their ``should_stop``.
+        video: record episodes from ``env.render()`` and write them to its ``folder``
+            (:class:`VideoSettings`; envs made with ``render_mode="rgb_array"``); ``None``:
+            none.
+        metrics_fn: ``metrics_fn(episodes) -> {name: number}``, extra metrics under ``eval/``.
         device: the evaluation device (default: the evaluator's; in workers: that of the
             evaluator ``evaluator_fn`` builds).
         progress: show a tqdm progress bar during blocking :meth:`evaluate` calls.
-        env_fn: *process, ray.* The env factory the workers call (default: ``make_env``); it
-            is sent with cloudpickle, as Gymnasium's ``AsyncVectorEnv`` sends env factories:
-            a function, class, ``functools.partial``, lambda or closure, with what it captures.
-            A ``VectorEnv`` factory fits ``num_workers=1`` only.
-        evaluator_fn: *process, ray.* Builds the evaluator in each worker, on an agent of the
-            training agent's architecture; each evaluation loads the snapshot of the weights
-            into it. Sent like ``env_fn`` (so are ``init_fn`` and ``set_task``). Default: the
-            workers get ``evaluator`` itself; give one for agents whose copy does not pickle.
-        init_fn: *process, ray.* Called first in each worker, before the env and evaluator are
-            built (simulators that must start first, env variables, devices).
-        num_workers: *process, ray.* Workers that split the env slots of each evaluation
-            (contiguous blocks, at most ``num_envs``); the merged records equal those of one
-            worker, and with greedy actions the metrics equal the thread backend's. Default 1.
-        max_restarts: *process, ray.* Workers that die during an evaluation are restarted
-            and their share run again, at most this many times per evaluation (default 2);
-            then the evaluation fails with :class:`EvaluationError`.
-        timeout: *process, ray.* Seconds an evaluation's episodes may take (re-runs after
-            restarts included; workers that start before it are not counted); a slower one
-            fails with ``TimeoutError`` as its cause, and its workers are killed and restarted
-            for the next one. Default ``None``: no limit.
-        address: *ray.* The Ray cluster to connect to when Ray is not initialized yet
-            (default: start Ray locally). A runner shuts down only the Ray it started.
-        num_cpus: *ray.* CPUs each actor reserves (default 1).
-        num_gpus: *ray.* GPUs each actor reserves (default 0).
-        ray_kwargs: *ray.* Further ``ray.init`` arguments, when the runner starts Ray.
 
     Raises:
-        ValueError: for bad arguments, and envs whose spaces do not fit the agent (for
-            process and Ray workers: exceptions raised while they start, with the worker's
-            traceback as their cause).
-        ImportError: ``backend="ray"`` without Ray installed.
+        ValueError: for bad arguments (an :class:`~syllabus_eval.errors.ArgumentError` naming
+            it), and envs whose spaces do not fit the agent (for worker backends: exceptions
+            raised while they start, with the worker's traceback as their cause).
+        TypeError: a keyword of the former flat signature, naming its new home.
+        ImportError: a Ray backend without Ray installed.
     """
 
-    def __init__(
-        self,
-        make_env: Callable[[], gym.Env | gym.vector.VectorEnv] | gym.Env | gym.vector.VectorEnv,
-        evaluator: AgentQueries | None = None,
-        num_envs: int | None = None,
-        num_episodes: int = 20,
-        max_steps: int | None = None,
-        backend: str = "auto",
-        busy_policy: str | None = None,
-        on_result: Callback | Sequence[Callback] | None = None,
-        metrics_fn: MetricsFn | None = None,
-        *,
-        eval_every: int | None = None,
-        save_best: str | os.PathLike | None = None,
-        best_metric: str = "eval/reward",
-        best_mode: str = "max",
-        on_new_best: Callback | None = None,
-        stop_reward: tuple[float, int] | None = None,
-        stop_patience: int | None = None,
-        deterministic: bool | None = True,
-        seed: int | None = 0,
-        tasks: list[Any] | None = None,
-        suites: Mapping[str, Sequence[Any]] | None = None,
-        set_task: Callable[[gym.Env, Any], None] | None = None,
-        success_key: str = "success",
-        info_keys: Mapping[str, str] | None = None,
-        ci: float | None = 0.95,
-        video_dir: str | os.PathLike | None = None,
-        video_episodes: int = 1,
-        video_select: str = "first",
-        video_max_frames: int = 500,
-        interchangeable_slots: bool = False,
-        vectorization_mode: str = "sync",
-        device: str | torch.device | None = None,
-        progress: bool = False,
-        env_fn: Callable[[], gym.Env | gym.vector.VectorEnv] | None = None,
-        evaluator_fn: Callable[[], Any] | None = None,
-        init_fn: Callable[[], Any] | None = None,
-        num_workers: int | None = None,
-        max_restarts: int | None = None,
-        timeout: float | None = None,
-        address: str | None = None,
-        num_cpus: float | None = None,
-        num_gpus: float | None = None,
-        ray_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        make_env, num_envs = _env_source(make_env, num_envs, backend)
-        if evaluator is None:
-            if evaluator_fn is None or backend in ("thread", "auto"):
-                raise ValueError("evaluator: expected an Evaluator; only backend='process' or "
-                                 "'ray' goes without one, building it in each worker from "
-                                 "evaluator_fn, got None")
-        elif not isinstance(evaluator, AgentQueries):
-            raise bad_argument("evaluator", "an Evaluator (an object with get_action, "
-                               "get_value and get_action_and_value)", evaluator)
-        self.schedule = None if eval_every is None else EvalSchedule(eval_every)
-        if busy_policy is None:
-            busy_policy = "error" if self.schedule is None else "skip"
-        if busy_policy not in BUSY_POLICIES:
-            raise ValueError(f"busy_policy: expected one of {', '.join(map(repr, BUSY_POLICIES))}"
-                             f", got {busy_policy!r}")
+    @refuse_moved
+    def __init__(self, envs: EnvSpec | EnvSource, evaluator: AgentQueries | None = None, *,
+                 num_episodes: int = 20, episodes: EpisodeSettings | None = None,
+                 tasks: Sequence[Any] | None = None,
+                 suites: Mapping[str, Sequence[Any]] | None = None,
+                 backend: str | BackendSettings = "auto",
+                 schedule: EvalSchedule | None = None,
+                 callbacks: Callback | Sequence[Callback] | None = None,
+                 video: VideoSettings | None = None, metrics_fn: MetricsFn | None = None,
+                 device: str | torch.device | None = None, progress: bool = False) -> None:
+        self.backend = as_backend(backend)
+        self.envs = envs if isinstance(envs, EnvSpec) else EnvSpec(envs)
+        if self.envs.given and self.backend.kind not in (BackendKind.THREAD, BackendKind.AUTO):
+            raise bad_argument("envs", f"an env factory for backend={str(self.backend.kind)!r},"
+                               " whose workers build their own envs (e.g. lambda: gym.make(...)"
+                               ", or functools.partial(gym.make, ...)); an env instance runs "
+                               "with backend='thread' only", self.envs.factory)
+        check_evaluator(evaluator, getattr(self.backend, "evaluator_fn", None))
+        episodes = of_type("episodes", episodes, EpisodeSettings, EpisodeSettings())
+        # A copy: its next_due is this runner's own.
+        self.schedule = dataclasses.replace(of_type("schedule", schedule, EvalSchedule,
+                                                    EvalSchedule()))
+        self.video = of_type("video", video, VideoSettings)
+        if self.video is not None:
+            if self.video.folder is None:
+                raise ArgumentError("video", "expected VideoSettings with a folder to write "
+                                    "the videos to, got VideoSettings(folder=None)")
+            video_support()  # a clear error now, without the video extra
         if metrics_fn is not None and not callable(metrics_fn):
             raise bad_argument("metrics_fn", "a callable or None", metrics_fn)
-        self.tracker = ResultTracker(on_result, save_best=save_best, best_metric=best_metric,
-                                     best_mode=best_mode, on_new_best=on_new_best,
-                                     stop_reward=stop_reward, stop_patience=stop_patience)
-        if ci is not None:
-            check_number("ci", ci, 0.0, 1.0, low_open=True, high_open=True)
-        self.video_dir = video_dir
-        video = VideoSettings(video_episodes, video_select, video_max_frames)  # checked
-        if video_dir is None:
-            if video != VideoSettings():
-                raise ValueError("video_dir: expected a folder for the videos that "
-                                 "video_episodes, video_select or video_max_frames describe, "
-                                 "got None")
-            video = None
-        else:
-            if not isinstance(video_dir, (str, os.PathLike)):
-                raise bad_argument("video_dir", "a folder path or None", video_dir)
-            video_support()  # a clear error now, without the video extra
-        self.plan = _plan(suites, tasks, num_episodes=num_episodes, max_steps=max_steps,
-                          deterministic=deterministic, seed=seed, success_key=success_key,
-                          info_keys=info_keys, video=video,
-                          interchangeable_slots=interchangeable_slots)
-        _check_ranking(self.tracker, suites, evaluator)
-        self.busy_policy = busy_policy
-        self.metrics_fn = metrics_fn
-        self.progress = progress
-        self.ci = ci
+        check_flag("progress", progress)
+        self.tracker = ResultTracker(callbacks)
+        self.plan = build_plan(num_episodes, episodes, tasks=tasks, suites=suites,
+                               video=self.video)
+        check_ranking(self.tracker, suites, evaluator)
+        self.episodes, self.metrics_fn, self.progress = episodes, metrics_fn, progress
         self._skipped = 0  # triggers dropped by busy_policy="skip"
         self._warned_cut = False  # whether max_steps cutting episodes was reported
         self._last_job: Job | None = None  # the latest evaluation triggered
-        # Only the worker options that were given: each backend refuses those it does not take.
-        options = {name: value for name, value in (
-            ("env_fn", env_fn), ("evaluator_fn", evaluator_fn), ("init_fn", init_fn),
-            ("num_workers", num_workers), ("max_restarts", max_restarts), ("timeout", timeout),
-            ("address", address), ("num_cpus", num_cpus), ("num_gpus", num_gpus),
-            ("ray_kwargs", ray_kwargs)) if value is not None}
-        self._backend = create_backend(
-            backend, make_env, evaluator, num_envs, self.plan,
-            vectorization_mode=vectorization_mode, set_task=set_task, device=device, **options)
+        self._backend = create_backend(self.backend, self.envs, evaluator, self.plan,
+                                       device=device)
         self._evaluator = evaluator
+        self.settings: dict[str, Any] = record({
+            "envs": self.envs, "num_episodes": num_episodes, "episodes": episodes,
+            "tasks": tasks, "suites": suites, "backend": self.backend,
+            "schedule": self.schedule, "callbacks": self.tracker.callbacks,
+            "video": self.video, "metrics_fn": metrics_fn,
+            "device": None if device is None else str(device)})
         self._jobs = JobQueue(self._run, self._backend.close)
 
     @property
-    def on_result(self) -> list[Callback]:
+    def evaluator(self) -> AgentQueries | None:
+        """The evaluator given (evaluations run on its private copy)."""
+        return self._evaluator
+
+    @property
+    def callbacks(self) -> list[Callback]:
         """The callbacks each result is given (a list; append to it to add one)."""
         return self.tracker.callbacks
 
@@ -319,7 +229,8 @@ class EvalRunner:
                 the agent was trained behind: read now, applied frozen to the evaluation
                 envs' own ``NormalizeObservation`` (:mod:`syllabus_eval.evaluation.normalization`).
         """
-        job = self._submit(weights, step, obs_norm, blocking=True, busy_policy=self.busy_policy)
+        job = self._submit(weights, step, obs_norm, blocking=True,
+                           busy_policy=self.schedule.busy_policy)
         return self._jobs.outcome(job)
 
     def trigger_eval(self, weights: Weights = None, step: int | None = None, *,
@@ -334,29 +245,26 @@ class EvalRunner:
             RuntimeError: an evaluation is pending and ``busy_policy="error"``.
         """
         return self._submit(weights, step, obs_norm, blocking=False,
-                            busy_policy=self.busy_policy) is not None
+                            busy_policy=self.schedule.busy_policy) is not None
 
     def maybe_trigger(self, weights: Weights = None, step: int | None = None, *,
                       obs_norm: Any = None) -> bool:
-        """:meth:`trigger_eval` when an evaluation is due at ``step`` (``eval_every``).
+        """:meth:`trigger_eval` when an evaluation is due at ``step`` (``schedule.every``).
 
-        Due when ``step`` has crossed a multiple of ``eval_every`` since the last due step
-        (never ``step % eval_every == 0``); several multiples crossed at once give one
-        evaluation, at ``step``. A due evaluation that finds the runner busy follows
-        ``busy_policy`` (by default, with a schedule, it is skipped and counted in
-        :attr:`skipped`). Costs one comparison when nothing is due: call it every step.
+        Due when ``step`` has crossed a multiple of ``every`` since the last due step (never
+        ``step % every == 0``); several multiples crossed at once give one evaluation, at
+        ``step``. A due evaluation that finds the runner busy follows the schedule's
+        ``busy_policy`` (by default it is skipped and counted in :attr:`skipped`). Costs one
+        comparison when nothing is due: call it every step.
 
         Returns:
             Whether an evaluation was started or queued.
         """
-        schedule = self.schedule
-        if type(step) is int and schedule is not None and step < schedule.next_due:
+        next_due = self.schedule.next_due
+        if type(step) is int and next_due is not None and step < next_due:
             return False  # the common case, first: a training loop asks every step
-        if schedule is None:
-            raise ValueError("eval_every: maybe_trigger needs a schedule, "
-                             "EvalRunner(..., eval_every=N); got None")
         step = _checked_step(step, "an int: the training step (env steps so far)")
-        if not schedule.due(step):
+        if not self.schedule.due(step):
             return False
         return self.trigger_eval(weights, step, obs_norm=obs_norm)
 
@@ -364,7 +272,7 @@ class EvalRunner:
                    obs_norm: Any = None) -> EvalResult:
         """One blocking evaluation of the last policy, at the end of training (TorchRL #4415).
 
-        It runs after the evaluations still pending, whatever ``busy_policy`` says. When the
+        It runs after the evaluations still pending, whatever the ``busy_policy`` says. When the
         latest evaluation was triggered at this very ``step`` on the same module, with no
         optimizer step since (SB3, for one, updates after the rollout whose last step
         triggered), and on the same observation statistics, that one is the final
@@ -375,7 +283,8 @@ class EvalRunner:
         if last is not None and self._evaluated_already(last, weights, step, obs_norm):
             self._jobs.claim(last)
             return self._jobs.outcome(last)
-        job = self._submit(weights, step, obs_norm, blocking=True, busy_policy="queue")
+        job = self._submit(weights, step, obs_norm, blocking=True,
+                           busy_policy=BusyPolicy.QUEUE)
         return self._jobs.outcome(job)
 
     # --- results -----------------------------------------------------------------------------
@@ -415,19 +324,24 @@ class EvalRunner:
 
     @property
     def should_stop(self) -> bool:
-        """Whether ``stop_reward`` or ``stop_patience`` says training may stop."""
+        """Whether a callback's ``should_stop`` (:class:`StopOnReward`,
+        :class:`StopOnNoImprovement`, any with that attribute) says training may stop; once
+        set, it stays set."""
         return self.tracker.should_stop
 
     @property
     def best(self) -> float | None:
-        """The best ``best_metric`` so far (``None`` before the first result)."""
+        """The best value of the ranking metric so far (``"eval/reward"``, or that of the
+        :class:`SaveBest` / :class:`StopOnNoImprovement` in ``callbacks``; ``None`` before the
+        first result)."""
         return self.tracker.best
 
     def state_dict(self) -> dict[str, Any]:
         """The schedule, the best result and the stopping counters, to resume a run with
         :meth:`load_state_dict` (plain numbers: JSON or ``torch.save`` will do). Evaluations
         still pending are not in it: take it after :meth:`wait` to include them."""
-        return {"schedule": None if self.schedule is None else self.schedule.state_dict(),
+        every = self.schedule.every
+        return {"schedule": None if every is None else self.schedule.state_dict(),
                 "skipped": self._skipped, "results": self.tracker.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -436,10 +350,11 @@ class EvalRunner:
                 state):
             raise bad_argument("state", "what EvalRunner.state_dict() returned", state)
         skipped = check_count("state['skipped']", state["skipped"], 0)
-        if state["schedule"] is not None and self.schedule is None:
-            raise ValueError(f"eval_every: the state carries a schedule {state['schedule']}; "
-                             "build this runner with eval_every= to resume it, or set "
-                             "state['schedule'] to None to leave it behind")
+        if state["schedule"] is not None and self.schedule.every is None:
+            raise ArgumentError("schedule", f"the state carries a schedule {state['schedule']}"
+                                "; build this runner with schedule=EvalSchedule(every=...) to "
+                                "resume it, or set state['schedule'] to None to leave it "
+                                "behind")
         if state["schedule"] is not None:
             self.schedule.load_state_dict(state["schedule"])
         self.tracker.load_state_dict(state["results"])
@@ -470,7 +385,7 @@ class EvalRunner:
     # --- on the caller's thread, then on the runner's ----------------------------------------
 
     def _submit(self, weights: Weights, step: int | None, obs_norm: Any, *, blocking: bool,
-                busy_policy: str) -> Job | None:
+                busy_policy: BusyPolicy) -> Job | None:
         if step is not None:
             step = _checked_step(step, "an int (the training step) or None")
         job = self._jobs.submit(lambda: self._snapshot(weights, step, obs_norm, not blocking),
@@ -525,10 +440,10 @@ class EvalRunner:
                                         not job.blocking)
             settings = self.plan[0]
             videos = [] if settings.video is None else write_videos(
-                records, self.video_dir, settings.video, job.step)
+                records, settings.video.folder, settings.video, job.step)
             records = without_clips(records)
             result = summarize(records, step=job.step, elapsed=time.perf_counter() - start,
-                               metrics_fn=self.metrics_fn, ci=self.ci, seed=settings.seed,
+                               metrics_fn=self.metrics_fn, ci=settings.ci, seed=settings.seed,
                                info_keys=settings.info_keys)
         finally:
             if bar is not None:
@@ -542,6 +457,7 @@ class EvalRunner:
                           RuntimeWarning, stacklevel=2)
         result.weights_version = job.snapshot.version
         result.videos = videos
+        result.settings = self.settings
         self.tracker.take(result, job.snapshot)
         return result
 
@@ -551,64 +467,3 @@ def _checked_step(step: Any, expected: str) -> int:
     if isinstance(step, bool) or not isinstance(step, Integral):
         raise bad_argument("step", expected, step)
     return int(step)
-
-
-# Metrics an evaluation without suites reports, which suites report as eval/<suite>/...
-_UNSUITED = ("eval/reward", "eval/wrapped_reward", "eval/success", "eval/episode_length",
-             "eval/task/", "eval/info/")
-
-
-def _check_ranking(tracker: ResultTracker, suites: Mapping[str, Any] | None,
-                   evaluator: AgentQueries | None) -> None:
-    """What ranking results needs, checked now rather than after every evaluation has run."""
-    if not tracker.ranks:
-        return
-    metric = tracker.best_metric
-    if suites is not None and metric.startswith(_UNSUITED):
-        suite = next(iter(suites), "test") if isinstance(suites, Mapping) else "test"
-        raise ValueError(f"best_metric: with suites, expected a suite's metric such as "
-                         f"'eval/{suite}/reward' (or 'eval/generalization_gap' with "
-                         f"best_mode='min'), got {metric!r}")
-    if tracker.save_best is not None and evaluator is not None and (
-            not isinstance(evaluator, WeightedAgentQueries) or evaluator.agent is None):
-        raise ValueError(f"save_best: expected an evaluator whose agent has weights to save, "
-                         f"got {describe(evaluator)}")
-
-
-def _plan(suites: Mapping[str, Sequence[Any]] | None, tasks: Sequence[Any] | None,
-          **settings: Any) -> tuple[RolloutSettings, ...]:
-    """The settings of each suite (one, without suites), checked."""
-    if suites is None:
-        return (RolloutSettings(tasks=tasks, **settings),)
-    if tasks is not None:
-        raise bad_argument("tasks", "None with suites (each suite names its tasks)", tasks)
-    if not isinstance(suites, Mapping) or not suites:
-        raise bad_argument("suites", "a non-empty dict {suite name: [tasks]}", suites)
-    plan = []
-    for name, suite_tasks in suites.items():
-        try:
-            plan.append(RolloutSettings(tasks=suite_tasks, suite=name, **settings))
-        except ArgumentError as error:
-            if error.argument != "tasks":
-                raise
-            raise error.renamed(f"suites[{name!r}]") from None
-    return tuple(plan)
-
-
-def _env_source(make_env: Any, num_envs: int | None, backend: str) -> tuple[Any, int]:
-    """The env factory and the number of slots: an env instance becomes a factory of itself
-    (thread backend only), whose size is the number of slots."""
-    if num_envs is not None:
-        check_count("num_envs", num_envs)
-    if not isinstance(make_env, (gym.Env, gym.vector.VectorEnv)):
-        return make_env, 8 if num_envs is None else int(num_envs)
-    if backend not in ("thread", "auto"):
-        raise bad_argument("make_env", f"an env factory for backend={backend!r}, whose workers "
-                           "build their own envs (e.g. lambda: gym.make(...), or "
-                           "functools.partial(gym.make, ...)); an env instance runs with "
-                           "backend='thread' only", make_env)
-    size = make_env.num_envs if isinstance(make_env, gym.vector.VectorEnv) else 1
-    if num_envs is not None and num_envs != size:
-        raise bad_argument("num_envs", f"{size}, the size of the env instance given as "
-                           "make_env (one Env is one slot: pass a factory for more)", num_envs)
-    return GivenEnvs(make_env), size

@@ -1,25 +1,29 @@
-"""What happens to each result: the best model, early stopping, the callbacks.
+"""What happens to each result: the ranking, the callbacks, the best model and stopping rules.
 
-Usage (the runner builds one from its arguments)::
+Usage (the runner's ``callbacks=``)::
 
-    tracker = ResultTracker([print, JSONLinesLogger("eval.jsonl")], save_best="best.pt",
-                            stop_reward=(475.0, 3), stop_patience=10)
-    tracker.take(result, snapshot)       # on the runner's thread, once per result
-    tracker.should_stop                  # asked by the training loop
+    from syllabus_eval import SaveBest, StopOnNoImprovement, StopOnReward
 
-**Best model.** A result whose ``best_metric`` beats every earlier one (higher with
-``best_mode="max"``, lower with ``"min"``; NaN never does) is the new best: with ``save_best``,
-the snapshot it was evaluated on (not the weights training has moved on to) is written to that
-path (:mod:`syllabus_eval.evaluation.checkpoints`), and ``on_new_best(result)`` is called.
+    runner = EvalRunner(make_env, evaluator, callbacks=[
+        print, JSONLinesLogger("runs/eval.jsonl"),          # any callable, given each result
+        SaveBest("runs/best.pt", on_new_best=announce),     # the best result's snapshot
+        StopOnReward(475.0, times=3),                       # runner.should_stop after 3 in a row
+        StopOnNoImprovement(patience=10)])
 
-**Stopping.** ``stop_reward=(threshold, k)``: stop after ``k`` consecutive results whose
-``best_metric`` is at or beyond ``threshold`` (SB3's ``StopTrainingOnRewardThreshold``, made
-robust to one lucky evaluation). ``stop_patience=p``: stop after ``p`` results in a row without
-a new best (SB3's ``StopTrainingOnNoModelImprovement``). Either sets :attr:`should_stop`, which
-then stays set (a loop that looks after several results have landed still stops).
+Composition rather than options, as SB3's ``EvalCallback`` takes ``callback_on_new_best`` and
+its stopping rules (``StopTrainingOnRewardThreshold``, ``StopTrainingOnNoModelImprovement``).
 
-**Callbacks** run after both, in the order given; one that raises is logged, its error kept on
-``result.on_result_error`` (the first, if several raise), and the others still run.
+**Ranking.** The runner ranks every result by one metric (``"eval/reward"``, higher is better,
+unless the ranking callbacks name another: :class:`SaveBest` and :class:`StopOnNoImprovement`,
+which must then agree): a result that beats every earlier one (NaN never does) has
+``result.is_best``, and :attr:`ResultTracker.best` is its value (``runner.best``).
+
+**Callbacks** then run in the order given, on the runner's thread, before ``wait`` returns the
+result: plain callables get the result; a :class:`ResultCallback` (the three here, and any a
+user writes) also gets the snapshot it was evaluated on. One that raises is logged, its error
+kept on ``result.on_result_error`` (the first, if several raise), and the others still run.
+``runner.should_stop`` is set once any callback's ``should_stop`` is true (any object with that
+attribute counts), and stays set: a loop that looks after several results still stops.
 """
 
 from __future__ import annotations
@@ -28,156 +32,277 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from syllabus_eval.errors import bad_argument, check_count, check_number
+from syllabus_eval.errors import (
+    Choice,
+    bad_argument,
+    check_choice,
+    check_count,
+    check_number,
+)
 from syllabus_eval.evaluation.checkpoints import save_checkpoint
 from syllabus_eval.evaluation.snapshot import Snapshot
 from syllabus_eval.results.metrics import EvalResult
 
 logger = logging.getLogger(__name__)
 
-BEST_MODES = ("max", "min")
 Callback = Callable[[EvalResult], Any]
 
 
-def as_callbacks(name: str, value: Callback | Sequence[Callback] | None) -> list[Callback]:
+class BestMode(Choice):
+    """Which way a metric is better."""
+
+    MAX = "max"
+    MIN = "min"
+
+
+class ResultCallback:
+    """A callback with state (SB3's ``BaseCallback``, for results): subclass it and override
+    :meth:`on_result`; it may set :attr:`should_stop`. Plain functions work as callbacks too."""
+
+    #: whether training may stop, by this callback's rule
+    should_stop: bool = False
+
+    def __call__(self, result: EvalResult) -> None:
+        self.on_result(result, None)
+
+    def on_result(self, result: EvalResult, snapshot: Snapshot | None) -> None:
+        """Take ``result``, evaluated on ``snapshot`` (the weights at trigger time)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its counters, to resume a run (plain numbers)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Carry on from :meth:`state_dict`."""
+
+
+class _Ranked(ResultCallback):
+    """A callback about one metric (its ``metric`` field), better one way (``mode``)."""
+
+    metric: str
+    mode: BestMode
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise bad_argument("metric", "a metric name such as 'eval/reward'", self.metric)
+        self.mode = check_choice("mode", self.mode, BestMode)
+
+    def value(self, result: EvalResult) -> float:
+        if self.metric not in result:
+            raise bad_argument("metric", f"one of the result's metrics {sorted(result)}",
+                               self.metric)
+        return float(result[self.metric])
+
+    def beyond(self, value: float, threshold: float) -> bool:
+        """``value`` is at or beyond ``threshold`` (NaN never is)."""
+        return (value >= threshold) if self.mode is BestMode.MAX else (value <= threshold)
+
+
+@dataclass(eq=False)
+class SaveBest(_Ranked):
+    """Writes the snapshot of each new best result to ``path`` (the weights it was evaluated
+    on, not those training moved on to; :mod:`syllabus_eval.evaluation.checkpoints`), then
+    calls ``on_new_best``. Ranks the runner's results by ``metric`` (module docs)."""
+
+    path: str | os.PathLike | None = None
+    """Where the best snapshot is written (its observation statistics, step and metrics too);
+    ``None``: nowhere (``on_new_best`` only)."""
+    metric: str = "eval/reward"
+    """The metric that ranks results (with suites, a suite's: ``"eval/test/reward"``)."""
+    mode: BestMode = BestMode.MAX
+    """``"max"``: higher is better; ``"min"``: lower."""
+    on_new_best: Callback | None = field(default=None, repr=False)
+    """Called with each new best result (SB3's ``callback_on_new_best``)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.path is not None and not isinstance(self.path, (str, os.PathLike)):
+            raise bad_argument("path", "a file path or None", self.path)
+        if self.on_new_best is not None and not callable(self.on_new_best):
+            raise bad_argument("on_new_best", "a callable or None", self.on_new_best)
+
+    def on_result(self, result: EvalResult, snapshot: Snapshot | None) -> None:
+        if not result.is_best:
+            return
+        if self.path is not None:
+            save_checkpoint(self.path, snapshot, metrics=result)
+        if self.on_new_best is not None:
+            self.on_new_best(result)
+
+
+@dataclass(eq=False)
+class StopOnReward(_Ranked):
+    """``should_stop`` once ``times`` results in a row have ``metric`` at or beyond
+    ``threshold`` (SB3's ``StopTrainingOnRewardThreshold``; ``times`` > 1 is robust to one
+    lucky evaluation)."""
+
+    threshold: float
+    """The value to reach (at or above with ``mode="max"``, at or below with ``"min"``)."""
+    times: int = 1
+    """Consecutive results that must reach it."""
+    metric: str = "eval/reward"
+    """The metric compared."""
+    mode: BestMode = BestMode.MAX
+    """``"max"``: reach it from below; ``"min"``: from above."""
+    _streak: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.threshold = check_number("threshold", self.threshold, -math.inf)
+        self.times = check_count("times", self.times)
+
+    def on_result(self, result: EvalResult, snapshot: Snapshot | None) -> None:
+        reached = self.beyond(self.value(result), self.threshold)
+        self._streak = self._streak + 1 if reached else 0
+        self.should_stop = self.should_stop or self._streak >= self.times
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"streak": self._streak, "stopped": self.should_stop}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._streak, self.should_stop = int(state["streak"]), bool(state["stopped"])
+
+
+@dataclass(eq=False)
+class StopOnNoImprovement(_Ranked):
+    """``should_stop`` after ``patience`` results in a row without a new best (SB3's
+    ``StopTrainingOnNoModelImprovement``). Ranks the runner's results by ``metric``."""
+
+    patience: int
+    """Results without a new best before stopping."""
+    metric: str = "eval/reward"
+    """The metric that ranks results."""
+    mode: BestMode = BestMode.MAX
+    """``"max"``: higher is better; ``"min"``: lower."""
+    _since_best: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.patience = check_count("patience", self.patience)
+
+    def on_result(self, result: EvalResult, snapshot: Snapshot | None) -> None:
+        self._since_best = 0 if result.is_best else self._since_best + 1
+        self.should_stop = self.should_stop or self._since_best >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"since_best": self._since_best, "stopped": self.should_stop}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._since_best, self.should_stop = int(state["since_best"]), bool(state["stopped"])
+
+
+def as_callbacks(value: Callback | Sequence[Callback] | None) -> list[Callback]:
     """``None``, one callable or a list of them, as a list (``ValueError`` for the rest)."""
     if value is None:
         return []
     callbacks = list(value) if isinstance(value, (list, tuple)) else [value]
     for callback in callbacks:
         if not callable(callback):
-            raise bad_argument(name, "a callable or None, or a list of callables", value)
+            raise bad_argument("callbacks", "a callable or None, or a list of callables", value)
     return callbacks
 
 
+def ranking(callbacks: Sequence[Callback]) -> tuple[str, BestMode, bool]:
+    """The metric and mode results are ranked by, and whether a callback asked for it."""
+    rankers = [c for c in callbacks if isinstance(c, (SaveBest, StopOnNoImprovement))]
+    orders = {(c.metric, c.mode) for c in rankers}
+    if len(orders) > 1:
+        raise bad_argument("callbacks", "callbacks that rank results by one metric and mode, "
+                           "as the runner keeps one best", sorted(map(str, orders)))
+    metric, mode = orders.pop() if orders else ("eval/reward", BestMode.MAX)
+    return metric, mode, bool(rankers)
+
+
 class ResultTracker:
-    """The best result, the stopping rules and the callbacks of one runner (module docs).
+    """The ranking and the callbacks of one runner (module docs).
 
     Args:
-        on_result: callables given each result.
-        save_best: where the best snapshot is written (``None``: nowhere).
-        best_metric: the metric results are ranked by.
-        best_mode: ``"max"`` or ``"min"``.
-        on_new_best: called with each new best result, before ``on_result``.
-        stop_reward: ``(threshold, k)``; ``None``: no threshold.
-        stop_patience: results without a new best before stopping; ``None``: no limit.
+        callbacks: callables given each result (:class:`ResultCallback` ones with the
+            snapshot too).
     """
 
-    def __init__(self, on_result: Callback | Sequence[Callback] | None = None, *,
-                 save_best: str | os.PathLike | None = None,
-                 best_metric: str = "eval/reward", best_mode: str = "max",
-                 on_new_best: Callback | None = None,
-                 stop_reward: tuple[float, int] | None = None,
-                 stop_patience: int | None = None) -> None:
-        self.callbacks = as_callbacks("on_result", on_result)
-        if save_best is not None and not isinstance(save_best, (str, os.PathLike)):
-            raise bad_argument("save_best", "a file path or None", save_best)
-        if not isinstance(best_metric, str):
-            raise bad_argument("best_metric", "a metric name such as 'eval/reward'",
-                               best_metric)
-        if best_mode not in BEST_MODES:
-            raise bad_argument("best_mode", f"one of {list(BEST_MODES)}", best_mode)
-        if on_new_best is not None and not callable(on_new_best):
-            raise bad_argument("on_new_best", "a callable or None", on_new_best)
-        if stop_reward is not None:
-            if not isinstance(stop_reward, (tuple, list)) or len(stop_reward) != 2:
-                raise bad_argument("stop_reward", "(threshold, k): stop after k results at or "
-                                   "beyond threshold", stop_reward)
-            stop_reward = (check_number("stop_reward[0]", stop_reward[0], -math.inf),
-                           check_count("stop_reward[1]", stop_reward[1]))
-        self.save_best = save_best
-        self.best_metric, self.best_mode = best_metric, best_mode
-        self.on_new_best = on_new_best
-        self.stop_reward = stop_reward
-        self.stop_patience = None if stop_patience is None else check_count("stop_patience",
-                                                                              stop_patience)
+    def __init__(self, callbacks: Callback | Sequence[Callback] | None = None) -> None:
+        self.callbacks = as_callbacks(callbacks)
+        self.metric, self.mode, self.ranks = ranking(self.callbacks)
         self._lock = threading.Lock()  # the counters are read from the training thread
         self.best: float | None = None  # the best metric so far
         self.best_step: int | None = None
         self.evaluations = 0  # results taken
-        self._streak = 0  # consecutive results at or beyond the threshold
-        self._since_best = 0  # results since the last new best
         self._stopped = False  # a stopping rule fired (it stays fired: a loop may look late)
 
     @property
-    def ranks(self) -> bool:
-        """Whether anything needs results ranked by ``best_metric``."""
-        return (self.save_best is not None or self.on_new_best is not None
-                or self.stop_reward is not None or self.stop_patience is not None)
-
-    @property
     def should_stop(self) -> bool:
-        """Whether a stopping rule has fired (module docs)."""
+        """Whether a callback's stopping rule has fired (module docs)."""
         with self._lock:
             return self._stopped
 
-    def take(self, result: EvalResult, snapshot: Snapshot) -> None:
-        """Rank ``result``, save it if it is the best, update the stopping rules, then call
-        the callbacks."""
+    def take(self, result: EvalResult, snapshot: Snapshot | None) -> None:
+        """Rank ``result``, then call the callbacks."""
         with self._lock:
             self.evaluations += 1
-        if self.best_metric in result:
-            self._rank(result, snapshot)
+        if self.metric in result:
+            self._rank(float(result[self.metric]), result)
         elif self.ranks:
-            raise ValueError(f"best_metric: expected one of the result's metrics "
-                             f"{sorted(result)}, got {self.best_metric!r}")
+            raise bad_argument("metric", f"one of the result's metrics {sorted(result)}",
+                               self.metric)
         for callback in self.callbacks:
-            self._call(callback, result, "on_result")
+            try:
+                if isinstance(callback, ResultCallback):
+                    callback.on_result(result, snapshot)
+                else:
+                    callback(result)
+            except Exception as error:
+                if result.on_result_error is None:
+                    result.on_result_error = error
+                logger.exception("a callback raised for the evaluation at step %s; the runner "
+                                 "goes on (the error is on result.on_result_error)",
+                                 result.step)
+        stop = any(getattr(callback, "should_stop", False) is True
+                   for callback in self.callbacks)
+        with self._lock:
+            self._stopped = self._stopped or stop
 
-    def _rank(self, result: EvalResult, snapshot: Snapshot) -> None:
-        value = float(result[self.best_metric])
-        sign = 1.0 if self.best_mode == "max" else -1.0
+    def _rank(self, value: float, result: EvalResult) -> None:
+        sign = 1.0 if self.mode is BestMode.MAX else -1.0
         with self._lock:
-            best = self.best
-            new_best = not math.isnan(value) and (best is None or sign * (value - best) > 0)
-        result.is_best = new_best
-        if new_best and self.save_best is not None:
-            save_checkpoint(self.save_best, snapshot, metrics=result)
-        with self._lock:
+            new_best = not math.isnan(value) and (
+                self.best is None or sign * (value - self.best) > 0)
             if new_best:
-                self.best, self.best_step, self._since_best = value, result.step, 0
-            else:
-                self._since_best += 1
-            if self.stop_reward is not None:
-                at_threshold = sign * (value - self.stop_reward[0]) >= 0
-                self._streak = self._streak + 1 if at_threshold else 0
-            reached = self.stop_reward is not None and self._streak >= self.stop_reward[1]
-            stale = self.stop_patience is not None and self._since_best >= self.stop_patience
-            self._stopped = self._stopped or reached or stale
-        if new_best and self.on_new_best is not None:
-            self._call(self.on_new_best, result, "on_new_best")
-
-    def _call(self, callback: Callback, result: EvalResult, name: str) -> None:
-        try:
-            callback(result)
-        except Exception as error:
-            if result.on_result_error is None:
-                result.on_result_error = error
-            logger.exception("%s raised for the evaluation at step %s; the runner goes on "
-                             "(the error is on result.on_result_error)", name, result.step)
+                self.best, self.best_step = value, result.step
+        result.is_best = new_best
 
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
             return {"best": self.best, "best_step": self.best_step,
-                    "evaluations": self.evaluations, "streak": self._streak,
-                    "since_best": self._since_best, "stopped": self._stopped}
+                    "evaluations": self.evaluations, "stopped": self._stopped,
+                    "callbacks": [[type(c).__name__, c.state_dict()] for c in self.callbacks
+                                  if isinstance(c, ResultCallback)]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Carry on from :meth:`state_dict`; the counters of each :class:`ResultCallback` go
+        to the one of the same class at the same place among them (a callback the new runner
+        lacks is left behind, though a stop it fired stays fired)."""
         try:
             best = None if state["best"] is None else float(state["best"])
-            values = (int(state["evaluations"]), int(state["streak"]),
-                      int(state["since_best"]))
-            best_step = state["best_step"]
+            evaluations, best_step = int(state["evaluations"]), state["best_step"]
             stopped = state.get("stopped", False)
             if not isinstance(stopped, bool):
                 raise TypeError(stopped)
+            ours = [c for c in self.callbacks if isinstance(c, ResultCallback)]
+            for callback, (name, saved) in zip(ours, state.get("callbacks", [])):
+                if type(callback).__name__ == name:
+                    callback.load_state_dict(saved)
         except (KeyError, TypeError, ValueError):
             raise bad_argument("state['results']", "the results of EvalRunner.state_dict()",
                                state) from None
         with self._lock:
             self.best, self.best_step = best, best_step
-            self.evaluations, self._streak, self._since_best = values
-            self._stopped = stopped
+            self.evaluations, self._stopped = evaluations, stopped
+
+
+__all__ = ["BestMode", "Callback", "ResultCallback", "ResultTracker",
+           "SaveBest", "StopOnNoImprovement", "StopOnReward", "as_callbacks"]

@@ -3,13 +3,15 @@
 Usage::
 
     from stable_baselines3 import PPO
-    from syllabus_eval import EvalRunner
+    from syllabus_eval import EnvSpec, EvalRunner, EvalSchedule, SaveBest
     from syllabus_eval.adapters import SB3Evaluator
     from syllabus_eval.integrations.sb3 import EvalRunnerCallback
 
     model = PPO("MlpPolicy", "CartPole-v1")
-    runner = EvalRunner(lambda: gym.make("CartPole-v1"), SB3Evaluator(model), num_envs=8,
-                        num_episodes=20, eval_every=10_000, save_best="runs/best.pt")
+    runner = EvalRunner(EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=8),
+                        SB3Evaluator(model), num_episodes=20,
+                        schedule=EvalSchedule(every=10_000),
+                        callbacks=SaveBest("runs/best.pt"))
     model.learn(100_000, callback=EvalRunnerCallback(runner))   # evaluations meanwhile
     runner.shutdown()
 
@@ -17,12 +19,12 @@ The callback asks ``runner.maybe_trigger(model.policy, step=num_timesteps)`` aft
 rollout step: evaluations are scheduled in env steps (``num_timesteps``), never in callback
 calls, whose count depends on the number of envs (SB3 #1474). They run in the background
 (SB3's own ``EvalCallback`` blocks training while it evaluates); their results land in SB3's
-logger (``eval/...`` at the result's step) and in the runner's ``on_result``. When the model
+logger (``eval/...`` at the result's step) and in the runner's ``callbacks``. When the model
 trains behind ``VecNormalize``, its observation statistics are read with the weights at every
 trigger and frozen into the evaluation envs, which must normalise as ``VecNormalize`` does:
 build them with :func:`normalized_like`. At the end of ``learn`` the last policy is evaluated
-(``runner.final_eval``); ``runner.should_stop`` (``stop_reward``, ``stop_patience``) stops
-training early.
+(``runner.final_eval``); ``runner.should_stop`` (``StopOnReward``, ``StopOnNoImprovement``
+among the runner's callbacks) stops training early.
 
 Stable-Baselines3 is an optional dependency: ``pip install 'syllabus-eval[sb3]'``.
 """
@@ -54,8 +56,9 @@ class EvalRunnerCallback(BaseCallback):
     """Runs an :class:`~syllabus_eval.EvalRunner` on its schedule while SB3 trains.
 
     Args:
-        runner: a runner with ``eval_every`` (env steps) and an evaluator of the model's policy
-            (``SB3Evaluator(model)``, or ``evaluator_fn`` for process and Ray workers).
+        runner: a runner with ``schedule=EvalSchedule(every=N)`` (env steps) and an evaluator
+            of the model's policy (``SB3Evaluator(model)``, or ``evaluator_fn`` for process
+            and Ray workers).
         obs_norm: ``"auto"``: the model's ``VecNormalize`` observation statistics, if it has
             one that normalises observations; ``None``: none; or any ``obs_norm`` source.
         final_eval: evaluate the last policy when ``learn`` ends.
@@ -71,9 +74,9 @@ class EvalRunnerCallback(BaseCallback):
         super().__init__(verbose)
         if not isinstance(runner, EvalRunner):
             raise bad_argument("runner", "an EvalRunner", runner)
-        if runner.schedule is None:
+        if runner.schedule.every is None:
             raise bad_argument("runner", "an EvalRunner with a schedule, EvalRunner(..., "
-                               "eval_every=N env steps)", runner)
+                               "schedule=EvalSchedule(every=N env steps))", runner)
         self.runner = runner
         self.obs_norm = obs_norm
         self.final_eval = final_eval

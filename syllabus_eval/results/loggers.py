@@ -5,15 +5,16 @@ Usage::
     from syllabus_eval.results.loggers import JSONLinesLogger, TensorBoardLogger
 
     loggers = [TensorBoardLogger("runs/tb"), JSONLinesLogger("runs/eval.jsonl")]
-    runner = EvalRunner(make_env, evaluator, eval_every=10_000, on_result=loggers)
+    runner = EvalRunner(make_env, evaluator, schedule=EvalSchedule(every=10_000),
+                        callbacks=loggers)
 
 Each logger is a callable that takes an :class:`~syllabus_eval.EvalResult` (a flat dict of
 numbers). :class:`TensorBoardLogger` writes each metric as a scalar at the result's step
 (``torch.utils.tensorboard``; ``pip install 'syllabus-eval[tensorboard]'``);
 :class:`JSONLinesLogger` appends one line of strict JSON per result (NaN as ``null``) and
 flushes it, so a crash loses nothing already written. Weights & Biases needs no logger of
-ours: ``on_result=lambda result: wandb.log(dict(result), step=result.step)`` (or plain
-``on_result=wandb.log``, which logs at W&B's own step).
+ours: ``callbacks=lambda result: wandb.log(dict(result), step=result.step)`` (or plain
+``callbacks=wandb.log``, which logs at W&B's own step).
 """
 
 from __future__ import annotations
@@ -55,10 +56,17 @@ class JSONLinesLogger(_Logger):
         path: the file (created with its folder; appended to if it exists).
         fsync: also ask the OS to write each line to disk (a machine crash, not only a
             process crash, then loses nothing written).
+        settings: also write the settings the results were evaluated with
+            (``result.settings``, the runner's typed parts) as a line ``{"settings": {...}}``
+            before the first result of a run, and again when they change; off by default, so
+            that every line is a result.
     """
 
-    def __init__(self, path: str | os.PathLike, *, fsync: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = False,
+                 settings: bool = False) -> None:
         super().__init__()
+        self.settings = settings
+        self._settings_written: Any = None
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
@@ -72,6 +80,10 @@ class JSONLinesLogger(_Logger):
             self._sink.write("\n")
 
     def __call__(self, result: EvalResult) -> None:
+        settings = getattr(result, "settings", None)
+        if self.settings and settings is not None and settings != self._settings_written:
+            self.write({"settings": settings})
+            self._settings_written = settings
         self.write(_plain(result))
 
     def write(self, record: Mapping[str, Any]) -> None:

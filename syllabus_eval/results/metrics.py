@@ -86,8 +86,10 @@ class EvalResult(dict):
             steps, as ``Evaluator.weights_version`` counts them; ``None`` when unknown).
         on_result_error: the exception ``on_result`` raised for this result, if any.
         is_best: whether it beat every earlier result of its runner (``best_metric``).
-        videos: the videos the evaluation wrote (``video_dir``), as
+        videos: the videos the evaluation wrote (``video=``), as
             :class:`~syllabus_eval.rollout.video.VideoFile` s.
+        settings: the runner's settings, JSON-ready (``EvalRunner.settings``): what the
+            result was evaluated with, on record.
     """
 
     def __init__(self, metrics: Mapping[str, float | int], episodes: Iterable[EpisodeRecord],
@@ -99,6 +101,7 @@ class EvalResult(dict):
         self.is_best: bool | None = None  # set by the runner when it ranks results
         self.videos: list = []
         self.on_result_error: BaseException | None = None
+        self.settings: dict | None = None  # set by the runner
 
     @property
     def metrics(self) -> dict[str, float | int]:

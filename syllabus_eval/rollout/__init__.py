@@ -11,7 +11,8 @@ Usage::
 
 Rooms: :mod:`~syllabus_eval.rollout.records` (what an evaluation runs and gives),
 :mod:`~syllabus_eval.rollout.plan` (which episode each env runs next, and its seed),
-:mod:`~syllabus_eval.rollout.envs` (env slots and the pool, :func:`make_envs`),
+:mod:`~syllabus_eval.rollout.envs` (env slots and the pool),
+:mod:`~syllabus_eval.rollout.spec` (how envs are made: :class:`EnvSpec`, :func:`make_envs`),
 :mod:`~syllabus_eval.rollout.loop` (:func:`run_episodes`),
 :mod:`~syllabus_eval.rollout.observers` (its per-episode features: info reductions, previous
 steps, videos, each an observer), and their engines :mod:`~syllabus_eval.rollout.infos` and
@@ -84,14 +85,18 @@ reward wrappers around a vector env you pass would silently change returns, so t
 refused; apply the wrappers you want counted to each sub-env instead.
 """
 
-from syllabus_eval.rollout.envs import EnvPool, GivenEnvs, make_envs
+from syllabus_eval.rollout.envs import EnvPool
 from syllabus_eval.rollout.loop import StopFlag, check_fit, run_episodes
 from syllabus_eval.rollout.records import (
            EpisodeRecord,
+           EpisodeSettings,
            RolloutSettings,
            episode_quota,
            sort_records,
 )
+from syllabus_eval.rollout.spec import EnvSpec, GivenEnvs, VectorizationMode, make_envs
+from syllabus_eval.rollout.video import VideoSelect, VideoSettings
 
-__all__ = ["EnvPool", "EpisodeRecord", "GivenEnvs", "RolloutSettings", "StopFlag", "check_fit",
-           "episode_quota", "make_envs", "run_episodes", "sort_records"]
+__all__ = ["EnvPool", "EnvSpec", "EpisodeRecord", "EpisodeSettings", "GivenEnvs",
+           "RolloutSettings", "StopFlag", "VectorizationMode", "VideoSelect", "VideoSettings",
+           "check_fit", "episode_quota", "make_envs", "run_episodes", "sort_records"]

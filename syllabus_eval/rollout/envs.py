@@ -23,7 +23,10 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.vector.utils import create_empty_array
 
-from syllabus_eval.errors import bad_argument, check_count, describe
+from syllabus_eval.errors import (
+    bad_argument,
+    describe,
+)
 
 
 class StepResult:
@@ -369,102 +372,6 @@ def _row_writer(batch: Any) -> Callable[[int, Any], None]:
         writers = [_row_writer(sub) for sub in batch]
         return lambda row, value: [put(row, item) for put, item in zip(writers, value)]
     return batch.__setitem__  # the hot path: one array
-
-
-class _TaskHook(gym.Wrapper):
-    """Hands the ``task`` reset option to ``set_task(env, task)`` before the env's reset."""
-
-    def __init__(self, env: gym.Env, set_task: Callable[[gym.Env, Any], None]) -> None:
-        super().__init__(env)
-        self._set_task = set_task
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> Any:
-        if options and "task" in options:
-            options = dict(options)
-            self._set_task(self.env, options.pop("task"))
-        return self.env.reset(seed=seed, options=options or None)
-
-
-class GivenEnvs:
-    """An env (or vector env) instance given where a factory goes: :func:`make_envs` uses it
-    as it is, and the evaluation leaves it open (it is the caller's)."""
-
-    def __init__(self, envs: gym.Env | VectorEnv) -> None:
-        self.envs = envs
-
-    def __call__(self) -> gym.Env | VectorEnv:
-        return self.envs
-
-
-class _HookedFactory:
-    """``make_env`` with the ``set_task`` hook around each env (picklable for subprocesses)."""
-
-    def __init__(self, make_env: Callable[[], gym.Env],
-                 set_task: Callable[[gym.Env, Any], None] | None) -> None:
-        self.make_env = make_env
-        self.set_task = set_task
-
-    def __call__(self, env: gym.Env | None = None) -> gym.Env:
-        env = self.make_env() if env is None else env
-        return env if self.set_task is None else _TaskHook(env, self.set_task)
-
-
-def make_envs(make_env: Callable[[], gym.Env | VectorEnv], num_envs: int = 8,
-              vectorization_mode: str = "sync",
-              set_task: Callable[[gym.Env, Any], None] | None = None) -> EnvPool | VectorEnv:
-    """The envs an evaluation runs on, from a factory.
-
-    Args:
-        make_env: returns one ``gymnasium.Env`` (``num_envs`` copies are made), or a whole
-            ``VectorEnv`` (used as it is; ``num_envs`` must match it).
-        num_envs: env slots.
-        vectorization_mode: ``"sync"``: an :class:`EnvPool` in this process, which does not
-            step paused slots; ``"async"``: a Gymnasium ``AsyncVectorEnv``, one process per env.
-        set_task: called as ``set_task(env, task)`` before each reset that starts an episode
-            with a task, in the process that holds the env, instead of passing the task in
-            the reset options.
-
-    Returns:
-        An :class:`EnvPool` or a vector env, for :func:`run_episodes`; the caller closes it.
-    """
-    if not callable(make_env):
-        raise bad_argument("make_env", "a callable returning a gymnasium Env or VectorEnv",
-                           make_env)
-    check_count("num_envs", num_envs)
-    if vectorization_mode not in ("sync", "async"):
-        raise bad_argument("vectorization_mode", "'sync' or 'async'", vectorization_mode)
-    if set_task is not None and not callable(set_task):
-        raise bad_argument("set_task", "a callable set_task(env, task) or None", set_task)
-    first = make_env()
-    if isinstance(first, VectorEnv):
-        if first.num_envs != num_envs:
-            first.close()
-            raise bad_argument("num_envs", f"{first.num_envs}, the size of the VectorEnv "
-                               "make_env returns", num_envs)
-        if set_task is not None:
-            first.close()
-            raise ValueError("set_task: expected None when make_env returns a VectorEnv (its "
-                             "sub-envs are out of reach); pass tasks in the reset options, or "
-                             "let make_env return a single env")
-        return first
-    if not isinstance(first, gym.Env):
-        raise bad_argument("make_env", "a callable returning a gymnasium Env or VectorEnv",
-                           first)
-    factory = _HookedFactory(make_env, set_task)
-    if vectorization_mode == "async":
-        first.close()  # each subprocess builds its own
-        return AsyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
-    envs = [factory(first)] + [factory() for _ in range(num_envs - 1)]
-    if len({id(env.unwrapped) for env in envs}) < num_envs:
-        for env in {id(env.unwrapped): env for env in envs}.values():
-            env.close()
-        # one env stepped as several slots would interleave their episodes
-        raise ValueError(
-            f"make_env: expected a factory that builds a new env on each call, got one that "
-            f"returned the same {type(first.unwrapped).__name__} for several of the "
-            f"{num_envs} slots (a lambda returning a captured env?); build the env inside "
-            "the factory, or pass the env itself as make_env (thread backend, one slot)")
-    return EnvPool(envs)
 
 
 def as_slots(envs: EnvPool | VectorEnv) -> EnvPool | VectorSlots:

@@ -34,32 +34,45 @@ from typing import Any
 
 import numpy as np
 
-from syllabus_eval.errors import bad_argument, check_count, describe
+from syllabus_eval.errors import Choice, bad_argument, check_choice, check_count, describe
 
 logger = logging.getLogger(__name__)
 
-SELECTIONS = ("first", "best", "worst")
+class VideoSelect(Choice):
+    """Which episodes of each group are kept (:class:`VideoSettings`)."""
+
+    FIRST = "first"  # in (env_index, episode_index) order: known before they run
+    BEST = "best"  # by return
+    WORST = "worst"
 
 
 @dataclass(frozen=True)
 class VideoSettings:
-    """Which episodes an evaluation records.
+    """Which episodes an evaluation records, and where the runner writes them (its ``video=``).
 
-    Args:
-        episodes: episodes recorded per group (each task; the evaluation without tasks).
-        select: ``"first"``, ``"best"`` or ``"worst"`` (by return).
-        max_frames: the most frames of one episode's video.
+    Usage::
+
+        EvalRunner(make_env, evaluator, video=VideoSettings("runs/videos", episodes=2))
+
+    The envs must render ``rgb_array`` frames; needs ``pip install 'syllabus-eval[video]'``.
     """
 
+    folder: str | os.PathLike | None = None
+    """Where the runner writes the videos (MP4, GIF without ffmpeg), named by suite, task, step
+    and return, and lists them on ``result.videos``; the episode loop itself needs none."""
     episodes: int = 1
-    select: str = "first"
+    """Episodes recorded per group: each task (per suite); the evaluation without tasks."""
+    select: VideoSelect = VideoSelect.FIRST
+    """``"first"`` (in slot order), ``"best"`` or ``"worst"`` return."""
     max_frames: int = 500
+    """The most frames of one episode's video; a longer episode's stops there (a warning)."""
 
     def __post_init__(self) -> None:
-        check_count("video_episodes", self.episodes)
-        if self.select not in SELECTIONS:
-            raise bad_argument("video_select", f"one of {list(SELECTIONS)}", self.select)
-        check_count("video_max_frames", self.max_frames)
+        if self.folder is not None and not isinstance(self.folder, (str, os.PathLike)):
+            raise bad_argument("folder", "a folder path or None", self.folder)
+        check_count("episodes", self.episodes)
+        object.__setattr__(self, "select", check_choice("select", self.select, VideoSelect))
+        check_count("max_frames", self.max_frames)
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,7 @@ def video_support() -> tuple[Any, bool]:
     try:
         import imageio.v2 as imageio
     except ImportError as error:
-        raise ImportError("video_dir needs imageio: pip install 'syllabus-eval[video]' (with "
+        raise ImportError("videos need imageio: pip install 'syllabus-eval[video]' (with "
                           "imageio-ffmpeg, for MP4)") from error
     try:
         import imageio_ffmpeg
@@ -266,7 +279,7 @@ def write_videos(records: Iterable[Any], folder: str | os.PathLike, settings: Vi
             clip = record.clip
             if clip.cut:
                 logger.warning("the video of episode %d of env %d (%s) stops at %d frames "
-                               "(video_max_frames) of its %d steps", record.episode_index,
+                               "(max_frames) of its %d steps", record.episode_index,
                                record.env_index, task or "all", clip.frames, record.length)
             parts = [suite, task, f"step{step if step is not None else 'none'}",
                      f"env{record.env_index}", f"episode{record.episode_index}",

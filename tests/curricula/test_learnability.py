@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from syllabus_eval import CurriculumError, EvalRunner
+from syllabus_eval import CurriculumError, EnvSpec, EpisodeSettings, EvalRunner
 from syllabus_eval.adapters import DummyEvaluator
 from syllabus_eval.curricula import Learnability
 
@@ -47,9 +47,10 @@ class FixedSuccessEnv(gym.Env):
 
 def runner(tasks, **kwargs) -> EvalRunner:
     # one env slot: its episodes take the tasks in turn, 10 of each
-    return EvalRunner(FixedSuccessEnv, DummyEvaluator(spaces.Discrete(2), seed=0), num_envs=1,
-                      num_episodes=10 * len(tasks), max_steps=None, tasks=tasks, seed=0,
-                      ci=None, **kwargs)
+    return EvalRunner(EnvSpec(FixedSuccessEnv, num_envs=1),
+                      DummyEvaluator(spaces.Discrete(2), seed=0), num_episodes=10 * len(tasks),
+                      tasks=tasks, episodes=EpisodeSettings(max_steps=None, seed=0, ci=None),
+                      **kwargs)
 
 
 def fed(rates, **kwargs) -> Learnability:
@@ -130,7 +131,7 @@ class TestUnscoredTasks:
 class TestFromTheRunner:
     def test_on_result_of_a_real_runner(self):
         curriculum = Learnability(P, topk=2, learnable_prob=0.8, seed=0)
-        with runner(P, on_result=curriculum.on_result) as evaluation:
+        with runner(P, callbacks=curriculum.on_result) as evaluation:
             metrics = evaluation.evaluate()
         assert [metrics[f"eval/task/{p}/success"] for p in P] == pytest.approx(P)
         assert curriculum.success_rates() == pytest.approx(dict(zip(P, P)))
@@ -138,10 +139,23 @@ class TestFromTheRunner:
 
     def test_tasks_the_runner_never_evaluated_stay_unscored(self):
         curriculum = Learnability(P, topk=2, learnable_prob=0.8, seed=0)
-        with runner([0.5, 0.0], on_result=curriculum.on_result) as evaluation:
+        with runner([0.5, 0.0], callbacks=curriculum.on_result) as evaluation:
             evaluation.evaluate()
         assert curriculum.task_scores() == {0.0: 0.0, 0.5: 0.25}
         np.testing.assert_allclose(curriculum.distribution(), [0.44, 0.04, 0.44, 0.04, 0.04])
+
+    def test_rates_of_a_runner_with_suites(self):
+        """Suites report eval/<suite>/task/<task>/success; a task in two suites counts each
+        suite's episodes (3 of 4 and 1 of 12 successes: 4 of 16 in all)."""
+        curriculum = Learnability(P, seed=0)
+        curriculum.on_result({"eval/train/task/0.5/success": 0.5,
+                              "eval/train/task/0.5/num_episodes": 10,
+                              "eval/train/task/0.9/success": 0.75,
+                              "eval/train/task/0.9/num_episodes": 4,
+                              "eval/test/task/0.9/success": 1 / 12,
+                              "eval/test/task/0.9/num_episodes": 12,
+                              "eval/train/success": 0.6, "eval/test/success": 1 / 12})
+        assert curriculum.success_rates() == pytest.approx({0.5: 0.5, 0.9: 0.25})
 
     def test_background_evaluations(self, no_leaked_threads):
         with runner(P) as evaluation, Learnability(

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from syllabus_eval import EvalRunner, EvaluationError
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner, EvaluationError
 from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.evaluation.backends import as_backend
 from syllabus_eval.evaluation.normalization import ObsNormStats, apply_obs_norm, read_obs_norm
 from tests.fake_envs import GatedEnv, seed_by_hand
 from tests.workers import (
@@ -119,8 +120,9 @@ class TestEvaluation:
         envs, agent, gate = trained_envs(), cartpole_agent(seed=3), threading.Event()
         stepping = threading.Event()
         make_env = lambda: GatedEnv(normalized_cartpole(), gate, stepping)  # noqa: E731
-        with EvalRunner(make_env, CleanRLEvaluator(agent), num_envs=NUM_ENVS,
-                        num_episodes=EPISODES, seed=SEED, max_steps=None) as runner:
+        with EvalRunner(EnvSpec(make_env, num_envs=NUM_ENVS), CleanRLEvaluator(agent),
+                        num_episodes=EPISODES,
+                        episodes=EpisodeSettings(max_steps=None, seed=SEED)) as runner:
             at_trigger = read_obs_norm(envs)
             runner.trigger_eval(agent, step=1, obs_norm=envs)
             assert stepping.wait(30)
@@ -147,9 +149,10 @@ class TestEvaluation:
             request.getfixturevalue("ray_cluster")
         envs, agent = trained_envs(), cartpole_agent(seed=3)
         stats = read_obs_norm(envs)
-        with EvalRunner(normalized_cartpole, CleanRLEvaluator(agent), num_envs=NUM_ENVS,
-                        num_episodes=EPISODES, seed=SEED, max_steps=None, backend=backend,
-                        evaluator_fn=cartpole_evaluator, num_workers=2) as runner:
+        with EvalRunner(EnvSpec(normalized_cartpole, num_envs=NUM_ENVS), CleanRLEvaluator(agent),
+                        num_episodes=EPISODES, episodes=EpisodeSettings(max_steps=None, seed=SEED),
+                        backend=as_backend(backend, evaluator_fn=cartpole_evaluator,
+                                           num_workers=2)) as runner:
             result = runner.evaluate(agent, step=1, obs_norm=envs)
             again = runner.evaluate(agent, step=2, obs_norm=stats)
         assert episodes_of(result) == by_hand(agent, stats) == episodes_of(again)
@@ -161,8 +164,9 @@ class TestEvaluation:
         envs, agent = trained_envs(), cartpole_agent(seed=3)
         stats = read_obs_norm(envs)
         eval_envs = vector([cleanrl_continuous_cartpole] * NUM_ENVS)
-        with EvalRunner(eval_envs, CleanRLEvaluator(agent), num_envs=NUM_ENVS,
-                        num_episodes=EPISODES, seed=SEED, max_steps=None) as runner:
+        with EvalRunner(EnvSpec(eval_envs, num_envs=NUM_ENVS), CleanRLEvaluator(agent),
+                        num_episodes=EPISODES,
+                        episodes=EpisodeSettings(max_steps=None, seed=SEED)) as runner:
             result = runner.evaluate(agent, obs_norm=envs)
         for rms in eval_envs.get_attr("obs_rms"):  # the evaluation did not move them
             np.testing.assert_array_equal(rms.mean, stats.mean)
@@ -170,8 +174,9 @@ class TestEvaluation:
         # the reward normalisation outside was left as it was (it keeps learning)
         assert all(eval_envs.get_attr("update_running_mean"))
         assert all(rms.count > 1 for rms in eval_envs.get_attr("return_rms"))
-        with EvalRunner(cleanrl_continuous_cartpole, CleanRLEvaluator(agent), num_envs=NUM_ENVS,
-                        num_episodes=EPISODES, seed=SEED, max_steps=None) as runner:
+        with EvalRunner(EnvSpec(cleanrl_continuous_cartpole, num_envs=NUM_ENVS),
+                        CleanRLEvaluator(agent), num_episodes=EPISODES,
+                        episodes=EpisodeSettings(max_steps=None, seed=SEED)) as runner:
             pooled = runner.evaluate(agent, obs_norm=stats)
         assert episodes_of(result) == episodes_of(pooled)
         eval_envs.close()
@@ -179,7 +184,7 @@ class TestEvaluation:
 
     def test_the_evaluation_env_must_have_the_wrapper(self, agent):
         envs = trained_envs()
-        with EvalRunner(lambda: gym.make("CartPole-v1"), cartpole_evaluator(), num_envs=2,
+        with EvalRunner(EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=2), cartpole_evaluator(),
                         num_episodes=2) as runner, pytest.raises(EvaluationError) as caught:
             runner.evaluate(obs_norm=envs)
         assert "obs_norm: expected evaluation envs with gymnasium.wrappers." \
@@ -187,7 +192,7 @@ class TestEvaluation:
         envs.close()
 
     def test_a_bad_source_fails_at_the_trigger(self):
-        with EvalRunner(normalized_cartpole, cartpole_evaluator(), num_envs=2,
+        with EvalRunner(EnvSpec(normalized_cartpole, num_envs=2), cartpole_evaluator(),
                         num_episodes=2) as runner, pytest.raises(ValueError, match="obs_norm"):
             runner.trigger_eval(obs_norm=gym.make("CartPole-v1"))
 
@@ -197,10 +202,11 @@ class TestEvaluation:
         whose envs start from fresh statistics (and so does a second evaluation of it: the
         statistics its first one moved do not carry over either)."""
         envs, agent = trained_envs(), cartpole_agent(seed=3)
-        options = {"num_envs": NUM_ENVS, "num_episodes": EPISODES, "seed": SEED}
-        with EvalRunner(normalized_cartpole, CleanRLEvaluator(agent), **options) as fresh:
+        options = {"num_episodes": EPISODES, "episodes": EpisodeSettings(seed=SEED)}
+        spec = EnvSpec(normalized_cartpole, num_envs=NUM_ENVS)
+        with EvalRunner(spec, CleanRLEvaluator(agent), **options) as fresh:
             first, second = fresh.evaluate(agent), fresh.evaluate(agent)
-        with EvalRunner(normalized_cartpole, CleanRLEvaluator(agent), **options) as runner:
+        with EvalRunner(spec, CleanRLEvaluator(agent), **options) as runner:
             frozen = runner.evaluate(agent, obs_norm=envs)
             after = runner.evaluate(agent)
         assert episodes_of(after) == episodes_of(first) == episodes_of(second)
@@ -220,7 +226,7 @@ class TestEvaluation:
         envs.close()
 
     def test_normalising_envs_without_obs_norm_warn(self):
-        with EvalRunner(normalized_cartpole, cartpole_evaluator(), num_envs=2,
+        with EvalRunner(EnvSpec(normalized_cartpole, num_envs=2), cartpole_evaluator(),
                         num_episodes=2) as runner:
             with pytest.warns(RuntimeWarning, match="pass the training envs as obs_norm="):
                 runner.evaluate()

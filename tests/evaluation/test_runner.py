@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import multiprocessing
 import threading
@@ -12,9 +13,19 @@ import gymnasium as gym
 import pytest
 import torch
 
-from syllabus_eval import EvalResult, EvalRunner, EvaluationCancelled, EvaluationError
+from syllabus_eval import (
+    EnvSpec,
+    EpisodeSettings,
+    EvalResult,
+    EvalRunner,
+    EvalSchedule,
+    EvaluationCancelled,
+    EvaluationError,
+    RolloutSettings,
+)
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.demo.agents import MLPAgent
+from syllabus_eval.errors import ArgumentError, MovedArgumentError
 from tests.fake_envs import EndlessEnv, FixedLengthEnv, LengthEnv, TaskEnv
 from tests.gates import SPACES, set_action
 
@@ -28,8 +39,9 @@ def no_runner_thread_left():
 
 class TestEvaluate:
     def test_cartpole_metrics(self):
-        with EvalRunner(CARTPOLE, CleanRLEvaluator(MLPAgent(gym.make_vec("CartPole-v1"))),
-                        num_envs=8, num_episodes=20) as runner:
+        with EvalRunner(EnvSpec(CARTPOLE, num_envs=8),
+                        CleanRLEvaluator(MLPAgent(gym.make_vec("CartPole-v1"))),
+                        num_episodes=20) as runner:
             result = runner.evaluate(step=3)
         assert isinstance(result, EvalResult)
         assert {"eval/reward", "eval/reward_std", "eval/episode_length", "eval/num_episodes",
@@ -41,16 +53,16 @@ class TestEvaluate:
 
     @pytest.mark.parametrize("vectorization_mode", ["sync", "async"])
     def test_same_seed_same_metrics(self, vectorization_mode):
-        with EvalRunner(LengthEnv, DummyEvaluator(LengthEnv.action_space), num_envs=3,
-                        num_episodes=7, seed=4, vectorization_mode=vectorization_mode
-                        ) as runner:
+        with EvalRunner(EnvSpec(LengthEnv, num_envs=3, vectorization_mode=vectorization_mode),
+                        DummyEvaluator(LengthEnv.action_space), num_episodes=7,
+                        episodes=EpisodeSettings(seed=4)) as runner:
             first, second = runner.evaluate(), runner.evaluate()
         assert first.episodes == second.episodes
         assert {k: v for k, v in first.items() if k != "eval/fps"} == {
             k: v for k, v in second.items() if k != "eval/fps"}
 
     def test_per_task_metrics(self):
-        with EvalRunner(TaskEnv, DummyEvaluator(TaskEnv.action_space), num_envs=2,
+        with EvalRunner(EnvSpec(TaskEnv, num_envs=2), DummyEvaluator(TaskEnv.action_space),
                         num_episodes=6, tasks=[1, 2]) as runner:
             result = runner.evaluate()
         assert result["eval/task/1/reward"] == 2.0 and result["eval/task/2/reward"] == 6.0
@@ -58,7 +70,7 @@ class TestEvaluate:
         assert result["eval/task/1/num_episodes"] == result["eval/task/2/num_episodes"] == 3
 
     def test_progress_bar_on_request(self, capsys):
-        with EvalRunner(LengthEnv, DummyEvaluator(LengthEnv.action_space), num_envs=2,
+        with EvalRunner(EnvSpec(LengthEnv, num_envs=2), DummyEvaluator(LengthEnv.action_space),
                         num_episodes=3, progress=True) as runner:
             runner.evaluate()
         assert "evaluation" in capsys.readouterr().err
@@ -104,7 +116,7 @@ class TestDefaultBackend:
 
     def test_background_evaluations_that_cannot_leave_stay_with_one_warning(self, agent, gate):
         gate.open.set()
-        with gate.runner(agent, busy_policy="queue") as runner, \
+        with gate.runner(agent, schedule=EvalSchedule(busy_policy="queue")) as runner, \
                 pytest.warns(RuntimeWarning, match="env_fn: expected a serializable env "
                                                    "factory") as caught:
             for step in (1, 2, 3):
@@ -115,7 +127,7 @@ class TestDefaultBackend:
 
 class TestBusyPolicies:
     def test_error(self, agent, gate):
-        with gate.runner(agent, busy_policy="error") as runner:
+        with gate.runner(agent, schedule=EvalSchedule(busy_policy="error")) as runner:
             runner.trigger_eval(step=1)
             with pytest.raises(RuntimeError, match="an evaluation is still pending"):
                 runner.trigger_eval(step=2)
@@ -127,7 +139,7 @@ class TestBusyPolicies:
             assert runner.wait(30).step == 3
 
     def test_skip(self, agent, gate):
-        with gate.runner(agent, busy_policy="skip") as runner:
+        with gate.runner(agent, schedule=EvalSchedule(busy_policy="skip")) as runner:
             assert runner.trigger_eval(step=1) is True
             assert runner.trigger_eval(step=2) is False
             gate.open.set()
@@ -136,8 +148,8 @@ class TestBusyPolicies:
 
     def test_queue_runs_in_order(self, agent, gate):
         calls = []
-        with gate.runner(agent, busy_policy="queue",
-                         on_result=lambda r: calls.append(
+        with gate.runner(agent, schedule=EvalSchedule(busy_policy="queue"),
+                         callbacks=lambda r: calls.append(
                              (r.step, threading.current_thread().name))) as runner:
             assert runner.trigger_eval(step=1) and runner.trigger_eval(step=2)
             gate.open.set()
@@ -150,7 +162,7 @@ class TestOnResult:
     def test_called_once_per_evaluation_before_wait_returns(self, agent, gate):
         gate.open.set()
         seen = []
-        with gate.runner(agent, on_result=seen.append) as runner:
+        with gate.runner(agent, callbacks=seen.append) as runner:
             runner.trigger_eval(step=1)
             result = runner.wait(30)
             assert seen == [result]
@@ -163,12 +175,12 @@ class TestOnResult:
         def broken(result):
             raise KeyError("logger unavailable")
 
-        with gate.runner(agent, on_result=broken) as runner, \
+        with gate.runner(agent, callbacks=broken) as runner, \
                 caplog.at_level(logging.ERROR, logger="syllabus_eval"):
             runner.trigger_eval(step=1)
             result = runner.wait(30)
             assert isinstance(result.on_result_error, KeyError)
-            assert "on_result raised for the evaluation at step 1" in caplog.text
+            assert "a callback raised for the evaluation at step 1" in caplog.text
             assert "logger unavailable" in caplog.text  # with its traceback
             assert runner.evaluate(step=2)["eval/reward"] == 5.0
 
@@ -237,7 +249,7 @@ class TestWeights:
         assert not runner.pending
 
     def test_weights_for_an_evaluator_without_any(self):
-        with EvalRunner(LengthEnv, DummyEvaluator(LengthEnv.action_space), num_envs=2,
+        with EvalRunner(EnvSpec(LengthEnv, num_envs=2), DummyEvaluator(LengthEnv.action_space),
                         num_episodes=2) as runner, \
                 pytest.raises(ValueError, match="weights: expected None: DummyEvaluator"):
             runner.evaluate(MLPAgent(SPACES))
@@ -269,8 +281,10 @@ class TestFailures:
     def test_shutdown_mid_evaluation_is_bounded_and_leaves_no_thread(self):
         before = set(threading.enumerate())
         stepping = threading.Event()
-        runner = EvalRunner(lambda: EndlessEnv(stepping), CleanRLEvaluator(MLPAgent(SPACES)),
-                            num_envs=2, num_episodes=2, max_steps=None, busy_policy="queue")
+        runner = EvalRunner(EnvSpec(lambda: EndlessEnv(stepping), num_envs=2),
+                            CleanRLEvaluator(MLPAgent(SPACES)), num_episodes=2,
+                            episodes=EpisodeSettings(max_steps=None),
+                            schedule=EvalSchedule(busy_policy="queue"))
         runner.trigger_eval(step=1)
         runner.trigger_eval(step=2)  # queued behind an evaluation that never ends
         assert stepping.wait(10)
@@ -323,7 +337,7 @@ class TestMaxSteps:
     def test_by_default_episodes_run_to_their_end(self):
         # 2,500-step episodes, Atari-length: a default cut at 1000 would report 1000.
         make_env = lambda: FixedLengthEnv(2500)  # noqa: E731
-        with EvalRunner(make_env, DummyEvaluator(FixedLengthEnv.action_space), num_envs=2,
+        with EvalRunner(EnvSpec(make_env, num_envs=2), DummyEvaluator(FixedLengthEnv.action_space),
                         num_episodes=2) as runner, warnings.catch_warnings():
             warnings.simplefilter("error")
             result = runner.evaluate()
@@ -331,8 +345,9 @@ class TestMaxSteps:
         assert result["eval/truncated"] == result["eval/max_steps_cut"] == 0
 
     def test_a_cut_is_counted_per_task_and_warned_once(self):
-        with EvalRunner(TaskEnv, DummyEvaluator(TaskEnv.action_space), num_envs=2,
-                        num_episodes=6, tasks=[1, 5], max_steps=3) as runner:
+        with EvalRunner(EnvSpec(TaskEnv, num_envs=2), DummyEvaluator(TaskEnv.action_space),
+                        num_episodes=6, tasks=[1, 5],
+                        episodes=EpisodeSettings(max_steps=3)) as runner:
             with pytest.warns(RuntimeWarning, match="max_steps=3 cut 3 of 6 episodes"):
                 result = runner.evaluate()
             with warnings.catch_warnings():
@@ -345,7 +360,7 @@ class TestMaxSteps:
         assert result["eval/task/5/reward"] == 15.0  # 3 steps of reward 5
 
     def test_the_env_time_limit_is_truncation_but_no_cut(self):
-        with EvalRunner(CARTPOLE, DummyEvaluator(gym.spaces.Discrete(2)), num_envs=2,
+        with EvalRunner(EnvSpec(CARTPOLE, num_envs=2), DummyEvaluator(gym.spaces.Discrete(2)),
                         num_episodes=2) as runner:
             result = runner.evaluate()
         truncated = sum(r.truncated for r in result.episodes)
@@ -355,30 +370,77 @@ class TestMaxSteps:
 class TestBadArguments:
     @pytest.mark.parametrize(("kwargs", "message"), [
         ({"num_episodes": 0}, "num_episodes: expected an integer >= 1, got int 0"),
-        ({"num_envs": 0}, "num_envs: expected an integer >= 1"),
-        ({"num_envs": -1}, "num_envs: expected an integer >= 1, got int -1"),
-        ({"num_envs": 2.5}, "num_envs: expected an integer >= 1, got float 2.5"),
-        ({"num_envs": True}, "num_envs: expected an integer >= 1, got bool True"),
-        ({"seed": -1}, "seed: expected an integer >= 0, got int -1"),
-        ({"seed": "0"}, "seed: expected an integer >= 0, got str '0'"),
-        ({"interchangeable_slots": "yes"}, "interchangeable_slots: expected True or False"),
-        ({"max_steps": -1}, "max_steps: expected an integer >= 1"),
+        ({"envs": 3}, "factory: expected a callable returning a gymnasium Env"),
         ({"backend": "gpu"},
-         "backend: expected one of 'auto', 'thread', 'process', 'ray', got 'gpu'"),
-        ({"busy_policy": "wait"}, "busy_policy: expected one of 'error', 'queue', 'skip'"),
-        ({"on_result": "print"}, "on_result: expected a callable or None"),
+         r"backend: expected one of \['auto', 'thread', 'process', 'ray'\], got str 'gpu'"),
+        ({"backend": 3}, "backend: expected one of .* or a backend object"),
+        ({"episodes": {"seed": 1}}, "episodes: expected a EpisodeSettings or None"),
+        ({"episodes": RolloutSettings(4)}, "episodes: expected an EpisodeSettings"),
+        ({"schedule": 100}, "schedule: expected a EvalSchedule or None"),
+        ({"video": "videos"}, "video: expected a VideoSettings or None"),
+        ({"callbacks": "print"}, "callbacks: expected a callable or None"),
         ({"metrics_fn": 3}, "metrics_fn: expected a callable or None"),
+        ({"progress": "yes"}, "progress: expected True or False"),
         ({"evaluator": object()}, "evaluator: expected an Evaluator"),
-        ({"make_env": LengthEnv}, "envs: the env's single_observation_space Box"),
-        ({"make_env": lambda: gym.vector.SyncVectorEnv([CARTPOLE] * 2)},
+        ({"envs": EnvSpec(LengthEnv, num_envs=4)},
+         "envs: the env's single_observation_space Box"),
+        ({"envs": EnvSpec(lambda: gym.vector.SyncVectorEnv([CARTPOLE] * 2), num_envs=4)},
          "num_envs: expected 2, the size of the VectorEnv"),
     ])
     def test_clear_errors(self, kwargs, message):
-        arguments = {"make_env": CARTPOLE,
+        arguments = {"envs": EnvSpec(CARTPOLE, num_envs=4),
                      "evaluator": CleanRLEvaluator(MLPAgent(gym.make_vec("CartPole-v1"))),
-                     "num_envs": 4, **kwargs}
+                     **kwargs}
         with pytest.raises(ValueError, match=message):
             EvalRunner(**arguments)
+
+    @pytest.mark.parametrize(("make", "message"), [
+        (lambda: EnvSpec(CARTPOLE, num_envs=0), "num_envs: expected an integer >= 1"),
+        (lambda: EnvSpec(CARTPOLE, num_envs=-1), "num_envs: expected an integer >= 1, got int -1"),
+        (lambda: EnvSpec(CARTPOLE, num_envs=2.5),
+         "num_envs: expected an integer >= 1, got float 2.5"),
+        (lambda: EnvSpec(CARTPOLE, num_envs=True),
+         "num_envs: expected an integer >= 1, got bool True"),
+        (lambda: EnvSpec(CARTPOLE, vectorization_mode="fast"),
+         r"vectorization_mode: expected one of \['sync', 'async'\]"),
+        (lambda: EnvSpec(CARTPOLE, set_task=3), "set_task: expected a callable"),
+        (lambda: EpisodeSettings(seed=-1), "seed: expected an integer >= 0, got int -1"),
+        (lambda: EpisodeSettings(seed="0"), "seed: expected an integer >= 0, got str '0'"),
+        (lambda: EpisodeSettings(interchangeable_slots="yes"),
+         "interchangeable_slots: expected True or False"),
+        (lambda: EpisodeSettings(max_steps=-1), "max_steps: expected an integer >= 1"),
+        (lambda: EpisodeSettings(ci=1.0), r"ci: expected a number in \(0.0, 1.0\)"),
+        (lambda: EpisodeSettings(info_keys={"x": "median"}), r"info_keys\['x'\]: expected one"),
+        (lambda: EvalSchedule(busy_policy="wait"),
+         r"busy_policy: expected one of \['skip', 'queue', 'error'\]"),
+    ])
+    def test_each_part_checks_its_fields(self, make, message):
+        with pytest.raises(ValueError, match=message) as caught:
+            make()
+        assert isinstance(caught.value, ArgumentError)  # the field's name is a field too
+        assert message.split(":")[0].replace("\\", "") == caught.value.argument
+
+    @pytest.mark.parametrize(("old", "home"), [
+        ({"eval_every": 100}, r"eval_every= moved: pass schedule=EvalSchedule\(every=...\)"),
+        ({"busy_policy": "queue"}, r"schedule=EvalSchedule\(busy_policy=...\)"),
+        ({"num_envs": 4}, r"num_envs= moved: pass envs=EnvSpec\(make_env, num_envs=...\)"),
+        ({"save_best": "b.pt"}, r"callbacks=\[SaveBest\(path\)\]"),
+        ({"stop_reward": (1.0, 2)}, r"StopOnReward\(threshold, times=k\)"),
+        ({"stop_patience": 3}, r"StopOnNoImprovement\(patience\)"),
+        ({"on_result": print}, r"callbacks=\[...\]"),
+        ({"video_dir": "v"}, r"video=VideoSettings\(folder=...\)"),
+        ({"max_steps": 9}, r"episodes=EpisodeSettings\(max_steps=...\)"),
+        ({"num_workers": 2}, r"backend=ProcessBackend\(num_workers=...\) or RayBackend"),
+        ({"num_gpus": 1}, r"backend=RayBackend\(num_gpus=...\)"),
+    ])
+    def test_old_keywords_name_their_new_home(self, old, home):
+        with pytest.raises(TypeError, match=home) as caught:
+            EvalRunner(CARTPOLE, None, **old)
+        assert isinstance(caught.value, MovedArgumentError)
+        assert caught.value.argument == next(iter(old))
+
+    def test_at_most_fourteen_parameters(self):
+        assert len(inspect.signature(EvalRunner).parameters) <= 14
 
 
 def _call(function):

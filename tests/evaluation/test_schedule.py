@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from syllabus_eval import EvaluationError
+from syllabus_eval import EvalSchedule, EvaluationError, StopOnReward
 from syllabus_eval.demo.agents import MLPAgent
-from syllabus_eval.evaluation.schedule import EvalSchedule
 from tests.gates import SPACES, set_action
 from tests.readme import readme_snippet
 
@@ -56,14 +55,14 @@ class TestEvalSchedule:
 
     @pytest.mark.parametrize("every", [0, -5, 2.5, "10", True])
     def test_bad_interval(self, every):
-        with pytest.raises(ValueError, match="eval_every: expected an integer >= 1"):
+        with pytest.raises(ValueError, match="every: expected an integer >= 1"):
             EvalSchedule(every)
 
 
 class TestMaybeTrigger:
     def test_triggers_in_the_background_when_due(self, agent, gate):
         gate.open.set()
-        with gate.runner(agent, eval_every=1000, busy_policy="queue") as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=1000, busy_policy="queue")) as runner:
             started = [runner.maybe_trigger(agent, step=step)
                        for step in range(4096, 20_000, 4096)]
             assert started == [True] * 4
@@ -71,8 +70,8 @@ class TestMaybeTrigger:
         assert [r.step for r in results] == [4096, 8192, 12288, 16384]
 
     def test_a_busy_runner_skips_and_counts(self, agent, gate):
-        with gate.runner(agent, eval_every=10) as runner:
-            assert runner.busy_policy == "skip"  # the default with a schedule
+        with gate.runner(agent, schedule=EvalSchedule(every=10)) as runner:
+            assert runner.schedule.busy_policy == "skip"  # the default
             assert runner.maybe_trigger(agent, step=10)  # held at the gate
             assert not runner.maybe_trigger(agent, step=20)
             assert not runner.maybe_trigger(agent, step=35)
@@ -84,14 +83,14 @@ class TestMaybeTrigger:
             assert runner.wait(30).step == 40 and runner.skipped == 2
 
     def test_busy_policy_error_is_kept_when_asked(self, agent, gate):
-        with gate.runner(agent, eval_every=10, busy_policy="error") as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=10, busy_policy="error")) as runner:
             runner.maybe_trigger(agent, step=10)
             with pytest.raises(RuntimeError, match="still pending"):
                 runner.maybe_trigger(agent, step=20)
             gate.open.set()
 
     def test_weights_are_snapshotted_when_due(self, agent, gate):
-        with gate.runner(agent, eval_every=100) as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner:
             runner.maybe_trigger(agent, step=100)
             set_action(agent, 0)  # training moves on while the evaluation waits
             gate.open.set()
@@ -101,18 +100,19 @@ class TestMaybeTrigger:
         (None, "step: expected an int"), (1.5, "step: expected an int"),
         (True, "step: expected an int")])
     def test_bad_steps(self, agent, gate, step, message):
-        with gate.runner(agent, eval_every=100) as runner, \
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner, \
                 pytest.raises(ValueError, match=message):
             runner.maybe_trigger(agent, step=step)
 
     def test_without_a_schedule(self, agent, gate):
-        with gate.runner(agent) as runner, pytest.raises(ValueError, match="eval_every"):
+        with gate.runner(agent) as runner, pytest.raises(ValueError, match="schedule: "
+                                                                          "maybe_trigger needs"):
             runner.maybe_trigger(agent, step=100)
 
 
 class TestFinalEval:
     def test_runs_once_after_the_pending_ones(self, agent, gate):
-        with gate.runner(agent, eval_every=100) as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner:
             runner.maybe_trigger(agent, step=100)
             gate.open.set()
             final = runner.final_eval(agent, step=150)  # waits for step 100's, then runs
@@ -121,7 +121,7 @@ class TestFinalEval:
             assert runner.final_eval(agent, step=150) is final  # that step: evaluated already
 
     def test_the_last_trigger_at_that_step_is_the_final_one(self, agent, gate):
-        with gate.runner(agent, eval_every=100) as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner:
             assert runner.maybe_trigger(agent, step=200)
             set_action(agent, 0)
             gate.open.set()
@@ -131,7 +131,7 @@ class TestFinalEval:
 
 
     def test_weights_that_changed_since_are_evaluated_again(self, agent, gate):
-        with gate.runner(agent, eval_every=100) as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner:
             assert runner.maybe_trigger(agent, step=200)  # during the last rollout
             gate.open.set()
             before = runner.wait(30)
@@ -145,7 +145,7 @@ class TestFinalEval:
         other = MLPAgent(SPACES)  # a module of its own, at version 0 too
         set_action(other, 0)
         gate.open.set()
-        with gate.runner(agent, eval_every=100) as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner:
             assert runner.maybe_trigger(agent, step=200)
             assert runner.final_eval(other, step=200)["eval/reward"] == 0.0
             runner.trigger_eval(agent.state_dict(), step=300)
@@ -155,7 +155,7 @@ class TestFinalEval:
     def test_other_observation_statistics_are_evaluated(self, agent, gate):
         stats = {"mean": [0.0], "var": [1.0], "count": 10.0}
         gate.open.set()
-        with gate.runner(agent, eval_every=100) as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner:
             assert runner.maybe_trigger(agent, step=200)
             triggered = runner.wait(30)
             # the trigger had none: with statistics, it is another evaluation (which here
@@ -168,26 +168,27 @@ class TestFinalEval:
 class TestResume:
     def test_the_schedule_and_the_best_carry_over(self, agent, gate):
         gate.open.set()
-        with gate.runner(agent, eval_every=100) as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner:
             runner.maybe_trigger(agent, step=150)
             runner.wait(30)
             state = runner.state_dict()
         assert state["schedule"]["next_due"] == 200 and state["results"]["best"] == 5.0
-        with gate.runner(agent, eval_every=100) as resumed:
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as resumed:
             resumed.load_state_dict(state)
             assert not resumed.maybe_trigger(agent, step=199)
             assert resumed.maybe_trigger(agent, step=200)
             assert resumed.wait(30).is_best is False  # 5.0 again: no better than before
 
     def test_skips_and_a_fired_stop_carry_over_through_json(self, agent, gate):
-        with gate.runner(agent, eval_every=10, stop_reward=(5.0, 1)) as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=10),
+                         callbacks=[StopOnReward(5.0, times=1)]) as runner:
             runner.maybe_trigger(agent, step=np.int64(10))  # NumPy counters are common
             assert not runner.maybe_trigger(agent, step=20)  # busy: skipped
             gate.open.set()
             runner.wait(30)
             state = json.loads(json.dumps(runner.state_dict()))
         assert state["skipped"] == 1 and state["results"]["stopped"] is True
-        with gate.runner(agent, eval_every=10) as resumed:
+        with gate.runner(agent, schedule=EvalSchedule(every=10)) as resumed:
             resumed.load_state_dict(state)
             assert resumed.skipped == 1 and resumed.should_stop
 
@@ -197,14 +198,15 @@ class TestResume:
         ({"schedule": {"eval_every": 100}, "skipped": 0, "results": {}},
          r"state\['schedule'\]: expected")])
     def test_bad_state(self, agent, gate, state, message):
-        with gate.runner(agent, eval_every=100) as runner, \
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner, \
                 pytest.raises(ValueError, match=message):
             runner.load_state_dict(state)
 
     def test_a_saved_schedule_is_not_dropped(self, agent, gate):
-        with gate.runner(agent, eval_every=100) as runner:
+        with gate.runner(agent, schedule=EvalSchedule(every=100)) as runner:
             state = runner.state_dict()
-        with gate.runner(agent) as unscheduled, pytest.raises(ValueError, match="eval_every"):
+        with gate.runner(agent) as unscheduled, pytest.raises(ValueError,
+                                                              match="schedule: the state"):
             unscheduled.load_state_dict(state)
 
 

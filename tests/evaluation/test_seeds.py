@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from syllabus_eval import EvalRunner, EvaluationError
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner, EvaluationError, ProcessBackend
 from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.evaluation.backends import as_backend
 from tests.fake_envs import CheetahSpacesEnv, LengthEnv
 from tests.workers import (
     cartpole,
@@ -17,7 +18,7 @@ from tests.workers import (
     length_evaluator,
 )
 
-KWARGS = {"num_episodes": 8, "max_steps": 200, "seed": 5}
+KWARGS = {"num_episodes": 8, "episodes": EpisodeSettings(max_steps=200, seed=5)}
 
 
 def numbers(result) -> dict:
@@ -33,7 +34,7 @@ class TestEnvInstances:
         with EvalRunner(envs, evaluator, **KWARGS) as runner:
             assert runner.evaluate()["eval/num_episodes"] == 8
             again = runner.evaluate()
-        with EvalRunner(cartpole_vector_env, evaluator, num_envs=4, **KWARGS) as runner:
+        with EvalRunner(EnvSpec(cartpole_vector_env, num_envs=4), evaluator, **KWARGS) as runner:
             assert numbers(runner.evaluate()) == numbers(again)  # as its factory would
         assert envs.reset(seed=0)[0].shape == (4, 4)  # still open: the runner leaves it
 
@@ -56,15 +57,15 @@ class TestEnvInstances:
 
     @pytest.mark.parametrize("backend", ["process", "ray"])
     def test_workers_need_a_factory(self, backend):
-        with pytest.raises(ValueError, match=f"make_env: expected an env factory for "
+        with pytest.raises(ValueError, match=f"envs: expected an env factory for "
                                              f"backend='{backend}'.*lambda: gym.make"):
-            EvalRunner(cartpole(), cartpole_evaluator(), backend=backend,
-                       evaluator_fn=cartpole_evaluator)
+            EvalRunner(cartpole(), cartpole_evaluator(),
+                       backend=as_backend(backend, evaluator_fn=cartpole_evaluator))
 
     def test_num_envs_must_fit_the_instance(self):
         with pytest.raises(ValueError, match="num_envs: expected 4, the size of the env "
                                              "instance"):
-            EvalRunner(cartpole_vector_env(), cartpole_evaluator(), num_envs=8)
+            EvalRunner(EnvSpec(cartpole_vector_env(), num_envs=8), cartpole_evaluator())
 
 
 class TestPolicyFactoryOnly:
@@ -76,11 +77,13 @@ class TestPolicyFactoryOnly:
         if backend == "ray":
             request.getfixturevalue("ray_cluster")
         trained = cartpole_agent(seed=1)
-        with EvalRunner(cartpole, cartpole_evaluator(seed=1), num_envs=4, **KWARGS) as runner:
+        with EvalRunner(EnvSpec(cartpole, num_envs=4), cartpole_evaluator(seed=1),
+                        **KWARGS) as runner:
             expected, own = runner.evaluate(trained), runner.evaluate(
                 cartpole_evaluator().agent)
-        with EvalRunner(cartpole, backend=backend, evaluator_fn=cartpole_evaluator,
-                        num_envs=4, **KWARGS) as runner:
+        with EvalRunner(EnvSpec(cartpole, num_envs=4),
+                        backend=as_backend(backend, evaluator_fn=cartpole_evaluator),
+                        **KWARGS) as runner:
             sent = runner.evaluate(weights=trained, step=1)  # weights from the trigger
             assert runner.trigger_eval(weights=trained.state_dict(), step=2)
             background = runner.wait(60)
@@ -90,16 +93,16 @@ class TestPolicyFactoryOnly:
         assert numbers(factorys) == {**numbers(own), "eval/step": 3}
 
     def test_weights_that_do_not_fit_fail_in_the_worker(self):
-        with EvalRunner(LengthEnv, backend="process", evaluator_fn=length_evaluator,
-                        num_envs=2, num_episodes=2) as runner, \
+        with EvalRunner(EnvSpec(LengthEnv, num_envs=2), num_episodes=2,
+                        backend=ProcessBackend(evaluator_fn=length_evaluator)) as runner, \
                 pytest.raises(EvaluationError) as caught:
             runner.evaluate(weights=cartpole_agent(seed=0))
         assert "weights: do not fit" in str(caught.value.__cause__)
 
     def test_the_thread_backend_needs_an_evaluator(self):
-        with pytest.raises(ValueError, match="evaluator: expected an Evaluator; only "
-                                             "backend='process' or 'ray' goes without one"):
-            EvalRunner(cartpole, evaluator_fn=cartpole_evaluator)
+        with pytest.raises(ValueError, match="evaluator: expected an Evaluator; only a worker "
+                                             "backend goes without one"):
+            EvalRunner(cartpole, backend="thread")
 
 
 def test_the_torchrl_quick_example(tmp_path):
@@ -114,10 +117,9 @@ def test_the_torchrl_quick_example(tmp_path):
     logged = []
     eval_policy = TensorDictModule(nn.Linear(17, 6), in_keys=["observation"],
                                    out_keys=["action"])
-    evaluator = EvalRunner(
-        CheetahSpacesEnv, TorchRLEvaluator(eval_policy), max_steps=1000, num_episodes=4,
-        num_envs=4,
-        on_result=lambda result: logged.append((
+    evaluator = EvalRunner(EnvSpec(CheetahSpacesEnv, num_envs=4), TorchRLEvaluator(eval_policy),
+                           num_episodes=4, episodes=EpisodeSettings(max_steps=1000),
+                           callbacks=lambda result: logged.append((
             {k: v.item() for k, v in result.items() if k != "eval/step"},
             result["eval/step"].item())))
     train_policy = eval_policy  # trained in place in a real loop

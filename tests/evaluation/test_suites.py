@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from syllabus_eval import EvalRunner
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner, SaveBest
 from syllabus_eval.demo.envs import CartPoleTasks
+from syllabus_eval.evaluation.backends import as_backend
 from tests.fake_envs import TaskEnv
 from tests.workers import cartpole, cartpole_evaluator, task_evaluator
 
@@ -15,7 +16,7 @@ SUITES = {"train": [1, 2], "test": [3]}  # TaskEnv: task t returns t * (t + 1)
 
 class TestSuites:
     def test_each_suite_is_reported_apart_with_the_gap(self):
-        with EvalRunner(TaskEnv, task_evaluator(), num_envs=2, num_episodes=4,
+        with EvalRunner(EnvSpec(TaskEnv, num_envs=2), task_evaluator(), num_episodes=4,
                         suites=SUITES) as runner:
             result = runner.evaluate(step=5)
         assert result["eval/train/reward"] == pytest.approx((2 + 6) / 2)
@@ -30,15 +31,16 @@ class TestSuites:
         assert [r.suite for r in result.episodes] == ["test"] * 4 + ["train"] * 4
 
     def test_without_train_and_test_no_gap(self):
-        with EvalRunner(TaskEnv, task_evaluator(), num_envs=2, num_episodes=2,
+        with EvalRunner(EnvSpec(TaskEnv, num_envs=2), task_evaluator(), num_episodes=2,
                         suites={"easy": [0], "hard": [4]}) as runner:
             result = runner.evaluate()
         assert "eval/generalization_gap" not in result
         assert (result["eval/easy/reward"], result["eval/hard/reward"]) == (0.0, 20.0)
 
     def test_best_by_a_suites_metric(self, tmp_path):
-        with EvalRunner(TaskEnv, task_evaluator(), num_envs=2, num_episodes=2, suites=SUITES,
-                        save_best=tmp_path / "best.pt", best_metric="eval/test/reward") as r:
+        with EvalRunner(EnvSpec(TaskEnv, num_envs=2), task_evaluator(), num_episodes=2,
+                        suites=SUITES,
+                        callbacks=[SaveBest(tmp_path / "best.pt", metric="eval/test/reward")]) as r:
             assert r.evaluate().is_best
 
     @pytest.mark.parametrize("kwargs, message", [
@@ -50,11 +52,11 @@ class TestSuites:
     ])
     def test_bad_suites(self, kwargs, message):
         with pytest.raises(ValueError, match=message):
-            EvalRunner(TaskEnv, task_evaluator(), num_envs=2, **kwargs)
+            EvalRunner(EnvSpec(TaskEnv, num_envs=2), task_evaluator(), **kwargs)
 
 
 SUITED = {"suites": {"train": ["standard", "long-pole"], "test": ["heavy-cart"]},
-          "info_keys": {"success": "last"}}
+          "info_keys": {"success": "last"}}  # the info_keys go to EpisodeSettings
 
 
 @pytest.mark.parametrize("backend", ["process", "ray"])
@@ -68,11 +70,14 @@ def test_identical_numbers_in_every_backend(backend, make_env, options, keys, re
     per-task and info keys."""
     if backend == "ray":
         request.getfixturevalue("ray_cluster")
-    kwargs = {"num_envs": 4, "num_episodes": 12, "seed": 3, "max_steps": 200, **options}
-    with EvalRunner(make_env, cartpole_evaluator(seed=1), **kwargs) as runner:
+    options = dict(options)
+    episodes = EpisodeSettings(seed=3, max_steps=200, info_keys=options.pop("info_keys", None))
+    kwargs = {"num_episodes": 12, "episodes": episodes, **options}
+    envs = EnvSpec(make_env, num_envs=4)
+    with EvalRunner(envs, cartpole_evaluator(seed=1), **kwargs) as runner:
         expected = runner.evaluate(step=1)
-    with EvalRunner(make_env, cartpole_evaluator(seed=1), backend=backend, num_workers=2,
-                    evaluator_fn=cartpole_evaluator, **kwargs) as runner:
+    workers = as_backend(backend, evaluator_fn=cartpole_evaluator, num_workers=2)
+    with EvalRunner(envs, cartpole_evaluator(seed=1), backend=workers, **kwargs) as runner:
         got = runner.evaluate(step=1)
     del expected["eval/fps"], got["eval/fps"]
     assert all(key in got for key in keys), sorted(got)

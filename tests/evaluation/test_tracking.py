@@ -10,10 +10,23 @@ import gymnasium as gym
 import pytest
 import torch
 
-from syllabus_eval import EpisodeRecord, EvalResult, EvalRunner, EvaluationError, cli
+from syllabus_eval import (
+    EnvSpec,
+    EpisodeRecord,
+    EpisodeSettings,
+    EvalResult,
+    EvalRunner,
+    EvalSchedule,
+    EvaluationError,
+    SaveBest,
+    StopOnNoImprovement,
+    StopOnReward,
+    cli,
+)
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from syllabus_eval.evaluation.checkpoints import FORMAT, load_checkpoint
-from syllabus_eval.evaluation.tracking import ResultTracker
+from syllabus_eval.evaluation.tracking import ResultCallback, ResultTracker
+from syllabus_eval.results.loggers import JSONLinesLogger
 from tests.gates import set_action
 from tests.workers import cartpole_agent, normalized_cartpole, trained_envs
 
@@ -27,8 +40,8 @@ class TestBestModel:
     def test_the_file_holds_the_evaluated_snapshot(self, agent, gate, tmp_path):
         best = tmp_path / "best.pt"
         news = []
-        with gate.runner(agent, save_best=best, on_new_best=news.append,
-                         busy_policy="queue") as runner:
+        with gate.runner(agent, schedule=EvalSchedule(busy_policy="queue"),
+                         callbacks=[SaveBest(best, on_new_best=news.append)]) as runner:
             evaluated = {k: v.clone() for k, v in agent.state_dict().items()}
             runner.trigger_eval(agent, step=100)
             set_action(agent, 0)  # training changes the weights while it is evaluated
@@ -47,8 +60,9 @@ class TestBestModel:
     def test_with_observation_statistics_it_loads_back_through_the_cli(self, tmp_path):
         envs, agent = trained_envs(), cartpole_agent(seed=3)
         best = tmp_path / "best.pt"
-        with EvalRunner(normalized_cartpole, CleanRLEvaluator(agent), num_envs=3,
-                        num_episodes=6, max_steps=None, seed=4, save_best=best) as runner:
+        with EvalRunner(EnvSpec(normalized_cartpole, num_envs=3), CleanRLEvaluator(agent),
+                        num_episodes=6, episodes=EpisodeSettings(max_steps=None, seed=4),
+                        callbacks=[SaveBest(best)]) as runner:
             evaluated = runner.evaluate(agent, step=7, obs_norm=envs)
         assert load_checkpoint(best).obs_norm is not None
         out = tmp_path / "metrics.json"
@@ -72,7 +86,7 @@ class TestBestModel:
         envs.close()
 
     def test_min_mode_and_nan(self, tmp_path):
-        tracker = ResultTracker(best_metric="eval/episode_length", best_mode="min")
+        tracker = ResultTracker(SaveBest(None, metric="eval/episode_length", mode="min"))
         for length, best in ((5.0, True), (float("nan"), False), (7.0, False), (3.0, True)):
             r = result(1.0)
             r["eval/episode_length"] = length
@@ -82,39 +96,40 @@ class TestBestModel:
 
     def test_a_missing_metric_fails_the_evaluation(self, agent, gate, tmp_path):
         gate.open.set()
-        with gate.runner(agent, save_best=tmp_path / "b.pt", best_metric="eval/success") as r, \
+        with gate.runner(agent,
+                         callbacks=[SaveBest(tmp_path / "b.pt", metric="eval/success")]) as r, \
                 pytest.raises(EvaluationError) as caught:
             r.evaluate()
-        assert "best_metric: expected one of the result's metrics" in str(
+        assert "metric: expected one of the result's metrics" in str(
             caught.value.__cause__)
 
 
 class TestStopping:
     def test_stop_reward_needs_k_in_a_row(self):
-        tracker = ResultTracker(stop_reward=(10.0, 2))
+        tracker = ResultTracker(StopOnReward(10.0, times=2))
         for reward, stop in ((12.0, False), (9.0, False), (10.0, False), (11.0, True)):
             tracker.take(result(reward), None)
             assert tracker.should_stop is stop
 
     def test_stop_patience(self):
-        tracker = ResultTracker(stop_patience=2)
+        tracker = ResultTracker(StopOnNoImprovement(2))
         for reward, stop in ((1.0, False), (2.0, False), (2.0, False), (1.5, True)):
             tracker.take(result(reward), None)
             assert tracker.should_stop is stop
 
-    @pytest.mark.parametrize("kwargs, rewards", [
-        ({"stop_reward": (5.0, 2)}, (1.0, 6.0, 5.0, 5.0, 1.0)),
-        ({"stop_patience": 2}, (1.0, 2.0, 2.0, 1.0, 3.0))])
-    def test_once_fired_it_stays_fired(self, kwargs, rewards):
+    @pytest.mark.parametrize("rule, rewards", [
+        (lambda: StopOnReward(5.0, times=2), (1.0, 6.0, 5.0, 5.0, 1.0)),
+        (lambda: StopOnNoImprovement(2), (1.0, 2.0, 2.0, 1.0, 3.0))])
+    def test_once_fired_it_stays_fired(self, rule, rewards):
         # a loop that looks only after several results have landed must still stop
-        tracker = ResultTracker(**kwargs)
+        tracker = ResultTracker(rule())
         for reward in rewards:
             tracker.take(result(reward), None)
         assert tracker.should_stop
 
     def test_through_the_runner(self, agent, gate):
         gate.open.set()
-        with gate.runner(agent, stop_reward=(5.0, 2)) as runner:
+        with gate.runner(agent, callbacks=[StopOnReward(5.0, times=2)]) as runner:
             runner.evaluate(step=1)
             assert not runner.should_stop
             runner.evaluate(step=2)
@@ -130,41 +145,113 @@ class TestCallbacks:
             raise KeyError("boom")
 
         gate.open.set()
-        with gate.runner(agent, on_result=[calls.append, failing, calls.append]) as runner:
+        with gate.runner(agent, callbacks=[calls.append, failing, calls.append]) as runner:
             got = runner.evaluate(step=3)
         assert calls == [got, "failing", got]
         assert isinstance(got.on_result_error, KeyError)
-        assert "on_result raised for the evaluation at step 3" in caplog.text
+        assert "a callback raised for the evaluation at step 3" in caplog.text
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"save_best": 3}, "save_best: expected a file path or None"),
-    ({"best_mode": "best"}, r"best_mode: expected one of \['max', 'min'\]"),
-    ({"best_metric": None}, "best_metric: expected a metric name"),
-    ({"stop_reward": 475.0}, r"stop_reward: expected \(threshold, k\)"),
-    ({"stop_reward": (475.0, 0)}, r"stop_reward\[1\]: expected an integer >= 1"),
-    ({"stop_reward": (math.nan, 2)}, r"stop_reward\[0\]: expected a finite number"),
-    ({"stop_patience": 0}, "stop_patience: expected an integer >= 1"),
-    ({"on_new_best": "print"}, "on_new_best: expected a callable or None"),
-    ({"on_result": [print, "log"]}, "on_result: expected a callable or None, or a list"),
-    ({"eval_every": 0}, "eval_every: expected an integer >= 1"),
+@pytest.mark.parametrize("make, message", [
+    (lambda: SaveBest(3), "path: expected a file path or None"),
+    (lambda: SaveBest("b.pt", mode="best"), r"mode: expected one of \['max', 'min'\]"),
+    (lambda: SaveBest("b.pt", metric=None), "metric: expected a metric name"),
+    (lambda: StopOnReward(475.0, times=0), "times: expected an integer >= 1"),
+    (lambda: StopOnReward(math.nan, times=2), "threshold: expected a finite number"),
+    (lambda: StopOnNoImprovement(0), "patience: expected an integer >= 1"),
+    (lambda: SaveBest("b.pt", on_new_best="print"), "on_new_best: expected a callable or None"),
+    (lambda: EvalSchedule(every=0), "every: expected an integer >= 1"),
 ])
-def test_bad_arguments(agent, gate, kwargs, message):
+def test_each_part_checks_its_fields(make, message):
     with pytest.raises(ValueError, match=message):
-        gate.runner(agent, **kwargs)
+        make()
 
 
-@pytest.mark.parametrize("kwargs", [{"save_best": "best.pt"}, {"stop_patience": 3},
-                                    {"save_best": "best.pt", "best_metric": "eval/task/1/reward"}])
-def test_suites_need_a_suites_metric_before_anything_runs(agent, kwargs):
-    with pytest.raises(ValueError, match="best_metric: with suites, expected a suite's metric "
+def test_callbacks_must_be_callable(agent, gate):
+    with pytest.raises(ValueError, match="callbacks: expected a callable or None, or a list"):
+        gate.runner(agent, callbacks=[print, "log"])
+
+
+def test_ranking_callbacks_must_agree(agent, gate):
+    with pytest.raises(ValueError, match="callbacks: expected callbacks that rank results by "
+                                         "one metric and mode"):
+        gate.runner(agent, callbacks=[SaveBest(None), StopOnNoImprovement(3, mode="min")])
+
+
+@pytest.mark.parametrize("callbacks", [
+    [SaveBest("best.pt")], [StopOnNoImprovement(3)],
+    [SaveBest("best.pt", metric="eval/task/1/reward")]])
+def test_suites_need_a_suites_metric_before_anything_runs(agent, callbacks):
+    with pytest.raises(ValueError, match="metric: expected with suites, a suite's metric "
                        "such as 'eval/train/reward'"):
         EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent),
-                   suites={"train": [1], "test": [2]}, **kwargs)
+                   suites={"train": [1], "test": [2]}, callbacks=callbacks)
 
 
 def test_save_best_needs_weights_before_anything_runs():
-    with pytest.raises(ValueError, match="save_best: expected an evaluator whose agent has "
-                       "weights to save, got DummyEvaluator"):
+    with pytest.raises(ValueError, match="evaluator: expected an evaluator whose agent has "
+                       "weights to save"):
         EvalRunner(lambda: gym.make("CartPole-v1"), DummyEvaluator(gym.spaces.Discrete(2)),
-                   save_best="best.pt")
+                   callbacks=[SaveBest("best.pt")])
+
+
+class TestSettingsOnRecord:
+    def test_every_part_is_in_the_results_json(self, agent, gate, tmp_path):
+        """The typed parts' fields, as ``dataclasses.asdict`` gives them, land beside the
+        results: on each result and as the JSON-lines logger's settings line."""
+        gate.open.set()
+        path = tmp_path / "eval.jsonl"
+        with JSONLinesLogger(path, settings=True) as log, gate.runner(
+                agent, num_envs=3, episodes=EpisodeSettings(max_steps=50, seed=9, ci=None),
+                schedule=EvalSchedule(every=100, busy_policy="queue"), backend="thread",
+                callbacks=[log, StopOnReward(4.0, times=2)]) as runner:
+            first, second = runner.evaluate(step=1), runner.evaluate(step=2)
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(lines) == 3 and lines[1:] == [dict(first), dict(second)]  # written once
+        recorded = lines[0]["settings"]
+        assert first.settings == recorded == runner.settings
+        episodes = {"type": "EpisodeSettings", "max_steps": 50, "deterministic": True,
+                    "seed": 9, "interchangeable_slots": False, "success_key": "success",
+                    "info_keys": None, "ci": None}
+        assert recorded["episodes"] == episodes
+        assert recorded["envs"]["num_envs"] == 3
+        assert recorded["envs"]["vectorization_mode"] == "sync"
+        assert recorded["envs"]["factory"].endswith("Gate.make_env")
+        assert recorded["schedule"] == {"type": "EvalSchedule", "every": 100,
+                                        "busy_policy": "queue"}
+        assert recorded["backend"] == {"type": "ThreadBackend"}
+        assert recorded["callbacks"][1] == {"type": "StopOnReward", "threshold": 4.0,
+                                            "times": 2, "metric": "eval/reward", "mode": "max"}
+        assert recorded["num_episodes"] == 4 and recorded["video"] is None
+
+
+class TestUserCallbacks:
+    def test_a_callback_of_ones_own_with_should_stop_stops_the_runner(self, agent, gate):
+        class StopAfter:
+            """Not a ResultCallback: any callable with ``should_stop`` counts."""
+
+            def __init__(self, results: int) -> None:
+                self.left, self.should_stop = results, False
+
+            def __call__(self, result) -> None:
+                self.left -= 1
+                self.should_stop = self.left <= 0
+
+        gate.open.set()
+        with gate.runner(agent, callbacks=[print, StopAfter(2)]) as runner:
+            runner.evaluate(step=1)
+            assert not runner.should_stop
+            runner.evaluate(step=2)
+            assert runner.should_stop
+
+    def test_a_result_callback_gets_the_evaluated_snapshot(self, agent, gate):
+        seen = []
+
+        class Snapshots(ResultCallback):
+            def on_result(self, result, snapshot):
+                seen.append((result.step, snapshot.step, snapshot.weights is not None))
+
+        gate.open.set()
+        with gate.runner(agent, callbacks=Snapshots()) as runner:
+            runner.evaluate(step=7)
+        assert seen == [(7, 7, True)]

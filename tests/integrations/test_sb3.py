@@ -19,7 +19,13 @@ from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
 
-from syllabus_eval import EvalRunner  # noqa: E402
+from syllabus_eval import (
+    EnvSpec,
+    EpisodeSettings,
+    EvalRunner,  # noqa: E402
+    EvalSchedule,
+    StopOnReward,
+)
 from syllabus_eval.adapters import SB3Evaluator  # noqa: E402
 from syllabus_eval.errors import EvaluationError, RemoteFailure  # noqa: E402
 from syllabus_eval.evaluation.normalization import MissingNormalization, _no_wrapper  # noqa: E402
@@ -45,8 +51,8 @@ class TestCallback:
     def test_evaluations_by_env_steps_land_in_sb3s_logger(self, tmp_path):
         model = small_ppo(make_vec_env("CartPole-v1", n_envs=4, seed=0))
         model.set_logger(configure(str(tmp_path), ["csv"]))
-        runner = EvalRunner(cartpole, SB3Evaluator(model), num_envs=4, num_episodes=4,
-                            eval_every=1000, busy_policy="queue")
+        runner = EvalRunner(EnvSpec(cartpole, num_envs=4), SB3Evaluator(model), num_episodes=4,
+                            schedule=EvalSchedule(every=1000, busy_policy="queue"))
         callback = EvalRunnerCallback(runner)
         model.learn(4096, callback=callback)
         runner.shutdown()
@@ -63,15 +69,17 @@ class TestCallback:
 
     def test_should_stop_ends_training(self):
         model = small_ppo(make_vec_env("CartPole-v1", n_envs=2, seed=0))
-        runner = EvalRunner(cartpole, SB3Evaluator(model), num_envs=2, num_episodes=2,
-                            eval_every=256, busy_policy="queue", stop_reward=(0.0, 1))
+        runner = EvalRunner(EnvSpec(cartpole, num_envs=2), SB3Evaluator(model), num_episodes=2,
+                            schedule=EvalSchedule(every=256, busy_policy="queue"),
+                            callbacks=[StopOnReward(0.0, times=1)])
         model.learn(100_000, callback=EvalRunnerCallback(runner, final_eval=False))
         runner.shutdown()
         assert model.num_timesteps < 1000  # the first result met the threshold
 
     def test_needs_a_schedule(self):
         model = small_ppo(make_vec_env("CartPole-v1", n_envs=1))
-        with EvalRunner(cartpole, SB3Evaluator(model), num_envs=1, num_episodes=1) as runner, \
+        with EvalRunner(EnvSpec(cartpole, num_envs=1), SB3Evaluator(model),
+                        num_episodes=1) as runner, \
                 pytest.raises(ValueError, match="runner: expected an EvalRunner with a schedule"):
             EvalRunnerCallback(runner)
 
@@ -81,8 +89,9 @@ class TestVecNormalize:
         train = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=0), norm_reward=False)
         model = small_ppo(train)
         make_env = normalized_like(train, cartpole)
-        runner = EvalRunner(make_env, SB3Evaluator(model), num_envs=4, num_episodes=8,
-                            eval_every=512, busy_policy="queue", seed=3)
+        runner = EvalRunner(EnvSpec(make_env, num_envs=4), SB3Evaluator(model), num_episodes=8,
+                            episodes=EpisodeSettings(seed=3),
+                            schedule=EvalSchedule(every=512, busy_policy="queue"))
         callback = EvalRunnerCallback(runner)
         model.learn(1024, callback=callback)
         # the final evaluation took the statistics as training left them, frozen
@@ -114,8 +123,8 @@ class TestVecNormalize:
         train = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=0), norm_reward=False)
         model = small_ppo(train)
         # eval_every past the training steps: only the final evaluation fails
-        runner = EvalRunner(cartpole, SB3Evaluator(model), num_envs=2, num_episodes=2,
-                            eval_every=10_000 if final_eval else 128)
+        runner = EvalRunner(EnvSpec(cartpole, num_envs=2), SB3Evaluator(model), num_episodes=2,
+                            schedule=EvalSchedule(every=10_000 if final_eval else 128))
         with pytest.raises(EvaluationError, match=r"^obs_norm: the model trains behind "
                                                   r"VecNormalize.*outside any env factory.*"
                                                   r"normalized_like\(model\.get_vec_normalize"

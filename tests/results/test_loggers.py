@@ -23,7 +23,7 @@ class TestTensorBoard:
 
         gate.open.set()
         logger = TensorBoardLogger(tmp_path / "tb")
-        with gate.runner(agent, on_result=logger) as runner:
+        with gate.runner(agent, callbacks=logger) as runner:
             results = run_three(runner)
         logger.close()
         events = EventAccumulator(str(tmp_path / "tb"))
@@ -43,7 +43,7 @@ class TestJSONLines:
     def test_one_line_per_result_appended(self, agent, gate, tmp_path):
         gate.open.set()
         path = tmp_path / "logs" / "eval.jsonl"
-        with JSONLinesLogger(path) as first, gate.runner(agent, on_result=first) as runner:
+        with JSONLinesLogger(path) as first, gate.runner(agent, callbacks=first) as runner:
             results = run_three(runner)
             assert len(path.read_text().splitlines()) == 3  # flushed as it goes
         with JSONLinesLogger(path) as again:

@@ -9,7 +9,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from syllabus_eval import EvalRunner, RolloutSettings, make_envs, run_episodes
+from syllabus_eval import (
+    EnvSpec,
+    EpisodeSettings,
+    EvalRunner,
+    RolloutSettings,
+    make_envs,
+    run_episodes,
+)
 from syllabus_eval.adapters import DummyEvaluator
 from tests.fake_envs import LengthEnv
 
@@ -71,9 +78,10 @@ def test_each_reduction(reduction, value):
 
 def test_metrics_per_task_and_missing_ones():
     seen = []
-    with EvalRunner(InfoEnv, DummyEvaluator(LengthEnv.action_space, seed=0), num_envs=2,
-                    num_episodes=8, tasks=[0, 1], info_keys={**KEYS, "absent": "sum"},
-                    metrics_fn=lambda episodes: seen.extend(episodes) or {}) as runner:
+    with EvalRunner(EnvSpec(InfoEnv, num_envs=2), DummyEvaluator(LengthEnv.action_space, seed=0),
+                    num_episodes=8, tasks=[0, 1],
+                    metrics_fn=lambda episodes: seen.extend(episodes) or {},
+                    episodes=EpisodeSettings(info_keys={**KEYS, "absent": "sum"})) as runner:
         result = runner.evaluate()
     check(result.episodes)
     assert seen == list(result.episodes)  # metrics_fn's records carry the values too

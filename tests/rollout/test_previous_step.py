@@ -6,8 +6,9 @@ from __future__ import annotations
 import gymnasium as gym
 import pytest
 
-from syllabus_eval import EvalRunner, RolloutSettings, make_envs, run_episodes
+from syllabus_eval import EnvSpec, EvalRunner, RolloutSettings, make_envs, run_episodes
 from syllabus_eval.adapters import MoolibEvaluator
+from syllabus_eval.evaluation.backends import as_backend
 from tests.fake_envs import PreviousStepEnv
 from tests.models import EchoNet, MoolibNet
 from tests.workers import echo_evaluator
@@ -64,8 +65,8 @@ def test_in_every_backend(backend, request):
     if backend == "ray":
         request.getfixturevalue("ray_cluster")
     options = {} if backend == "thread" else {"evaluator_fn": echo_evaluator, "num_workers": 2}
-    with EvalRunner(PreviousStepEnv, echo_evaluator(), num_envs=NUM_ENVS,
-                    num_episodes=EPISODES, backend=backend, **options) as runner:
+    with EvalRunner(EnvSpec(PreviousStepEnv, num_envs=NUM_ENVS), echo_evaluator(),
+                    num_episodes=EPISODES, backend=as_backend(backend, **options)) as runner:
         result = runner.evaluate()
     all_right(result.episodes)
     assert result["eval/success"] == 1.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gymnasium as gym
 import pytest
 
-from syllabus_eval import EvalRunner
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.demo.agents import MLPAgent
 from tests.fake_envs import TaskEnv
@@ -30,8 +30,8 @@ def vector(mode: gym.vector.AutoresetMode) -> gym.vector.VectorEnv:
 
 
 def evaluate(make_env, **kwargs):
-    with EvalRunner(make_env, cartpole_evaluator(), num_envs=4, num_episodes=8,
-                    max_steps=None, **kwargs) as runner:
+    with EvalRunner(EnvSpec(make_env, num_envs=4), cartpole_evaluator(), num_episodes=8,
+                    episodes=EpisodeSettings(max_steps=None), **kwargs) as runner:
         return runner.evaluate()
 
 
@@ -68,7 +68,7 @@ class TestRecordedReturns:
                 TaskEnv()), lambda reward: -reward)
 
         agent = MLPAgent(fake_envs(TaskEnv.observation_space, TaskEnv.action_space))
-        with EvalRunner(make_env, CleanRLEvaluator(agent), num_envs=2, num_episodes=4,
+        with EvalRunner(EnvSpec(make_env, num_envs=2), CleanRLEvaluator(agent), num_episodes=4,
                         tasks=[1, 2]) as runner:
             result = runner.evaluate()
         for task in (1, 2):
@@ -96,15 +96,17 @@ class TestVectorRecorders:
     def test_the_floating_tail_keeps_their_returns_right(self, normalize):
         # 16 episodes on 4 envs: each slot's last episode floats, which needs masked resets
         # with envs that reset alone
-        with EvalRunner(lambda: recorded_vector(normalize), cartpole_evaluator(), num_envs=4,
-                        num_episodes=16, max_steps=None, seed=0) as runner:
+        with EvalRunner(EnvSpec(lambda: recorded_vector(normalize), num_envs=4),
+                        cartpole_evaluator(), num_episodes=16,
+                        episodes=EpisodeSettings(max_steps=None, seed=0)) as runner:
             result = runner.evaluate()
         assert len(result.episodes) == 16
         assert all(record.reward == record.length for record in result.episodes)
 
     def test_cuts_that_need_masked_resets_are_refused_clearly(self):
-        with EvalRunner(recorded_vector, cartpole_evaluator(), num_envs=4, num_episodes=8,
-                        max_steps=12, seed=0) as runner, pytest.raises(Exception) as caught:
+        with EvalRunner(EnvSpec(recorded_vector, num_envs=4), cartpole_evaluator(),
+                        num_episodes=8, episodes=EpisodeSettings(max_steps=12, seed=0)
+                        ) as runner, pytest.raises(Exception) as caught:
             runner.evaluate()
         message = str(caught.value) + str(caught.value.__cause__)
         assert "vector RecordEpisodeStatistics" in message

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from gymnasium.vector import SyncVectorEnv
 
-from syllabus_eval import EnvPool, EvalRunner, RolloutSettings, run_episodes
+from syllabus_eval import EnvPool, EnvSpec, EvalRunner, RolloutSettings, run_episodes
 from syllabus_eval.adapters import DummyEvaluator
+from syllabus_eval.evaluation.backends import as_backend
 from tests.fake_envs import AlternatingLengths, FixedLengthEnv
 from tests.workers import length_evaluator
 
@@ -54,8 +55,8 @@ def test_the_floating_tail_is_for_slots_declared_interchangeable() -> None:
 def test_the_runner_reports_the_true_mean_length(backend: str, make_env, num_episodes: int
                                                  ) -> None:
     options = {"evaluator_fn": length_evaluator} if backend == "process" else {}
-    with EvalRunner(make_env, length_evaluator(), num_envs=2, num_episodes=num_episodes,
-                    backend=backend, **options) as runner:
+    with EvalRunner(EnvSpec(make_env, num_envs=2), length_evaluator(), num_episodes=num_episodes,
+                    backend=as_backend(backend, **options)) as runner:
         metrics = runner.evaluate()
     assert metrics["eval/episode_length"] == pytest.approx(expected_mean_length(num_episodes))
     lengths = {}

@@ -16,8 +16,9 @@ import pytest
 imageio = pytest.importorskip("imageio.v2", reason="needs the video extra (make test installs "
                               "it): pip install 'syllabus-eval[video]'")
 
-from syllabus_eval import EvalRunner, EvaluationError  # noqa: E402
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner, EvaluationError, VideoSettings  # noqa: E402
 from syllabus_eval.adapters import DummyEvaluator  # noqa: E402
+from syllabus_eval.evaluation.backends import as_backend  # noqa: E402
 from tests.fake_envs import LengthEnv, PaintedLengthEnv  # noqa: E402
 from tests.workers import cartpole_agent, cartpole_evaluator, rendered_cartpole  # noqa: E402
 
@@ -33,8 +34,9 @@ def decoded(path) -> tuple[int, tuple[int, int]]:
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_real_cartpole_videos_decode_back(backend, tmp_path):
     options = {} if backend == "thread" else {"evaluator_fn": cartpole_evaluator}
-    with EvalRunner(rendered_cartpole, cartpole_evaluator(seed=3), num_envs=2, num_episodes=4,
-                    video_dir=tmp_path, video_episodes=2, backend=backend, **options) as runner:
+    with EvalRunner(EnvSpec(rendered_cartpole, num_envs=2), cartpole_evaluator(seed=3),
+                    num_episodes=4, backend=as_backend(backend, **options),
+                    video=VideoSettings(tmp_path, episodes=2)) as runner:
         result = runner.evaluate(step=300)
     assert [(v.env_index, v.episode_index) for v in result.videos] == [(0, 0), (0, 1)]
     for video in result.videos:
@@ -50,9 +52,9 @@ def test_real_cartpole_videos_decode_back(backend, tmp_path):
 
 @pytest.mark.parametrize("select", ["first", "best", "worst"])
 def test_the_selected_episodes_of_each_task(select, tmp_path):
-    with EvalRunner(PaintedLengthEnv, DummyEvaluator(LengthEnv.action_space), num_envs=4,
-                    num_episodes=12, tasks=[0, 1], video_dir=tmp_path, video_episodes=2,
-                    video_select=select) as runner:
+    with EvalRunner(EnvSpec(PaintedLengthEnv, num_envs=4), DummyEvaluator(LengthEnv.action_space),
+                    num_episodes=12, tasks=[0, 1],
+                    video=VideoSettings(tmp_path, episodes=2, select=select)) as runner:
         result = runner.evaluate()
     for task in (0, 1):
         mine = [r for r in result.episodes if r.task == task]
@@ -90,45 +92,43 @@ def test_a_long_episode_stops_at_the_cap_and_memory_holds_no_frames(tmp_path, ca
             return np.full((400, 600, 3), self.t % 256, dtype=np.uint8)
 
     tracemalloc.start()
-    with EvalRunner(Long, DummyEvaluator(LengthEnv.action_space), num_envs=1, num_episodes=1,
-                    video_dir=tmp_path, video_max_frames=200, max_steps=None) as runner, \
+    with EvalRunner(EnvSpec(Long, num_envs=1), DummyEvaluator(LengthEnv.action_space),
+                    num_episodes=1, episodes=EpisodeSettings(max_steps=None),
+                    video=VideoSettings(tmp_path, max_frames=200)) as runner, \
             caplog.at_level(logging.WARNING):
         result = runner.evaluate()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     (video,) = result.videos
     assert video.cut and video.frames == 200 and decoded(video.path)[0] == 200
-    assert "stops at 200 frames (video_max_frames) of its 300 steps" in caplog.text
+    assert "stops at 200 frames (max_frames) of its 300 steps" in caplog.text
     assert peak < 40 * 400 * 600 * 3  # no more than a few frames at a time, never 200
 
 
 def test_an_env_without_rgb_array_says_how_to_fix_it(tmp_path):
-    with EvalRunner(lambda: PaintedLengthEnv(render_mode=None),
-                    DummyEvaluator(LengthEnv.action_space), num_envs=1, num_episodes=1,
-                    video_dir=tmp_path) as runner, pytest.raises(EvaluationError) as caught:
+    with EvalRunner(EnvSpec(lambda: PaintedLengthEnv(render_mode=None), num_envs=1),
+                    DummyEvaluator(LengthEnv.action_space), num_episodes=1,
+                    video=VideoSettings(tmp_path)) as runner, \
+            pytest.raises(EvaluationError) as caught:
         runner.evaluate()
     assert "render_mode='rgb_array'" in str(caught.value.__cause__)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"video_select": "median"}, r"video_select: expected one of \['first', 'best'"),
-    ({"video_episodes": 0}, "video_episodes: expected an integer >= 1"),
-    ({"video_max_frames": 0}, "video_max_frames: expected an integer >= 1"),
-    ({"video_dir": 3}, "video_dir: expected a folder path"),
+    ({"select": "median"}, r"select: expected one of \['first', 'best'"),
+    ({"episodes": 0}, "episodes: expected an integer >= 1"),
+    ({"max_frames": 0}, "max_frames: expected an integer >= 1"),
+    ({"folder": 3}, "folder: expected a folder path"),
 ])
 def test_bad_video_options(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
+        VideoSettings(**{"folder": tmp_path, **kwargs})
+
+
+def test_video_settings_without_a_folder_are_not_ignored():
+    with pytest.raises(ValueError, match="video: expected VideoSettings with a folder"):
         EvalRunner(PaintedLengthEnv, DummyEvaluator(LengthEnv.action_space),
-                   **{"video_dir": tmp_path, **kwargs})
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"video_select": "median"}, "video_select: expected one of"),  # checked without a folder
-    ({"video_episodes": 3}, "video_dir: expected a folder for the videos"),
-    ({"video_select": "best"}, "video_dir: expected a folder for the videos")])
-def test_video_options_without_a_folder_are_not_ignored(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        EvalRunner(PaintedLengthEnv, DummyEvaluator(LengthEnv.action_space), **kwargs)
+                   video=VideoSettings(episodes=3))
 
 
 def test_the_cli_writes_videos(tmp_path):

@@ -2,7 +2,7 @@
 
 Usage::
 
-    runner = EvalRunner(make_env, evaluator, eval_every=10_000)   # backend="auto"
+    runner = EvalRunner(make_env, evaluator, schedule=EvalSchedule(every=10_000))  # "auto"
     runner.maybe_trigger(agent, step=step)   # the first one starts a worker process
     runner.final_eval(agent, step=step)      # blocking: in the runner's thread, at full speed
 
@@ -22,13 +22,13 @@ what would change it, when a worker cannot do them:
 
 * the main script runs its training without ``if __name__ == "__main__":`` (a spawned worker
   would run it again; :mod:`~syllabus_eval.evaluation.backends.main_guard`);
-* ``make_env`` is an env instance, which a worker cannot build;
+* ``envs`` is an env instance, which a worker cannot build;
 * the env factory, the evaluator's copy or the task hook does not pickle;
 * the worker fails to start (e.g. an env registered only in this process).
 
 ``backend="thread"`` keeps every evaluation in the runner's thread, without the warning;
-``backend="process"`` gives the worker options (``num_workers``, ``timeout``, ...) and raises
-what keeps workers from starting.
+``backend=ProcessBackend(...)`` gives the worker options (``num_workers``, ``timeout``, ...)
+and raises what keeps workers from starting.
 """
 
 from __future__ import annotations
@@ -40,29 +40,33 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
+from syllabus_eval.evaluation.backend_settings import BackendSettings, ProcessBackend
 from syllabus_eval.evaluation.backends.base import Backend, LocalEpisodes
 from syllabus_eval.evaluation.backends.main_guard import unguarded_main
-from syllabus_eval.evaluation.backends.process import ProcessBackend
-from syllabus_eval.evaluation.backends.thread import ThreadBackend
+from syllabus_eval.evaluation.backends.process import ProcessEngine
+from syllabus_eval.evaluation.backends.thread import ThreadEngine
 from syllabus_eval.evaluation.snapshot import Snapshot
 from syllabus_eval.query.protocols import AgentQueries
-from syllabus_eval.rollout import EpisodeRecord, GivenEnvs, RolloutSettings
+from syllabus_eval.rollout import EnvSpec, EpisodeRecord, RolloutSettings
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class AutoBackend(Backend):
-    """Blocking evaluations in a :class:`ThreadBackend`, background ones in a
-    :class:`ProcessBackend` launched at the first (module docs)."""
+class AutoEngine(Backend):
+    """Blocking evaluations in a :class:`ThreadEngine`, background ones in a
+    :class:`ProcessEngine` launched at the first (module docs)."""
 
-    def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries, num_envs: int,
-                 plan: tuple[RolloutSettings, ...], **options: Any) -> None:
-        super().__init__(make_env, evaluator, num_envs, plan, **options)
-        self.thread = ThreadBackend(make_env, evaluator, num_envs, plan, **options)
+    def __init__(self, envs: EnvSpec, evaluator: AgentQueries,
+                 plan: tuple[RolloutSettings, ...], *, device: str | torch.device | None = None,
+                 settings: BackendSettings | None = None) -> None:
+        super().__init__(envs, evaluator, plan, device=device, settings=settings)
+        self.thread = ThreadEngine(envs, evaluator, plan, device=device)
         self.weights_device = self.thread.weights_device
-        self._evaluator, self._plan, self._options = evaluator, plan, options
-        self.process: ProcessBackend | None = None  # once its worker has started
-        self._starting: ProcessBackend | None = None  # its worker launched, not yet ready
+        self._evaluator, self._plan, self._device = evaluator, plan, device
+        self.process: ProcessEngine | None = None  # once its worker has started
+        self._starting: ProcessEngine | None = None  # its worker launched, not yet ready
         # Where background evaluations go: None until the first, then "process" or "thread".
         self.background: str | None = None
         self._lock = threading.Lock()
@@ -87,8 +91,8 @@ class AutoBackend(Backend):
     def _choose(self) -> None:
         """What can be told on the triggering thread, cheaply: the rest (pickling, starting
         the worker) is up to the runner's thread, in :meth:`_advance`."""
-        if isinstance(self.make_env, GivenEnvs):
-            self._stay("make_env is an env instance, which a worker process cannot build",
+        if self.envs.given:
+            self._stay("envs is an env instance, which a worker process cannot build",
                        "Pass an env factory (e.g. lambda: gym.make(...)) to evaluate in a "
                        "worker process.", _caller_level())
             return
@@ -116,9 +120,9 @@ class AutoBackend(Backend):
         evaluations run here); or stay here for good if it cannot start."""
         try:
             if self._starting is None:
-                self._starting = ProcessBackend(self.make_env, self._evaluator, self.num_envs,
-                                                self._plan, start_workers=False,
-                                                **self._options)
+                self._starting = ProcessEngine(self.envs, self._evaluator, self._plan,
+                                               device=self._device, settings=ProcessBackend(),
+                                               start_workers=False)
                 self._starting.launch()
             if self._starting.started(wait=False):
                 self.process, self._starting = self._starting, None
@@ -154,7 +158,7 @@ class AutoBackend(Backend):
 
 
 def _caller_level() -> int:
-    """The ``stacklevel`` that points a warning of :meth:`AutoBackend._stay`, called by the
+    """The ``stacklevel`` that points a warning of :meth:`AutoEngine._stay`, called by the
     caller of this function, at the first frame outside this package: the user's line."""
     frame, level = sys._getframe(1), 2  # the caller's frame is stacklevel 2 for _stay
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):

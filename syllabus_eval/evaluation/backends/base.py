@@ -2,7 +2,7 @@
 
 Usage (backends are private strategies: the runner builds them by name)::
 
-    backend = create_backend("thread", make_env, evaluator, num_envs=8, plan=[settings])
+    backend = create_backend("thread", EnvSpec(make_env, num_envs=8), evaluator, [settings])
     snapshot = backend.snapshot(evaluator, agent, step=0, background=True)   # at trigger time
     records = backend.run(snapshot, stop, on_episode=None, background=True)
     backend.release(snapshot)
@@ -21,11 +21,12 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import torch
 
+from syllabus_eval.evaluation.backend_settings import BackendSettings
 from syllabus_eval.evaluation.normalization import (
     ObsNormStats,
     apply_obs_norm,
@@ -36,12 +37,11 @@ from syllabus_eval.query.protocols import AgentQueries, WeightedAgentQueries
 from syllabus_eval.query.weights import snapshot_state_dict
 from syllabus_eval.rollout import (
     EnvPool,
+    EnvSpec,
     EpisodeRecord,
-    GivenEnvs,
     RolloutSettings,
     StopFlag,
     check_fit,
-    make_envs,
     run_episodes,
 )
 
@@ -52,28 +52,21 @@ class Backend(abc.ABC):
     """Where one evaluation's episodes run; a subclass that lacks a method fails when built.
 
     Args:
-        make_env: the env factory (one env, or a whole ``VectorEnv``).
+        envs: how the envs are made (factory, slots, vectorization, task hook).
         evaluator: the evaluator whose weights are evaluated.
-        num_envs: env slots in all.
         plan: what each evaluation runs: the settings of each suite, in order.
-        vectorization_mode: ``"sync"`` or ``"async"`` (see :func:`~syllabus_eval.make_envs`).
-        set_task: the task hook of :func:`~syllabus_eval.make_envs`.
         device: where the evaluation agent runs.
+        settings: the description it was built from
+            (:mod:`syllabus_eval.evaluation.backend_settings`).
     """
 
-    #: the backend-specific options of :class:`~syllabus_eval.EvalRunner` it takes
-    options: ClassVar[frozenset[str]] = frozenset()
     #: where weight snapshots are put at trigger time
     weights_device: torch.device
 
-    def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries, num_envs: int,
-                 plan: tuple[RolloutSettings, ...], *, vectorization_mode: str = "sync",
-                 set_task: Callable[[gym.Env, Any], None] | None = None,
-                 device: str | torch.device | None = None) -> None:
-        self.make_env = make_env
-        self.num_envs = num_envs
-        self.vectorization_mode = vectorization_mode
-        self.set_task = set_task
+    def __init__(self, envs: EnvSpec, evaluator: AgentQueries | None,
+                 plan: tuple[RolloutSettings, ...], *, device: str | torch.device | None = None,
+                 settings: BackendSettings | None = None) -> None:
+        self.envs = envs
 
     def snapshot(self, evaluator: AgentQueries | None, weights: Any, step: int | None = None,
                  obs_norm: Any = None, *, background: bool = False) -> Snapshot:
@@ -109,19 +102,17 @@ class LocalEpisodes:
     early, and rebuilt after an evaluation that failed.
 
     Args:
-        make_env: the env factory.
+        envs: how the envs of these slots are made (``envs.num_envs``: as many as ``slots``).
         evaluator: its detached copy (:meth:`~syllabus_eval.Evaluator.detached`) evaluates.
         plan: what each evaluation runs: the settings of each suite, in order.
-        num_slots: the evaluation's slots in all.
+        num_slots: the evaluation's slots in all (default: ``envs.num_envs``).
         slots: the global indices of the slots run here (default: all ``num_slots``).
-        vectorization_mode, set_task: see :func:`~syllabus_eval.make_envs`.
         device: where the evaluation agent runs (default: the evaluator's device).
     """
 
-    def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries,
-                 plan: tuple[RolloutSettings, ...], *, num_slots: int,
-                 slots: Sequence[int] | None = None, vectorization_mode: str = "sync",
-                 set_task: Callable[[gym.Env, Any], None] | None = None,
+    def __init__(self, envs: EnvSpec, evaluator: AgentQueries,
+                 plan: tuple[RolloutSettings, ...], *, num_slots: int | None = None,
+                 slots: Sequence[int] | None = None,
                  device: str | torch.device | None = None) -> None:
         # Evaluation runs on its own copy, which training never updates behind its back.
         weighted = isinstance(evaluator, WeightedAgentQueries)
@@ -137,21 +128,19 @@ class LocalEpisodes:
         self._loaded = False  # whether the agent holds weights other than its own
         self.device = torch.device(device if device is not None
                                    else self.evaluator.device if weighted else "cpu")
-        self.make_env = make_env
+        self.envs = envs
         self.plan = plan
-        self.num_slots = num_slots
-        self.slots = list(range(num_slots)) if slots is None else list(slots)
-        self.vectorization_mode = vectorization_mode
-        self.set_task = set_task
+        self.num_slots = envs.num_envs if num_slots is None else num_slots
+        self.slots = list(range(self.num_slots)) if slots is None else list(slots)
         # Whether the envs' NormalizeObservation statistics are no longer a fresh env's: frozen
         # from an earlier evaluation's obs_norm, or moved while one ran without it.
         self._norm_used = False
         self._norm_warned = False
-        self._owns_envs = not isinstance(make_env, GivenEnvs)  # an instance stays the caller's
+        self._owns_envs = not envs.given  # an instance stays the caller's
         self._envs: EnvPool | gym.vector.VectorEnv | None = self._build_envs()
 
     def _build_envs(self) -> EnvPool | gym.vector.VectorEnv:
-        envs = make_envs(self.make_env, len(self.slots), self.vectorization_mode, self.set_task)
+        envs = self.envs.make()
         try:
             check_fit(self.evaluator, envs, self.plan[0].deterministic)
             self._normalizes = normalizes_observations(envs)
@@ -209,9 +198,9 @@ class LocalEpisodes:
                 raise ValueError(
                     "obs_norm: expected the training statistics again: an earlier evaluation "
                     "changed the NormalizeObservation statistics of the env instance given as "
-                    "make_env (froze given ones, or moved its own), and an instance cannot be "
+                    "envs (froze given ones, or moved its own), and an instance cannot be "
                     "rebuilt fresh; pass obs_norm= to every evaluation, or an env factory as "
-                    "make_env, got None")
+                    "envs, got None")
             self.close()
             self._envs = self._build_envs()
         self._norm_used = self._normalizes

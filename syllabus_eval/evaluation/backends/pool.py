@@ -11,8 +11,9 @@ Usage (the process and Ray backends are its subclasses; users pick them by name)
 
 **Workers.** Each of ``num_workers`` workers (spawned processes in
 :mod:`.process`, Ray actors in :mod:`.ray`)
-builds its own env pool from ``env_fn`` (default: ``make_env``) and gets its evaluator, after
-calling ``init_fn``: from ``evaluator_fn``, or by default the runner's evaluator itself (its
+builds its own env pool from ``env_fn`` (default: the runner's env factory) and gets its
+evaluator, after calling ``init_fn``: from ``evaluator_fn``, or by default the runner's
+evaluator itself (its
 :meth:`~syllabus_eval.Evaluator.detached` copy on the CPU, pickled once for all workers and
 unpickled in each, on the evaluation device). It runs a fixed share of the env slots: the
 ``num_envs`` slots are split into contiguous blocks, and each worker runs
@@ -57,18 +58,17 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import cloudpickle
-import gymnasium as gym
 import numpy as np
 import torch
 
 from syllabus_eval.errors import (
+    ArgumentError,
     EvaluationCancelled,
     EvaluationError,
     bad_argument,
-    check_count,
-    check_number,
     describe,
 )
+from syllabus_eval.evaluation.backend_settings import WorkerBackend
 from syllabus_eval.evaluation.backends.base import Backend
 from syllabus_eval.evaluation.backends.workers import (
     Event,
@@ -79,7 +79,7 @@ from syllabus_eval.evaluation.backends.workers import (
 )
 from syllabus_eval.evaluation.snapshot import Snapshot
 from syllabus_eval.query.protocols import AgentQueries, WeightedAgentQueries
-from syllabus_eval.rollout import EpisodeRecord, RolloutSettings
+from syllabus_eval.rollout import EnvSpec, EpisodeRecord, RolloutSettings
 
 logger = logging.getLogger(__name__)
 
@@ -120,49 +120,31 @@ class PooledBackend(Backend):
     """
 
     name: ClassVar[str]
-    options = frozenset({"env_fn", "evaluator_fn", "init_fn", "num_workers", "max_restarts",
-                         "timeout"})
     streams_episodes: ClassVar[bool] = True  # workers report each episode as it ends
     weights_device = torch.device("cpu")  # state dicts travel between processes on the CPU
 
-    def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries, num_envs: int,
-                 plan: tuple[RolloutSettings, ...], *, vectorization_mode: str = "sync",
-                 set_task: Callable[[gym.Env, Any], None] | None = None,
-                 device: str | torch.device | None = None,
-                 env_fn: Callable[[], Any] | None = None,
-                 evaluator_fn: Callable[[], Any] | None = None,
-                 init_fn: Callable[[], Any] | None = None, num_workers: int = 1,
-                 max_restarts: int = 2, timeout: float | None = None,
-                 start_workers: bool = True) -> None:
-        super().__init__(make_env, evaluator, num_envs, plan,
-                         vectorization_mode=vectorization_mode, set_task=set_task)
-        if evaluator_fn is None and evaluator is None:
-            raise ValueError(
-                f"evaluator_fn: expected a factory that builds the evaluator in each worker "
+    def __init__(self, envs: EnvSpec, evaluator: AgentQueries | None,
+                 plan: tuple[RolloutSettings, ...], *, device: str | torch.device | None = None,
+                 settings: WorkerBackend | None = None, start_workers: bool = True) -> None:
+        super().__init__(envs, evaluator, plan, device=device, settings=settings)
+        options = settings if settings is not None else WorkerBackend()
+        if options.evaluator_fn is None and evaluator is None:
+            raise ArgumentError("evaluator_fn", (
+                f"expected a factory that builds the evaluator in each worker "
                 f"(backend={self.name!r} runs episodes in other processes), or an evaluator to "
-                "send them, got None for both")
-        for option, value in (("env_fn", env_fn), ("evaluator_fn", evaluator_fn),
-                              ("init_fn", init_fn)):
-            if value is not None and not callable(value):
-                raise bad_argument(option, "a callable or None", value)
-        check_count("num_workers", num_workers, 1)
+                "send them, got None for both"))
+        num_envs, num_workers = envs.num_envs, options.num_workers
         if num_workers > num_envs:
             raise bad_argument("num_workers", f"at most num_envs={num_envs} (each worker runs "
                                "at least one env slot)", num_workers)
-        check_count("max_restarts", max_restarts, 0)
-        if timeout is not None:
-            check_number("timeout", timeout, 0, low_open=True)
-        if vectorization_mode not in ("sync", "async"):
-            raise bad_argument("vectorization_mode", "'sync' or 'async'", vectorization_mode)
-        spec = WorkerSpec(make_env if env_fn is None else env_fn, evaluator_fn, init_fn,
-                          plan, num_envs, vectorization_mode, set_task, device)
-        self._spec = self._serialize_spec(spec, env_fn_given=env_fn is not None,
-                                          evaluator=evaluator)
+        spec = WorkerSpec(envs, options.env_fn, options.evaluator_fn, options.init_fn, plan,
+                          device)
+        self._spec = self._serialize_spec(spec, evaluator=evaluator)
         # Contiguous blocks of slots: worker w runs slots shares[w] of the num_envs.
         self.shares = [part.tolist() for part in np.array_split(np.arange(num_envs),
                                                                   num_workers)]
-        self.max_restarts = max_restarts
-        self.timeout = timeout
+        self.max_restarts = options.max_restarts
+        self.timeout = options.timeout
         self.workers = Workers([None] * num_workers)
         self._jobs = itertools.count(1)
         self._starting: dict[int, Any] = {}  # launched, not yet READY: index -> worker
@@ -386,25 +368,25 @@ class PooledBackend(Backend):
         finally:
             self._disconnect()
 
-    def _serialize_spec(self, spec: WorkerSpec, env_fn_given: bool,
-                        evaluator: AgentQueries | None) -> bytes:
+    def _serialize_spec(self, spec: WorkerSpec, evaluator: AgentQueries | None) -> bytes:
         """``spec`` serialized, with ``evaluator`` itself standing for a missing
         ``evaluator_fn``; a ``ValueError`` naming the argument that does not serialize."""
         for option, value, what in (
-                ("env_fn", spec.env_fn, "env factory"),
+                ("env_fn", spec.factory, "env factory"),
                 ("evaluator_fn", spec.evaluator_fn, "evaluator factory"),
-                ("init_fn", spec.init_fn, "callable"), ("set_task", spec.set_task, "callable"),
+                ("init_fn", spec.init_fn, "callable"),
+                ("set_task", spec.envs.set_task, "callable"),
                 ("tasks", [settings.tasks for settings in spec.plan], "list of tasks")):
             try:
                 self._dumps(value)
             except Exception as error:
-                used = "" if option != "env_fn" or env_fn_given else (
-                    " (make_env is used when env_fn is not given)")
-                raise ValueError(
-                    f"{option}: expected a serializable {what} for backend={self.name!r}, "
+                used = "" if option != "env_fn" or spec.given_env_fn else (
+                    " (the runner's env factory is used when env_fn is not given)")
+                raise ArgumentError(option, (
+                    f"expected a serializable {what} for backend={self.name!r}, "
                     f"which sends it to each worker with cloudpickle{used}: a function, lambda "
                     f"or closure is sent with everything it captures, which must serialize "
-                    f"too; got {describe(value)}, which does not serialize: {error}") from None
+                    f"too; got {describe(value)}, which does not serialize: {error}")) from None
         if spec.evaluator_fn is None:
             spec = dataclasses.replace(spec, evaluator_fn=self._ship(evaluator), device=(
                 spec.device if spec.device is not None else getattr(evaluator, "device", None)))

@@ -2,9 +2,9 @@
 
 Usage::
 
-    runner = EvalRunner(lambda: gym.make("CartPole-v1"), CleanRLEvaluator(agent), num_envs=8,
-                        num_episodes=40, backend="process", num_workers=2, max_restarts=2,
-                        timeout=600)
+    runner = EvalRunner(EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=8),
+                        CleanRLEvaluator(agent), num_episodes=40,
+                        backend=ProcessBackend(num_workers=2, max_restarts=2, timeout=600))
     runner.trigger_eval(agent, step=step)    # one copy into shared memory, read by the workers
 
 Shares, restarts, timeouts and errors work as :mod:`.pool` describes.
@@ -43,7 +43,6 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from functools import partial
 from multiprocessing import connection
 from typing import Any
@@ -64,7 +63,7 @@ from syllabus_eval.evaluation.backends.workers import (
 from syllabus_eval.evaluation.snapshot import Snapshot, take_snapshot
 from syllabus_eval.processes import stop_process
 from syllabus_eval.query.protocols import AgentQueries, WeightedAgentQueries
-from syllabus_eval.rollout import EpisodeRecord, RolloutSettings
+from syllabus_eval.rollout import EnvSpec, EpisodeRecord, RolloutSettings
 
 NICENESS = 15  # of worker processes, as Ray's (its worker_niceness)
 
@@ -182,7 +181,7 @@ class _ProcessWorker:
                 self.conn.close()
 
 
-class ProcessBackend(PooledBackend):
+class ProcessEngine(PooledBackend):
     """Runs the episodes in ``num_workers`` spawned processes (module docs).
 
     Each worker runs at nice 15 (Ray's workers too), so that training keeps the CPU it needs,
@@ -193,9 +192,10 @@ class ProcessBackend(PooledBackend):
 
     name = "process"
 
-    def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries | None,
-                 num_envs: int, plan: tuple[RolloutSettings, ...], **options: Any) -> None:
-        if options.get("start_workers", True):
+    def __init__(self, envs: EnvSpec, evaluator: AgentQueries | None,
+                 plan: tuple[RolloutSettings, ...], *, start_workers: bool = True,
+                 **options: Any) -> None:
+        if start_workers:
             # Spawned now: refuse before a worker runs the script again (main_guard docs).
             script = unguarded_main()
             if script is not None:
@@ -209,7 +209,7 @@ class ProcessBackend(PooledBackend):
         # the weights then travel pickled, as their shapes are unknown until a trigger).
         self._layout_agent = (evaluator.agent if isinstance(evaluator, WeightedAgentQueries)
                               else None)
-        super().__init__(make_env, evaluator, num_envs, plan, **options)
+        super().__init__(envs, evaluator, plan, start_workers=start_workers, **options)
 
     def _open(self) -> None:
         # "spawn": a fork of a process that trains (threads, CUDA, locks held) is unsafe.

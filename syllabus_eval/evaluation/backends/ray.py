@@ -2,9 +2,9 @@
 
 Usage::
 
-    runner = EvalRunner(make_env, CleanRLEvaluator(agent), num_envs=8, num_episodes=40,
-                        backend="ray", num_workers=4, num_cpus=1, num_gpus=0.25,
-                        address="ray://head:10001")   # evaluator_fn=... where it won't pickle
+    runner = EvalRunner(EnvSpec(make_env, num_envs=8), CleanRLEvaluator(agent), num_episodes=40,
+                        backend=RayBackend(num_workers=4, num_cpus=1, num_gpus=0.25,
+                                           address="ray://head:10001"))  # evaluator_fn=...
     runner.trigger_eval(agent, step=step)    # one ray.put of the weights, read by every actor
 
 The actors work like the process backend's workers (:mod:`syllabus_eval.evaluation.backends.pool`:
@@ -30,11 +30,12 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from syllabus_eval.errors import EvaluationError, bad_argument, check_number
+from syllabus_eval.errors import EvaluationError
+from syllabus_eval.evaluation.backend_settings import RayBackend
 from syllabus_eval.evaluation.backends.pool import CLOSE_GRACE, PooledBackend
 from syllabus_eval.evaluation.backends.workers import (
     Event,
@@ -163,29 +164,21 @@ class _RayWorker:
             time.sleep(0.01)
 
 
-class RayBackend(PooledBackend):
+class RayEngine(PooledBackend):
     """Runs the episodes in ``num_workers`` Ray actors (module docs)."""
 
     name = "ray"
-    options = PooledBackend.options | {"address", "num_cpus", "num_gpus", "ray_kwargs"}
     streams_episodes = False
 
-    def __init__(self, *args: Any, address: str | None = None, num_cpus: float = 1,
-                 num_gpus: float = 0, ray_kwargs: Mapping[str, Any] | None = None,
-                 **options: Any) -> None:
-        if address is not None and not isinstance(address, str):
-            raise bad_argument("address", "a Ray cluster address (str) or None", address)
-        check_number("num_cpus", num_cpus, 0)
-        check_number("num_gpus", num_gpus, 0)
-        if ray_kwargs is not None and not isinstance(ray_kwargs, Mapping):
-            raise bad_argument("ray_kwargs", "a dict of ray.init arguments or None", ray_kwargs)
+    def __init__(self, *args: Any, settings: RayBackend | None = None, **options: Any) -> None:
+        settings = settings if settings is not None else RayBackend()
         self._ray = _import_ray()
-        self.address, self.ray_kwargs = address, dict(ray_kwargs or {})
-        self._actor_options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        self.address, self.ray_kwargs = settings.address, dict(settings.ray_kwargs or {})
+        self._actor_options = {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus}
         self._token = uuid.uuid4().hex[:8]
         self._generation = 0
         self._started_ray = False
-        super().__init__(*args, **options)
+        super().__init__(*args, settings=settings, **options)
 
     def _open(self) -> None:
         ray = self._ray

@@ -2,7 +2,7 @@
 
 Usage::
 
-    runner = EvalRunner(make_env, evaluator, backend="thread")   # the default
+    runner = EvalRunner(make_env, evaluator, backend="thread")   # or ThreadBackend()
 
 The evaluation shares the GIL with training. A background evaluation pauses a moment before
 each env step (``time.sleep(0)``): without it, each time the training thread releases the GIL
@@ -16,23 +16,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
+import torch
+
+from syllabus_eval.evaluation.backend_settings import BackendSettings
 from syllabus_eval.evaluation.backends.base import Backend, LocalEpisodes
 from syllabus_eval.evaluation.snapshot import Snapshot
 from syllabus_eval.query.protocols import AgentQueries
-from syllabus_eval.rollout import EpisodeRecord, RolloutSettings
+from syllabus_eval.rollout import EnvSpec, EpisodeRecord, RolloutSettings
 
 
-class ThreadBackend(Backend):
+class ThreadEngine(Backend):
     """Runs the episode loop in the runner's daemon thread, on a detached copy of the agent."""
 
-    def __init__(self, make_env: Callable[[], Any], evaluator: AgentQueries, num_envs: int,
-                 plan: tuple[RolloutSettings, ...], **options: Any) -> None:
-        super().__init__(make_env, evaluator, num_envs, plan, **options)
-        self.episodes = LocalEpisodes(make_env, evaluator, plan, num_slots=num_envs,
-                                      vectorization_mode=self.vectorization_mode,
-                                      set_task=self.set_task, device=options.get("device"))
+    def __init__(self, envs: EnvSpec, evaluator: AgentQueries,
+                 plan: tuple[RolloutSettings, ...], *, device: str | torch.device | None = None,
+                 settings: BackendSettings | None = None) -> None:
+        super().__init__(envs, evaluator, plan, device=device, settings=settings)
+        self.episodes = LocalEpisodes(envs, evaluator, plan, device=device)
         self.weights_device = self.episodes.device
 
     def run(self, snapshot: Snapshot, stop: threading.Event,

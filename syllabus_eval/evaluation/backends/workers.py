@@ -20,6 +20,7 @@ only their ticket (``snapshot.shared``); ``run_job`` reads them from the worker'
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import pickle
@@ -36,7 +37,7 @@ from syllabus_eval.evaluation.backends.base import LocalEpisodes
 from syllabus_eval.evaluation.backends.shared import SharedWeights
 from syllabus_eval.evaluation.snapshot import Snapshot
 from syllabus_eval.query.protocols import AgentQueries
-from syllabus_eval.rollout import EpisodeRecord, RolloutSettings
+from syllabus_eval.rollout import EnvSpec, EpisodeRecord, RolloutSettings
 
 
 class EventKind(enum.Enum):
@@ -71,14 +72,20 @@ class JobOrder:
 class WorkerSpec:
     """What a worker builds its share of the evaluation from (pickled once, for every worker)."""
 
-    env_fn: Callable[[], Any]
+    envs: EnvSpec  # the runner's: the slots in all, and how envs are made
+    env_fn: Callable[[], Any] | None  # the workers' own factory, where given
     evaluator_fn: Callable[[], Any]
     init_fn: Callable[[], Any] | None
     plan: tuple[RolloutSettings, ...]
-    num_envs: int
-    vectorization_mode: str
-    set_task: Callable[[gym.Env, Any], None] | None
     device: str | torch.device | None
+
+    @property
+    def given_env_fn(self) -> bool:
+        return self.env_fn is not None
+
+    @property
+    def factory(self) -> Callable[[], Any]:
+        return self.envs.make_env if self.env_fn is None else self.env_fn
 
     def build(self, slots: Sequence[int]) -> LocalEpisodes:
         if self.init_fn is not None:
@@ -88,12 +95,12 @@ class WorkerSpec:
             raise bad_argument("evaluator_fn", "a factory returning an Evaluator (an object "
                                "with get_action, get_value and get_action_and_value)",
                                evaluator)
-        env_fn = self.env_fn
-        if len(slots) != self.num_envs:  # a share: its env slots are built one by one
-            env_fn = partial(_one_env, env_fn, len(slots), self.num_envs)
-        return LocalEpisodes(env_fn, evaluator, self.plan, num_slots=self.num_envs,
-                             slots=slots, vectorization_mode=self.vectorization_mode,
-                             set_task=self.set_task, device=self.device)
+        num_envs, env_fn = self.envs.num_envs, self.factory
+        if len(slots) != num_envs:  # a share: its env slots are built one by one
+            env_fn = partial(_one_env, env_fn, len(slots), num_envs)
+        share = dataclasses.replace(self.envs, factory=env_fn, num_envs=len(slots))
+        return LocalEpisodes(share, evaluator, self.plan, num_slots=num_envs, slots=slots,
+                             device=self.device)
 
 
 def _one_env(env_fn: Callable[[], Any], share: int, num_envs: int) -> Any:

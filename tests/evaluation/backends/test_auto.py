@@ -18,13 +18,14 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 
-from syllabus_eval import EvalResult, EvalRunner
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalResult, EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from tests.workers import cartpole, cartpole_agent, cartpole_evaluator
 
 WAIT = 60  # seconds any wait may take: a hang fails, it never blocks the suite
 ROOT = Path(__file__).resolve().parents[3]
-KWARGS = {"num_envs": 4, "num_episodes": 10, "max_steps": 200, "seed": 7}
+KWARGS = {"num_episodes": 10, "episodes": EpisodeSettings(max_steps=200, seed=7)}
+CARTPOLES = EnvSpec(cartpole, num_envs=4)
 
 
 @pytest.fixture(params=["process", "ray"])
@@ -47,7 +48,7 @@ def without_fps(result: EvalResult, *, step: bool = True) -> dict:
 
 def thread_results(evaluator, *weights) -> list[EvalResult]:
     """What the thread backend gives on each of ``weights`` (``None``: the training agent's)."""
-    with EvalRunner(cartpole, evaluator, backend="thread", **KWARGS) as runner:
+    with EvalRunner(CARTPOLES, evaluator, backend="thread", **KWARGS) as runner:
         return [runner.evaluate(w, step=i) for i, w in enumerate(weights, 1)]
 
 
@@ -77,7 +78,7 @@ class TestWorkersWithoutEvaluatorFn:
     def test_the_thread_backends_numbers(self, backend):
         evaluator, other = cartpole_evaluator(seed=1), cartpole_agent(seed=2)
         expected = thread_results(evaluator, None, other)
-        with EvalRunner(cartpole, evaluator, backend=backend, **KWARGS) as runner:
+        with EvalRunner(CARTPOLES, evaluator, backend=backend, **KWARGS) as runner:
             got = [runner.evaluate(step=1)]
             assert runner.trigger_eval(other, step=2)
             got.append(runner.wait(WAIT))
@@ -87,9 +88,9 @@ class TestWorkersWithoutEvaluatorFn:
     def test_an_evaluator_without_weights_travels_as_it_is(self):
         # Random actions from the evaluator's own generator, which travels in its state.
         evaluator = DummyEvaluator(gym.spaces.Discrete(2), seed=4)
-        with EvalRunner(cartpole, evaluator, backend="thread", **KWARGS) as runner:
+        with EvalRunner(CARTPOLES, evaluator, backend="thread", **KWARGS) as runner:
             expected = [runner.evaluate(step=1)]
-        with EvalRunner(cartpole, evaluator, backend="process", **KWARGS) as runner:
+        with EvalRunner(CARTPOLES, evaluator, backend="process", **KWARGS) as runner:
             assert_same([runner.evaluate(step=1)], expected)
 
     def test_a_copy_that_does_not_pickle_is_an_error_naming_evaluator_fn(self, backend):
@@ -98,7 +99,7 @@ class TestWorkersWithoutEvaluatorFn:
                 f"since the evaluator given does not serialize for backend='{backend}' .*got "
                 "None, and CleanRLEvaluator.*which does not serialize: cannot pickle 'Handle' "
                 "object")):
-            EvalRunner(cartpole, unpicklable_evaluator(), backend=backend, **KWARGS)
+            EvalRunner(CARTPOLES, unpicklable_evaluator(), backend=backend, **KWARGS)
 
 
 class TestDefault:
@@ -107,7 +108,7 @@ class TestDefault:
         expected = thread_results(evaluator, None, other)
         with warnings.catch_warnings():
             warnings.filterwarnings("error", "EvalRunner: background")  # no fallback
-            with EvalRunner(cartpole, evaluator, **KWARGS) as runner:
+            with EvalRunner(CARTPOLES, evaluator, **KWARGS) as runner:
                 got = [runner.evaluate(step=1)]
                 assert multiprocessing.active_children() == []  # blocking: no worker
                 # The first background ones run here while the worker starts (seconds), then
@@ -126,15 +127,17 @@ class TestDefault:
     def test_what_keeps_a_worker_away_keeps_background_evaluations_here_said_once(self, case):
         if case == "instance":
             make_env, evaluator = gym.make("CartPole-v1"), cartpole_evaluator(seed=1)
-            kwargs, why = {"seed": 7, "max_steps": 200}, "make_env is an env instance"
+            kwargs = {"episodes": EpisodeSettings(seed=7, max_steps=200)}
+            why = "envs is an env instance"
         elif case == "unpicklable":
-            make_env, evaluator, kwargs = cartpole, unpicklable_evaluator(), KWARGS
+            make_env, evaluator, kwargs = CARTPOLES, unpicklable_evaluator(), KWARGS
             why = (r"a worker process cannot be given what it needs \(evaluator_fn: expected a "
                    "factory that builds the evaluator in each worker")
         else:  # registered in this process only, as a training script may do
             gym.register("OnlyHere-v0", entry_point="gymnasium.envs.classic_control:"
                                                     "CartPoleEnv", max_episode_steps=500)
-            make_env, evaluator = partial(gym.make, "OnlyHere-v0"), cartpole_evaluator(seed=1)
+            make_env = EnvSpec(partial(gym.make, "OnlyHere-v0"), num_envs=4)
+            evaluator = cartpole_evaluator(seed=1)
             kwargs, why = KWARGS, "its worker process failed to start .*OnlyHere"
         try:
             with EvalRunner(make_env, evaluator, backend="thread", **kwargs) as runner:
@@ -172,14 +175,14 @@ def in_background_until_shared(runner: EvalRunner, weights) -> list[EvalResult]:
 
 SCRIPT = """\
 import json, multiprocessing
-from syllabus_eval import EvalRunner
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator
 from tests.workers import cartpole, cartpole_agent
 
 def train():
     agent = cartpole_agent(seed=3)
-    with EvalRunner(cartpole, CleanRLEvaluator(agent), num_envs=2, num_episodes=4,
-                    seed=5) as runner:
+    with EvalRunner(EnvSpec(cartpole, num_envs=2), CleanRLEvaluator(agent), num_episodes=4,
+                    episodes=EpisodeSettings(seed=5)) as runner:
         runner.trigger_eval(agent, step=1)
         result = runner.wait(60)
         workers = len(multiprocessing.active_children())
@@ -200,8 +203,9 @@ class TestScripts:
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert done.returncode == 0, done.stderr
         printed = json.loads(done.stdout.strip().splitlines()[-1])
-        with EvalRunner(cartpole, CleanRLEvaluator(cartpole_agent(seed=3)), num_envs=2,
-                        num_episodes=4, seed=5, backend="thread") as runner:
+        with EvalRunner(EnvSpec(cartpole, num_envs=2), CleanRLEvaluator(cartpole_agent(seed=3)),
+                        num_episodes=4, backend="thread",
+                        episodes=EpisodeSettings(seed=5)) as runner:
             expected = runner.evaluate(step=1)
         assert printed["episodes"] == [[r.env_index, r.length, r.reward]
                                        for r in expected.episodes]
@@ -217,7 +221,9 @@ runner's thread""") in done.stderr
 
     def test_the_process_backend_refuses_an_unguarded_script_before_spawning(self, tmp_path):
         script = tmp_path / "train.py"
-        script.write_text(SCRIPT.replace("seed=5)", "seed=5, backend='process')") + "train()\n")
+        guardless = SCRIPT.replace("EpisodeSettings(seed=5))",
+                                   "EpisodeSettings(seed=5), backend='process')")
+        script.write_text(guardless + "train()\n")
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                               timeout=120, cwd=tmp_path,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from syllabus_eval import EvalRunner
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner
 from tests.workers import cartpole, cartpole_evaluator
 
 ray = pytest.importorskip("ray")
@@ -61,16 +61,17 @@ def cluster(tmp_path_factory):
 DRIVER = """
 import json, sys
 import ray
-from syllabus_eval import EvalRunner
+from syllabus_eval import EnvSpec, EpisodeSettings, EvalRunner, RayBackend
 from tests.workers import cartpole, cartpole_evaluator
 
 address = sys.argv[1]
-with EvalRunner(cartpole, cartpole_evaluator(seed=1), num_envs=4, num_episodes=8,
-                max_steps=200, seed=2, backend="ray", address=address,
-                evaluator_fn=cartpole_evaluator, num_workers=2,
-                # the actors import tests.workers: ship it (the package itself is installed)
-                ray_kwargs={"runtime_env": {"py_modules": ["tests"]},
-                            "log_to_driver": False}) as runner:
+with EvalRunner(EnvSpec(cartpole, num_envs=4), cartpole_evaluator(seed=1), num_episodes=8,
+                episodes=EpisodeSettings(max_steps=200, seed=2),
+                backend=RayBackend(
+                    address=address, evaluator_fn=cartpole_evaluator, num_workers=2,
+                    # the actors import tests.workers: ship it (the package is installed)
+                    ray_kwargs={"runtime_env": {"py_modules": ["tests"]},
+                                "log_to_driver": False})) as runner:
     result = runner.evaluate()
     cluster = ray.get_runtime_context().gcs_address
     actors = [a for a in ray.util.list_named_actors() if a.startswith("syllabus-eval-")]
@@ -91,8 +92,8 @@ def test_evaluations_run_in_the_clusters_actors_and_shutdown_leaves_it(cluster):
     assert report["actors"] == 2
     assert report["connected_after"] is False  # the runner let go of its connection...
     assert ray_status(cluster).returncode == 0  # ... and the cluster runs on
-    with EvalRunner(cartpole, cartpole_evaluator(seed=1), num_envs=4, num_episodes=8,
-                    max_steps=200, seed=2) as runner:
+    with EvalRunner(EnvSpec(cartpole, num_envs=4), cartpole_evaluator(seed=1), num_episodes=8,
+                    episodes=EpisodeSettings(max_steps=200, seed=2)) as runner:
         expected = runner.evaluate()
     del expected["eval/fps"], report["metrics"]["eval/fps"]
     assert report["metrics"] == pytest.approx(dict(expected))

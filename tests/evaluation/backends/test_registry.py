@@ -8,9 +8,9 @@ import pickle
 import gymnasium as gym
 import pytest
 
-from syllabus_eval import EvalRunner, RolloutSettings, Snapshot, cli
+from syllabus_eval import EnvSpec, EvalRunner, ProcessBackend, RolloutSettings, Snapshot, cli
 from syllabus_eval.errors import RemoteFailure
-from syllabus_eval.evaluation.backends import BACKENDS, Backend, backend_class, create_backend
+from syllabus_eval.evaluation.backends import BACKENDS, Backend, as_backend, backend_class
 from syllabus_eval.evaluation.backends.pool import PooledBackend
 from syllabus_eval.evaluation.backends.workers import Event, EventKind, JobOrder
 from tests.workers import cartpole, cartpole_evaluator
@@ -29,15 +29,18 @@ class TestRegistry:
             assert backend.choices == list(BACKENDS)
 
     def test_an_unknown_name_lists_the_valid_ones(self):
-        with pytest.raises(ValueError, match="backend: expected one of 'auto', 'thread', "
-                                             "'process', 'ray', got 'gpu'"):
+        with pytest.raises(ValueError, match=r"backend: expected one of \['auto', 'thread', "
+                                             r"'process', 'ray'\], got str 'gpu'"):
             EvalRunner(cartpole, cartpole_evaluator(), backend="gpu")
 
+    def test_every_name_has_its_backend_object_and_back(self):
+        for name in BACKENDS:
+            assert as_backend(name).kind == name
+            assert backend_class(as_backend(name).kind) is backend_class(name)
+
     def test_options_of_other_backends_are_refused(self):
-        with pytest.raises(ValueError, match="num_workers: not an option of backend='thread' "
-                                             r"\(only of 'process' and 'ray'\)"):
-            create_backend("thread", cartpole, cartpole_evaluator(), 2,
-                           RolloutSettings(num_episodes=2), num_workers=2)
+        with pytest.raises(TypeError, match="num_workers"):
+            as_backend("thread", num_workers=2)
 
 
 class TestAbstractInterface:
@@ -46,15 +49,17 @@ class TestAbstractInterface:
             def close(self) -> None: ...
 
         with pytest.raises(TypeError, match="abstract method.*run"):
-            Incomplete(cartpole, cartpole_evaluator(), 2, RolloutSettings(num_episodes=2))
+            Incomplete(EnvSpec(cartpole, num_envs=2), cartpole_evaluator(),
+                       (RolloutSettings(num_episodes=2),))
 
     def test_a_pool_without_its_worker_methods_fails_before_starting_any(self):
         class NoWorkers(PooledBackend):
             name = "none"
 
         with pytest.raises(TypeError, match="_close_workers, _payload, _poll, _start_worker"):
-            NoWorkers(cartpole, cartpole_evaluator(), 2, RolloutSettings(num_episodes=2),
-                      evaluator_fn=cartpole_evaluator)
+            NoWorkers(EnvSpec(cartpole, num_envs=2), cartpole_evaluator(),
+                      (RolloutSettings(num_episodes=2),),
+                      settings=ProcessBackend(evaluator_fn=cartpole_evaluator))
 
 
 class TestWorkerProtocol:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from syllabus_eval import EvalRunner, RolloutSettings
+from syllabus_eval import EnvSpec, EvalRunner, EvalSchedule, RolloutSettings, SaveBest
 from syllabus_eval.adapters import CleanRLEvaluator
 from syllabus_eval.demo.agents import MLPAgent
 from syllabus_eval.evaluation.backends import create_backend
@@ -133,8 +133,8 @@ class TestTheBuffer:
 
 def held_runner(folder: Path, agent: MLPAgent, **kwargs) -> EvalRunner:
     """A process runner on envs that wait while ``folder/hold`` exists (one worker)."""
-    kwargs = {"num_envs": 2, "num_episodes": 4, "backend": "process", **kwargs}
-    return EvalRunner(lambda: remote_controlled_action_env(str(folder)),
+    kwargs = {"num_episodes": 4, "backend": "process", **kwargs}
+    return EvalRunner(EnvSpec(lambda: remote_controlled_action_env(str(folder)), num_envs=2),
                       CleanRLEvaluator(agent), **kwargs)
 
 
@@ -148,8 +148,9 @@ class TestProcessBackend:
     def test_weights_changed_after_the_trigger_do_not_reach_its_evaluation(self, agent,
                                                                             tmp_path):
         # The backend alone, so that the weights change before the worker reads them.
-        backend = create_backend("process", lambda: remote_controlled_action_env(str(tmp_path)),
-                                 CleanRLEvaluator(agent), 2, [RolloutSettings(num_episodes=4)])
+        envs = EnvSpec(lambda: remote_controlled_action_env(str(tmp_path)), num_envs=2)
+        backend = create_backend("process", envs, CleanRLEvaluator(agent),
+                                 [RolloutSettings(num_episodes=4)])
         try:
             snapshot = backend.snapshot(None, agent, step=1, background=True)  # acts 1
             assert snapshot.shared is not None  # the weights wait in shared memory
@@ -168,7 +169,7 @@ class TestProcessBackend:
     def test_a_trigger_queued_behind_a_running_evaluation_gets_its_own_copy(self, agent,
                                                                              tmp_path):
         (tmp_path / "hold").touch()
-        with held_runner(tmp_path, agent, busy_policy="queue") as runner:
+        with held_runner(tmp_path, agent, schedule=EvalSchedule(busy_policy="queue")) as runner:
             assert runner.trigger_eval(agent, step=1)  # shared memory, held by this one
             set_action(agent, 0)
             assert runner.trigger_eval(agent, step=2)  # queued: a private copy
@@ -184,7 +185,7 @@ class TestProcessBackend:
             (1, 5.0), (2, 0.0), (3, 5.0), (4, 0.0)]
 
     def test_save_best_writes_the_evaluated_copy_from_shared_memory(self, agent, tmp_path):
-        with held_runner(tmp_path, agent, save_best=tmp_path / "best.pt") as runner:
+        with held_runner(tmp_path, agent, callbacks=[SaveBest(tmp_path / "best.pt")]) as runner:
             assert runner.trigger_eval(agent, step=1)
             expected = {k: v.clone() for k, v in agent.state_dict().items()}
             set_action(agent, 0)  # moved on: the checkpoint holds what was evaluated

@@ -21,14 +21,20 @@ import pytest
 import torch
 
 from syllabus_eval import (
+    EnvSpec,
+    EpisodeSettings,
     EvalResult,
     EvalRunner,
+    EvalSchedule,
     EvaluationCancelled,
     EvaluationError,
+    ProcessBackend,
+    RayBackend,
     RemoteTraceback,
     cli,
 )
 from syllabus_eval.adapters import CleanRLEvaluator
+from syllabus_eval.evaluation.backends import as_backend
 from tests.fake_envs import LengthEnv
 from tests.gates import start_ray
 from tests.workers import (
@@ -86,9 +92,9 @@ def without_fps(result: EvalResult) -> dict:
     return {key: value for key, value in result.items() if key != "eval/fps"}
 
 
-def reference(make_env, evaluator, **kwargs) -> EvalResult:
+def reference(envs, evaluator, **kwargs) -> EvalResult:
     """What the thread backend gives."""
-    with EvalRunner(make_env, evaluator, **kwargs) as runner:
+    with EvalRunner(envs, evaluator, **kwargs) as runner:
         return runner.evaluate()
 
 
@@ -100,15 +106,17 @@ def background(runner: EvalRunner, step: int | None = None, weights=None) -> Eva
 
 class TestSameNumbersAsTheThreadBackend:
     def test_cartpole_mlp_agent(self, backend, capsys):
-        kwargs = {"num_envs": 4, "num_episodes": 10, "max_steps": 200, "seed": 7}
+        kwargs = {"num_episodes": 10, "episodes": EpisodeSettings(max_steps=200, seed=7)}
         evaluator = cartpole_evaluator(seed=1)  # of the training agent
         other = cartpole_agent(seed=2)
-        with EvalRunner(cartpole, evaluator, **kwargs) as runner:
+        cartpoles = EnvSpec(cartpole, num_envs=4)
+        with EvalRunner(cartpoles, evaluator, **kwargs) as runner:
             expected = runner.evaluate(step=1), runner.evaluate(other, step=2)
             # What workers would give on the weights of their own evaluator_fn
             unsent = runner.evaluate(cartpole_evaluator().agent)
-        with EvalRunner(cartpole, evaluator, backend=backend, evaluator_fn=cartpole_evaluator,
-                        progress=True, **kwargs) as runner:
+        workers = as_backend(backend, evaluator_fn=cartpole_evaluator)
+        with EvalRunner(cartpoles, evaluator, progress=True, backend=workers,
+                        **kwargs) as runner:
             # weights=None: the training agent's, snapshotted and sent like any others
             got = runner.evaluate(step=1), background(runner, step=2, weights=other)
         for want, have in zip(expected, got):
@@ -119,10 +127,11 @@ class TestSameNumbersAsTheThreadBackend:
         assert "evaluation" in capsys.readouterr().err  # the progress bar
 
     def test_episodes_of_varying_lengths_split_over_workers(self, backend):
-        kwargs = {"num_envs": 5, "num_episodes": 13, "tasks": [0, 1, 2], "seed": 3}
-        expected = reference(LengthEnv, length_evaluator(), **kwargs)
-        with EvalRunner(LengthEnv, length_evaluator(), backend=backend,
-                        evaluator_fn=length_evaluator, num_workers=2, **kwargs) as runner:
+        kwargs = {"num_episodes": 13, "tasks": [0, 1, 2], "episodes": EpisodeSettings(seed=3)}
+        envs = EnvSpec(LengthEnv, num_envs=5)
+        expected = reference(envs, length_evaluator(), **kwargs)
+        workers = as_backend(backend, evaluator_fn=length_evaluator, num_workers=2)
+        with EvalRunner(envs, length_evaluator(), backend=workers, **kwargs) as runner:
             result = runner.evaluate()
         assert result.episodes == expected.episodes
         assert without_fps(result) == without_fps(expected)
@@ -134,14 +143,16 @@ class TestSameNumbersAsTheThreadBackend:
 
 
 def controlled(folder: Path, backend: str, **kwargs) -> EvalRunner:
-    kwargs = {"num_envs": 4, "num_episodes": 8, "seed": 1, **kwargs}
-    return EvalRunner(partial(remote_controlled_env, str(folder)), length_evaluator(),
-                      backend=backend, evaluator_fn=length_evaluator, **kwargs)
+    options = {key: kwargs.pop(key) for key in list(kwargs) if key not in ("schedule", "callbacks")}
+    return EvalRunner(EnvSpec(partial(remote_controlled_env, str(folder)), num_envs=4),
+                      length_evaluator(), num_episodes=8, episodes=EpisodeSettings(seed=1),
+                      backend=as_backend(backend, evaluator_fn=length_evaluator, **options),
+                      **kwargs)
 
 
 def controlled_reference(folder: Path) -> EvalResult:
-    return reference(partial(remote_controlled_env, str(folder)), length_evaluator(),
-                     num_envs=4, num_episodes=8, seed=1)
+    return reference(EnvSpec(partial(remote_controlled_env, str(folder)), num_envs=4),
+                     length_evaluator(), num_episodes=8, episodes=EpisodeSettings(seed=1))
 
 
 class TestWorkersThatDie:
@@ -202,9 +213,9 @@ class TestWorkersThatDie:
 
     def test_an_actor_that_died_between_evaluations_is_replaced_at_no_cost(
             self, ray_cluster, caplog):
-        with EvalRunner(LengthEnv, length_evaluator(), num_envs=2, num_episodes=4,
-                        backend="ray", evaluator_fn=length_evaluator,
-                        max_restarts=0) as runner:
+        with EvalRunner(EnvSpec(LengthEnv, num_envs=2), length_evaluator(), num_episodes=4,
+                        backend=RayBackend(evaluator_fn=length_evaluator,
+                                           max_restarts=0)) as runner:
             first = runner.evaluate()
             ray_cluster.kill(ray_cluster.get_actor(our_actors()[0]))
             wait_until(lambda: not our_actors(), "Ray to see the actor dead")
@@ -245,22 +256,22 @@ class TestErrorsInWorkers:
         ({"evaluator_fn": cartpole_evaluator}, ValueError,
          "envs: the env's single_observation_space Box"),
         ({"evaluator_fn": cartpole_evaluator, "env_fn": cartpole_vector_env, "num_envs": 4,
-          "num_workers": 2}, ValueError,
+          "num_workers": 2}, ValueError,  # num_envs goes to the EnvSpec
          "num_workers: expected 1 when the env factory returns a VectorEnv .* got more: this "
          "worker's share is 2 of the 4 env slots"),
     ])
     def test_start_up_errors_raise_from_the_constructor(self, options, error, message):
-        options = {"num_envs": 2, **options}
+        envs = EnvSpec(LengthEnv, num_envs=options.pop("num_envs", 2))
         with pytest.raises(error, match=message) as caught:
-            EvalRunner(LengthEnv, length_evaluator(), backend="process", **options)
+            EvalRunner(envs, length_evaluator(), backend=ProcessBackend(**options))
         assert isinstance(caught.value.__cause__, RemoteTraceback)
 
 
 class TestInitFn:
     def test_runs_first_in_each_worker(self, backend, tmp_path):
-        with EvalRunner(LengthEnv, length_evaluator(), num_envs=2, num_episodes=4,
-                        backend=backend, init_fn=partial(mark_init, str(tmp_path)),
-                        evaluator_fn=evaluator_after_init) as runner:
+        with EvalRunner(EnvSpec(LengthEnv, num_envs=2), length_evaluator(), num_episodes=4,
+                        backend=as_backend(backend, evaluator_fn=evaluator_after_init,
+                                           init_fn=partial(mark_init, str(tmp_path)))) as runner:
             assert runner.evaluate()["eval/num_episodes"] == 4
         pids = {int(path.name.split("-")[1]) for path in tmp_path.glob("init-*")}
         assert len(pids) == 1 and os.getpid() not in pids
@@ -298,8 +309,8 @@ class TestLifecycle:
     def test_busy_policies_and_callbacks_as_with_threads(self, tmp_path):
         results = []
         (tmp_path / "hold").touch()
-        with controlled(tmp_path, "process", busy_policy="skip",
-                        on_result=results.append) as runner:
+        with controlled(tmp_path, "process", schedule=EvalSchedule(busy_policy="skip"),
+                        callbacks=results.append) as runner:
             assert runner.trigger_eval(step=1) is True
             wait_until(lambda: stepping_pids(tmp_path), "the worker to step")
             assert runner.pending and runner.poll() is None
@@ -312,8 +323,8 @@ class TestLifecycle:
             assert runner.wait() is None
 
     def test_shutdown_after_ray_was_shut_down_starts_no_new_ray(self, ray_cluster):
-        runner = EvalRunner(LengthEnv, length_evaluator(), num_envs=2, num_episodes=2,
-                            backend="ray", evaluator_fn=length_evaluator)
+        runner = EvalRunner(EnvSpec(LengthEnv, num_envs=2), length_evaluator(), num_episodes=2,
+                            backend=RayBackend(evaluator_fn=length_evaluator))
         runner.evaluate()
         ray_cluster.shutdown()  # the user's Ray, gone first, with the runner's actors
         try:
@@ -329,10 +340,10 @@ class TestLifecycle:
         monkeypatch.setattr(ray_cluster, "is_initialized", lambda: next(answers, True))
         monkeypatch.setattr(ray_cluster, "init", lambda **kwargs: calls.append(("init", kwargs)))
         monkeypatch.setattr(ray_cluster, "shutdown", lambda: calls.append(("shutdown", {})))
-        with EvalRunner(LengthEnv, length_evaluator(), num_envs=2, num_episodes=2,
-                        backend="ray", evaluator_fn=lambda: length_evaluator(),  # a closure
-                        address="ray://head:10001",
-                        ray_kwargs={"namespace": "x"}) as runner:
+        with EvalRunner(EnvSpec(LengthEnv, num_envs=2), length_evaluator(), num_episodes=2,
+                        backend=RayBackend(evaluator_fn=lambda: length_evaluator(),
+                                           address="ray://head:10001",
+                                           ray_kwargs={"namespace": "x"})) as runner:
             assert calls == [("init", {"address": "ray://head:10001", "namespace": "x"})]
             runner.evaluate()
         assert calls[1:] == [("shutdown", {})]
@@ -365,15 +376,16 @@ class TestClosures:
     def test_lambdas_and_closures_give_the_thread_backends_numbers(self, tmp_path):
         gravities = {"earth": 9.8, "heavy": 15.0}  # locals that the closures capture
         marker, seed = tmp_path / "init-ran", 3
-        kwargs = {"num_envs": 2, "num_episodes": 6, "max_steps": 200, "seed": 7,
-                  "tasks": list(gravities),
-                  "set_task": lambda env, task: setattr(env.unwrapped, "gravity",
-                                                        gravities[task])}
+        kwargs = {"num_episodes": 6, "episodes": EpisodeSettings(max_steps=200, seed=7),
+                  "tasks": list(gravities)}
+        envs = EnvSpec(lambda: gym.make("CartPole-v1"), num_envs=2,
+                       set_task=lambda env, task: setattr(env.unwrapped, "gravity",
+                                                          gravities[task]))
         evaluator = cartpole_evaluator(seed=1)
-        expected = reference(lambda: gym.make("CartPole-v1"), evaluator, **kwargs)
-        with EvalRunner(lambda: gym.make("CartPole-v1"), evaluator, backend="process",
-                        evaluator_fn=lambda: CleanRLEvaluator(cartpole_agent(seed)),
-                        init_fn=lambda: marker.write_text(str(os.getpid())), **kwargs) as runner:
+        expected = reference(envs, evaluator, **kwargs)
+        workers = ProcessBackend(evaluator_fn=lambda: CleanRLEvaluator(cartpole_agent(seed)),
+                                 init_fn=lambda: marker.write_text(str(os.getpid())))
+        with EvalRunner(envs, evaluator, backend=workers, **kwargs) as runner:
             result = runner.evaluate()
         assert result.episodes == expected.episodes
         assert without_fps(result) == without_fps(expected)
@@ -383,55 +395,57 @@ class TestClosures:
 
 class TestBadArguments:
     @pytest.mark.parametrize(("kwargs", "message"), [
-        ({"num_workers": 2, "backend": "thread"},
-         "num_workers: not an option of backend='thread' \\(only of 'process' and 'ray'\\)"),
-        ({"num_workers": 2}, "num_workers: not an option of backend='auto' \\(only of "
-                             "'process' and 'ray'\\); leave it out, or choose one"),
-        ({"backend": "process", "num_gpus": 1, "evaluator_fn": length_evaluator},
-         "num_gpus: not an option of backend='process' \\(only of 'ray'\\)"),
         # Without evaluator_fn the workers get the evaluator itself: both missing is an error.
         ({"backend": "process", "evaluator": None},
-         "evaluator: expected an Evaluator; only backend='process' or 'ray' goes without one, "
-         "building it in each worker from evaluator_fn, got None"),
+         "evaluator: expected an Evaluator; only a worker backend goes without one, building "
+         "it in each worker"),
         ({"backend": "ray", "evaluator": None}, "evaluator: expected an Evaluator"),
-        ({"backend": "process", "evaluator_fn": length_evaluator, "num_workers": 0},
-         "num_workers: expected an integer >= 1, got int 0"),
-        ({"backend": "ray", "evaluator_fn": length_evaluator, "num_workers": 5},
+        ({"backend": RayBackend(evaluator_fn=length_evaluator, num_workers=5)},
          "num_workers: expected at most num_envs=4 \\(each worker runs at least one env slot\\)"
          ", got int 5"),
-        ({"backend": "process", "evaluator_fn": length_evaluator, "max_restarts": -1},
-         "max_restarts: expected an integer >= 0"),
-        ({"backend": "process", "evaluator_fn": length_evaluator, "timeout": 0},
-         "timeout: expected a number > 0"),
-        ({"backend": "ray", "evaluator_fn": length_evaluator, "num_cpus": -1},
-         "num_cpus: expected a number >= 0"),
-        ({"backend": "ray", "evaluator_fn": length_evaluator, "ray_kwargs": "local"},
-         "ray_kwargs: expected a dict of ray.init arguments"),
-        ({"backend": "process", "evaluator_fn": capturing(threading.Lock(), length_evaluator)},
+        ({"backend": ProcessBackend(evaluator_fn=capturing(threading.Lock(), length_evaluator))},
          "evaluator_fn: expected a serializable evaluator factory for backend='process', which "
          "sends it to each worker with cloudpickle: .* got function .*, which does not "
          "serialize: cannot pickle '_thread.lock' object"),
-        ({"backend": "process", "evaluator_fn": length_evaluator,
-          "env_fn": capturing((i for i in range(3)), LengthEnv)},
+        ({"backend": ProcessBackend(evaluator_fn=length_evaluator,
+                                    env_fn=capturing((i for i in range(3)), LengthEnv))},
          "env_fn: expected a serializable env factory .*cannot pickle 'generator' object"),
-        ({"backend": "process", "evaluator_fn": length_evaluator,
-          "make_env": capturing(threading.Event(), LengthEnv)},
-         "env_fn: expected a serializable env factory .*\\(make_env is used when env_fn is not "
-         "given\\)"),
-        ({"backend": "process", "evaluator_fn": length_evaluator, "tasks": [0],
-          "set_task": capturing(threading.Lock(), lambda env, task: None)},
+        ({"backend": ProcessBackend(evaluator_fn=length_evaluator),
+          "envs": EnvSpec(capturing(threading.Event(), LengthEnv), num_envs=4)},
+         "env_fn: expected a serializable env factory .*\\(the runner's env factory is used "
+         "when env_fn is not given\\)"),
+        ({"backend": ProcessBackend(evaluator_fn=length_evaluator), "tasks": [0],
+          "envs": EnvSpec(LengthEnv, num_envs=4,
+                          set_task=capturing(threading.Lock(), lambda env, task: None))},
          "set_task: expected a serializable callable"),
-        ({"backend": "process", "evaluator_fn": length_evaluator, "init_fn": 3},
-         "init_fn: expected a callable or None, got int 3"),
     ])
     def test_clear_errors(self, kwargs, message):
-        arguments = {"make_env": LengthEnv, "evaluator": length_evaluator(), "num_envs": 4,
+        arguments = {"envs": EnvSpec(LengthEnv, num_envs=4), "evaluator": length_evaluator(),
                      **kwargs}
         with pytest.raises(ValueError, match=message):
             EvalRunner(**arguments)
 
+    @pytest.mark.parametrize(("make", "message"), [
+        (lambda: ProcessBackend(num_workers=0), "num_workers: expected an integer >= 1, got int 0"),
+        (lambda: ProcessBackend(max_restarts=-1), "max_restarts: expected an integer >= 0"),
+        (lambda: ProcessBackend(timeout=0), "timeout: expected a number > 0"),
+        (lambda: RayBackend(num_cpus=-1), "num_cpus: expected a number >= 0"),
+        (lambda: RayBackend(ray_kwargs="local"), "ray_kwargs: expected a dict of ray.init"),
+        (lambda: ProcessBackend(init_fn=3), "init_fn: expected a callable or None, got int 3"),
+    ])
+    def test_each_backend_object_checks_its_fields(self, make, message):
+        with pytest.raises(ValueError, match=message):
+            make()
+
+    def test_options_of_other_backends_do_not_exist_on_them(self):
+        # What the flat signature refused at run time, the types refuse when written.
+        for name, option in (("thread", "num_workers"), ("auto", "num_workers"),
+                             ("process", "num_gpus")):
+            with pytest.raises(TypeError, match=option):
+                as_backend(name, **{option: 1})
+
     def test_missing_ray_says_how_to_install_it(self, monkeypatch):
         monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
         with pytest.raises(ImportError, match=r"pip install 'syllabus-eval\[ray\]'"):
-            EvalRunner(LengthEnv, length_evaluator(), backend="ray",
-                       evaluator_fn=length_evaluator)
+            EvalRunner(LengthEnv, length_evaluator(),
+                       backend=RayBackend(evaluator_fn=length_evaluator))
