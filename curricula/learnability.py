@@ -37,14 +37,13 @@ import numpy as np
 
 from syllabus_eval.errors import bad_argument, check_count, check_number
 
-from .curriculum import Curriculum
-from .success_rates import PeriodicEvaluation, check_evaluate_fn, check_rates, rates_from_metrics
+from .success_rates import SuccessRateCurriculum
 from .task_space import DiscreteTaskSpace
 
 SAMPLING = ("topk", "dist")
 
 
-class Learnability(Curriculum):
+class Learnability(SuccessRateCurriculum):
     """Samples the most learnable tasks, scored ``p (1 - p)`` from evaluation success rates.
 
     Args:
@@ -89,38 +88,21 @@ class Learnability(Curriculum):
         eval_interval: float = 60.0,
         seed: int | None = None,
     ) -> None:
-        super().__init__(task_space, seed=seed)
+        super().__init__(task_space, evaluate_fn=evaluate_fn, eval_interval=eval_interval,
+                         seed=seed)
         self.topk = check_count("topk", topk)
         self.learnable_prob = check_number("learnable_prob", learnable_prob, 0.0, 1.0)
         if sampling not in SAMPLING:
             raise bad_argument("sampling", f"one of {list(SAMPLING)}", sampling)
         self.sampling = sampling
-        self.eval_interval = check_evaluate_fn(evaluate_fn, eval_interval)
-        self.num_updates = 0  # measurements taken in so far
         self._rates = np.full(len(self.task_space), np.nan)  # p per task; NaN: unscored
-        self._evaluator = None
-        if evaluate_fn is not None:
-            self._evaluator = PeriodicEvaluation(evaluate_fn, self.eval_interval,
-                                                 self.on_result, "Learnability evaluation")
+        self._measure_in_background(evaluate_fn)
 
     # --- success rates in ----------------------------------------------------------------------
 
-    def update_success_rates(self, rates: Mapping[Hashable, float]) -> None:
-        """Take one measurement: ``{task: success rate in [0, 1]}`` (any subset of the tasks).
-
-        Every entry is checked before any is applied: a bad one (NaN and inf included)
-        changes nothing.
-        """
-        checked = check_rates(rates, self.task_space)
-        with self._lock:
-            for i, rate in checked.items():
-                self._rates[i] = rate
-            self.num_updates += 1
-
-    def on_result(self, metrics: Mapping[str, Any]) -> None:
-        """Take the per-task success rates ``eval/task/<task>/success`` of a metrics dict
-        (one of an :class:`~syllabus_eval.EvalRunner`'s ``callbacks``)."""
-        self.update_success_rates(rates_from_metrics(metrics, self.task_space))
+    def _take_rates(self, checked: dict[int, float]) -> None:
+        for i, rate in checked.items():  # the current policy's rates replace older ones
+            self._rates[i] = rate
 
     # --- scores and sampling -------------------------------------------------------------------
 
@@ -152,17 +134,6 @@ class Learnability(Curriculum):
             learnable[scored] = _top_k_shares(scores, min(self.topk, len(scored)))
         return self.learnable_prob * learnable + (1.0 - self.learnable_prob) * uniform
 
-    # --- background measurements --------------------------------------------------------------
-
-    def _check(self) -> None:
-        if self._evaluator is not None:
-            self._evaluator.check()
-
-    def close(self) -> None:
-        """Stop background measurements (after the one running, if any) and raise a failure
-        nobody was told of yet."""
-        if self._evaluator is not None:
-            self._evaluator.close()
 
 
 def _top_k_shares(scores: np.ndarray, k: int) -> np.ndarray:

@@ -33,12 +33,11 @@ import numpy as np
 
 from syllabus_eval.errors import bad_argument, check_number
 
-from .curriculum import Curriculum
-from .success_rates import PeriodicEvaluation, check_evaluate_fn, check_rates, rates_from_metrics
+from .success_rates import SuccessRateCurriculum
 from .task_space import DiscreteTaskSpace
 
 
-class LearningProgressCurriculum(Curriculum):
+class LearningProgressCurriculum(SuccessRateCurriculum):
     """Samples tasks by the absolute change of their success rate (bidirectional progress).
 
     Args:
@@ -75,45 +74,28 @@ class LearningProgressCurriculum(Curriculum):
         eval_interval: float = 60.0,
         seed: int | None = None,
     ) -> None:
-        super().__init__(task_space, seed=seed)
+        super().__init__(task_space, evaluate_fn=evaluate_fn, eval_interval=eval_interval,
+                         seed=seed)
         self.fast_rate = check_number("fast_rate", fast_rate, 0.0, 1.0, low_open=True)
         self.slow_rate = check_number("slow_rate", slow_rate, 0.0, 1.0, low_open=True)
         if self.slow_rate >= self.fast_rate:
             raise bad_argument("slow_rate", f"a step size below fast_rate={fast_rate}",
                                slow_rate)
         self.p_theta = check_number("p_theta", p_theta, 0.0, 1.0, low_open=True, high_open=True)
-        self.eval_interval = check_evaluate_fn(evaluate_fn, eval_interval)
-        self.num_updates = 0  # measurements taken in so far
         count = len(self.task_space)
         self._fast = np.full(count, np.nan)  # p_fast per task; NaN: never measured
         self._slow = np.full(count, np.nan)  # p_slow per task
-        self._evaluator = None
-        if evaluate_fn is not None:
-            self._evaluator = PeriodicEvaluation(evaluate_fn, self.eval_interval,
-                                                 self.on_result,
-                                                 "LearningProgressCurriculum evaluation")
+        self._measure_in_background(evaluate_fn)
 
     # --- success rates in ----------------------------------------------------------------------
 
-    def update_success_rates(self, rates: Mapping[Hashable, float]) -> None:
-        """Take one measurement: ``{task: success rate in [0, 1]}`` (any subset of the tasks).
-
-        Every entry is checked before any is applied: a bad one (NaN and inf included)
-        changes nothing.
-        """
-        checked = check_rates(rates, self.task_space)
-        with self._lock:
-            for i, rate in checked.items():
-                if math.isnan(self._fast[i]):  # first measurement: no progress yet
-                    self._fast[i] = self._slow[i] = rate
-                else:  # exponential moving averages, fast and slow
-                    self._fast[i] += self.fast_rate * (rate - self._fast[i])
-                    self._slow[i] += self.slow_rate * (rate - self._slow[i])
-            self.num_updates += 1
-
-    def on_result(self, metrics: Mapping[str, Any]) -> None:
-        """Take the per-task success rates ``eval/task/<task>/success`` of a metrics dict."""
-        self.update_success_rates(rates_from_metrics(metrics, self.task_space))
+    def _take_rates(self, checked: dict[int, float]) -> None:
+        for i, rate in checked.items():
+            if math.isnan(self._fast[i]):  # first measurement: no progress yet
+                self._fast[i] = self._slow[i] = rate
+            else:  # exponential moving averages, fast and slow
+                self._fast[i] += self.fast_rate * (rate - self._fast[i])
+                self._slow[i] += self.slow_rate * (rate - self._slow[i])
 
     # --- progress and sampling -----------------------------------------------------------------
 
@@ -148,14 +130,3 @@ class LearningProgressCurriculum(Curriculum):
         theta = self.p_theta
         return (1.0 - theta) * p / (p + theta * (1.0 - 2.0 * p))
 
-    # --- background measurements --------------------------------------------------------------
-
-    def _check(self) -> None:
-        if self._evaluator is not None:
-            self._evaluator.check()
-
-    def close(self) -> None:
-        """Stop background measurements (after the one running, if any) and raise a failure
-        nobody was told of yet."""
-        if self._evaluator is not None:
-            self._evaluator.close()

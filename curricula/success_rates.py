@@ -28,6 +28,7 @@ import numpy as np
 from syllabus_eval.errors import bad_argument, check_number
 
 from .background import BackgroundThread
+from .curriculum import Curriculum
 from .task_space import DiscreteTaskSpace
 
 # eval/task/<task>/success, or eval/<suite>/task/<task>/success with the runner's suites=
@@ -82,6 +83,57 @@ def check_evaluate_fn(evaluate_fn: object, eval_interval: object) -> float:
         raise bad_argument("evaluate_fn", "a callable returning a metrics dict, or None",
                            evaluate_fn)
     return check_number("eval_interval", eval_interval, 0.0)
+
+
+class SuccessRateCurriculum(Curriculum):
+    """What the curricula fed by per-task success rates share: checked measurements in
+    (:meth:`update_success_rates`, :meth:`on_result`), optional background evaluations, and
+    their failures surfaced. A subclass applies one measurement in :meth:`_take_rates` and
+    calls :meth:`_measure_in_background` once its own state exists."""
+
+    def __init__(self, task_space: DiscreteTaskSpace | int | Any, *, evaluate_fn: Any,
+                 eval_interval: float, seed: int | None) -> None:
+        super().__init__(task_space, seed=seed)
+        self.eval_interval = check_evaluate_fn(evaluate_fn, eval_interval)
+        self.num_updates = 0  # measurements taken in so far
+        self._evaluator: PeriodicEvaluation | None = None
+
+    def _measure_in_background(self, evaluate_fn: Callable[[], Mapping[str, Any]] | None
+                               ) -> None:
+        if evaluate_fn is not None:
+            self._evaluator = PeriodicEvaluation(evaluate_fn, self.eval_interval,
+                                                 self.on_result, f"{type(self).__name__} "
+                                                 "evaluation")
+
+    def update_success_rates(self, rates: Mapping[Hashable, float]) -> None:
+        """Take one measurement: ``{task: success rate in [0, 1]}`` (any subset of the tasks).
+
+        Every entry is checked before any is applied: a bad one (NaN and inf included)
+        changes nothing.
+        """
+        checked = check_rates(rates, self.task_space)
+        with self._lock:
+            self._take_rates(checked)
+            self.num_updates += 1
+
+    def _take_rates(self, checked: dict[int, float]) -> None:
+        """Apply one checked measurement ``{task index: rate}`` (under the lock)."""
+        raise NotImplementedError
+
+    def on_result(self, metrics: Mapping[str, Any]) -> None:
+        """Take the per-task success rates of a metrics dict (``eval/task/<task>/success``,
+        or per suite): one of an :class:`~syllabus_eval.EvalRunner`'s ``callbacks``."""
+        self.update_success_rates(rates_from_metrics(metrics, self.task_space))
+
+    def _check(self) -> None:
+        if self._evaluator is not None:
+            self._evaluator.check()
+
+    def close(self) -> None:
+        """Stop background measurements (after the one running, if any) and raise a failure
+        nobody was told of yet."""
+        if self._evaluator is not None:
+            self._evaluator.close()
 
 
 class PeriodicEvaluation:
