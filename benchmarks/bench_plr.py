@@ -3,13 +3,12 @@
 Usage::
 
     python benchmarks/bench_plr.py                 # a few minutes on 2 CPU cores
-    python benchmarks/bench_plr.py --rounds 5 --iterations 20
+    python benchmarks/bench_plr.py --rounds 8 --iterations 10
     python benchmarks/bench_plr.py --quick         # a smoke run
     python benchmarks/bench_plr.py --no-ray        # without the Ray part
 
 A CleanRL-style PPO loop (:class:`~syllabus_eval.demo.ppo.PPOTrainer`: MLPAgent on CartPole, 4 envs,
-128 steps per rollout, 4 epochs of 4 minibatches of real Adam steps) runs in four set-ups,
-interleaved round by round so that drift hits them alike:
+128 steps per rollout, 4 epochs of 4 minibatches of real Adam steps) runs in four set-ups:
 
 - ``plain``: the envs as they are (the baseline);
 - ``domain randomization``: each env wrapped, drawing a pole length at every reset;
@@ -19,15 +18,23 @@ interleaved round by round so that drift hits them alike:
   process, fed in batches, the agent's weights pushed through shared memory after every
   optimizer step.
 
-All three run with torch's default intra-op threads and again with one: on few cores the
-worker's queries and the training loop's intra-op threads compete for the same cores. Then
-the worker's scoring capacity: recorded CartPole episodes pushed into PLR as fast as one
-thread can, timed until every step is scored (feedforward and recurrent agents: the recurrent
-one scores whole segments, one ``get_value_sequence`` query per batch); the weights do not
-change meanwhile, so it is an upper bound. It is measured in rounds interleaved with the plain
-loop at one thread, its baseline. Everything is reported as env steps per second and as
-ratios to the plain loop of the same round, median (min-max) over rounds. One round of each
-set-up runs first, untimed, as a warm-up.
+The first three train side by side in one process, one PPO iteration (about 0.1 s) each in turn,
+the order rotating: this machine's speed drifts (the same loop went from 81 to 98 ms per
+iteration within a minute), and alternating at this grain cancels most of it: two identical
+loops measured this way gave per-round ratios of 0.94-1.10 (median 1.01) over 20 rounds of 12
+iterations, against 0.81-1.09 (median 0.96) for 7 rounds of whole runs back to back. A PLR set-
+up's iteration ends once its curriculum has scored everything it was given (``flush``): no
+scoring spills into another set-up's time, and PLR is charged the wait for its last batch (under
+1 ms per iteration here). PLR in the training process cannot train beside the others: while its
+worker thread lives, the intra-op threads its queries start slowed every loop in the process
+(the plain loop to 0.4x its speed at two threads); it is measured in whole runs, each closing
+its PLR, interleaved with whole plain runs. All of it runs with torch's default intra-op threads
+and again with one. Then the worker's scoring capacity: recorded CartPole episodes pushed into
+PLR as fast as one thread can, timed until every step is scored (feedforward and recurrent
+agents: the recurrent one scores whole segments, one ``get_value_sequence`` query per batch);
+the weights do not change meanwhile, so it is an upper bound. It is measured in rounds
+interleaved with the plain loop at one thread, its baseline. Everything is reported as env steps
+per second and as ratios to the plain loop of the same round, median (min-max) over rounds.
 
 Last, env actors on Ray (a local Ray on this machine): 1, 2 and 4 actors, each stepping 4
 CartPole envs with random actions, plain or through CurriculumWrappers drawing from PLR hosted by
@@ -39,6 +46,7 @@ the hosted to the plain set-up of the same round and actor count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import statistics
 import sys
@@ -75,6 +83,7 @@ NUM_ENVS = 4
 SPACES = SimpleNamespace(single_observation_space=gym.spaces.Box(-np.inf, np.inf, (4,)),
                          single_action_space=gym.spaces.Discrete(2))
 CONFIG = PPOConfig()  # CleanRL ppo.py's CartPole defaults: 128 steps, 4 epochs of 4 minibatches
+SIDE_BY_SIDE = ["plain", "domain randomization", "PLR, worker process"]
 
 
 def set_pole(env: gym.Env, task: float) -> None:
@@ -135,44 +144,84 @@ def scoring_capacity(make_evaluator: Callable[[], object], records: list[Experie
     return steps / elapsed
 
 
-def compare(rounds: int, iterations: int, probe: gym.vector.VectorEnv
+def compare(setups: list[str], rounds: int, iterations: int, probe: gym.vector.VectorEnv
             ) -> dict[str, tuple[float, str]]:
-    """Per set-up (and the steps PLR scored during its runs): the median env steps/s and its
-    per-round ratios to the plain loop, which cancel drift between rounds."""
+    """Per set-up of ``setups`` (``"plain"`` among them): the median env steps/s over rounds and
+    its per-round ratios to the plain loop. The set-ups train side by side, one PPO
+    iteration each in turn (the order rotating), so that the machine's drift hits them
+    alike; a PLR set-up's iteration ends once its curriculum has scored all it was given
+    (``flush``), so no scoring spills into another set-up's time. A round is ``iterations``
+    iterations of each."""
+    agents = {name: MLPAgent(probe) for name in setups}
+    with contextlib.ExitStack() as stack:
+        builders = {
+            "plain": lambda: None,
+            "domain randomization": lambda: DomainRandomization(POLE_LENGTHS),
+            "PLR, worker process": lambda: stack.enter_context(LocalCurriculumServer(
+                partial(hosted_plr, 0), agent=agents["PLR, worker process"])),
+        }
+        curricula = {name: builders[name]() for name in setups}
+        total = (rounds * iterations + 1) * CONFIG.num_steps * NUM_ENVS
+        runs = {}
+        for name, curriculum in curricula.items():
+            source = getattr(curriculum, "client", curriculum)
+            envs = stack.enter_context(contextlib.closing(make_envs(source)))  # before its host
+            runs[name] = (PPOTrainer(envs, agents[name], CONFIG, seed=0).iterate(total),
+                          getattr(curriculum, "flush", None))
 
-    def plain(round_: int) -> float:
-        return train(MLPAgent(probe), make_envs(None), iterations, round_)
-
-    def domain_randomization(round_: int) -> float:
-        return train(MLPAgent(probe), make_envs(DomainRandomization(POLE_LENGTHS)), iterations,
-                     round_)
-
-    def with_plr(round_: int) -> tuple[float, float]:
-        """Training steps/s, and steps scored per second until PLR has scored them all."""
-        agent = MLPAgent(probe)
-        with PrioritizedLevelReplay(POLE_LENGTHS, CleanRLEvaluator(agent), seed=round_) as plr:
+        def one_iteration(name: str) -> float:
+            iterations_left, flush = runs[name]
             start = time.perf_counter()
-            rate = train(agent, make_envs(plr), iterations, round_)
-        elapsed = time.perf_counter() - start  # with scoring the last records
-        return rate, sum(plr.scored_steps().values()) / elapsed
+            next(iterations_left)
+            if flush is not None:
+                flush()
+            return time.perf_counter() - start
 
-    def with_hosted_plr(round_: int) -> tuple[float, float]:
-        """The same, PLR in a worker process (its start-up untimed)."""
-        agent = MLPAgent(probe)
-        with LocalCurriculumServer(partial(hosted_plr, round_), agent=agent) as server:
-            start = time.perf_counter()
-            rate = train(agent, make_envs(server.client), iterations, round_)
-        elapsed = time.perf_counter() - start
-        return rate, sum(server.scored_steps().values()) / elapsed
-
-    runs = interleaved({"plain": plain, "domain randomization": domain_randomization,
-                        "PLR": with_plr, "PLR, worker process": with_hosted_plr}, rounds)
-    rates = {"plain": runs["plain"], "domain randomization": runs["domain randomization"]}
-    for name in ("PLR", "PLR, worker process"):
-        rates[name] = [rate for rate, _ in runs[name]]
-        rates[f"{name} scored"] = [scored for _, scored in runs[name]]
+        for name in setups:  # warm-up: first calls, allocations, the OS's caches
+            one_iteration(name)
+        seconds: dict[str, list[float]] = {name: [] for name in setups}
+        turn = 0
+        for _ in range(rounds):
+            spent = dict.fromkeys(setups, 0.0)
+            for _ in range(iterations):
+                first = turn % len(setups)
+                for name in setups[first:] + setups[:first]:
+                    spent[name] += one_iteration(name)
+                turn += 1
+            for name in setups:
+                seconds[name].append(spent[name])
+    steps = iterations * CONFIG.num_steps * NUM_ENVS
+    rates = {name: [steps / spent for spent in seconds[name]] for name in setups}
     return {name: (statistics.median(values), ratio_text(values, rates["plain"]))
             for name, values in rates.items()}
+
+
+def in_process(rounds: int, iterations: int, probe: gym.vector.VectorEnv
+               ) -> tuple[float, str]:
+    """PLR with its worker thread in the training process: whole runs of ``iterations``
+    iterations, interleaved with whole plain runs (while its thread lives, the intra-op
+    threads its queries start slow any loop trained beside it). The median env steps/s and
+    the ratio text."""
+
+    def with_plr(round_: int) -> float:
+        agent = MLPAgent(probe)
+        with PrioritizedLevelReplay(POLE_LENGTHS, CleanRLEvaluator(agent), seed=round_) as plr:
+            envs = make_envs(plr)
+            iterations_left = PPOTrainer(envs, agent, CONFIG, seed=round_).iterate(
+                iterations * CONFIG.num_steps * NUM_ENVS)
+            start = time.perf_counter()
+            for _ in iterations_left:
+                pass
+            plr.flush()  # as in the side-by-side set-ups: charged its scoring's last wait
+            seconds = time.perf_counter() - start
+            envs.close()
+        return iterations * CONFIG.num_steps * NUM_ENVS / seconds
+
+    runs = interleaved({"plain": lambda round_: train(MLPAgent(probe), make_envs(None),
+                                                      iterations, round_),
+                        "PLR": with_plr}, rounds + 1)  # the first round: a warm-up
+    return (statistics.median(runs["PLR"][1:]),
+            ratio_text(runs["PLR"][1:], runs["plain"][1:]))
 
 
 class CartPoleRunner:
@@ -270,8 +319,9 @@ def print_ray_table(samples: dict[str, list[float]], rounds: int, steps: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=8, help="PPO iterations per run")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=10,
+                        help="PPO iterations of each set-up per round")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: one round of one iteration, fewer records to score")
     parser.add_argument("--no-ray", action="store_true", help="skip the env actors on Ray")
@@ -280,11 +330,11 @@ def main() -> None:
     torch.manual_seed(0)
     probe = make_envs(None)
     default_threads = torch.get_num_threads()
-    compare(1, 1, probe)  # warm-up: first calls, allocations, the OS's caches
     results = {}
     for threads in (default_threads, 1):
         torch.set_num_threads(threads)
-        results[threads] = compare(rounds, iterations, probe)
+        results[threads] = compare(SIDE_BY_SIDE, rounds, iterations, probe)
+        results[threads]["PLR (whole runs)"] = in_process(rounds, iterations, probe)
     records = record_episodes(4_000 if args.quick else 40_000)
     capacity = interleaved({  # torch threads: 1, as left above
         "plain": lambda round_: train(MLPAgent(probe), make_envs(None), iterations, round_),
@@ -296,11 +346,12 @@ def main() -> None:
     probe.close()
 
     print(f"PPO on CartPole ({NUM_ENVS} envs x {CONFIG.num_steps} steps, "
-          f"{CONFIG.update_epochs}x{CONFIG.num_minibatches} Adam steps per iteration), "
-          f"{rounds} interleaved rounds: median env steps/s, median ratio to the plain loop of "
-          "the same round\n")
-    rows = [[threads, f"{name.removesuffix(' scored')}: steps scored" if name.endswith("scored")
-             else f"training, {name}", f"{rate:,.0f}", ratio]
+          f"{CONFIG.update_epochs}x{CONFIG.num_minibatches} Adam steps per iteration), the "
+          f"set-ups side by side, one iteration each in turn, {rounds} rounds of {iterations} "
+          "iterations (PLR in the training process: whole runs of as many iterations, "
+          "interleaved with plain ones): median env steps/s, median ratio to the plain loop of "
+          "the same round (min-max)\n")
+    rows = [[threads, f"training, {name}", f"{rate:,.0f}", ratio]
             for threads, rates in results.items() for name, (rate, ratio) in rates.items()]
     print(format_table(rows, ["torch threads", "set-up", "env steps/s", "vs plain"]))
     print("\nPLR worker capacity (records queued up front, torch threads: 1; the weights do "

@@ -26,12 +26,17 @@ def interleaved(candidates: Mapping[str, Callable[[int], Sample]], rounds: int
     """What each candidate measures, round by round: ``{name: [round 0, round 1, ...]}``.
 
     Within a round the candidates run in turn, so that drift on a shared machine (other jobs,
-    CPU frequency) hits them alike. Each is called with the round's index, e.g. as a seed.
+    CPU frequency) hits them alike, and each round starts one candidate later than the one
+    before: on this machine the first run of a round was measured a few percent faster than the
+    same run later in it, and no candidate should always get that place. Each is called with
+    the round's index, e.g. as a seed.
     """
-    samples: dict[str, list[Sample]] = {name: [] for name in candidates}
+    names = list(candidates)
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
     for round_ in range(rounds):
-        for name, measure in candidates.items():
-            samples[name].append(measure(round_))
+        start = round_ % len(names)
+        for name in names[start:] + names[:start]:
+            samples[name].append(candidates[name](round_))
     return samples
 
 

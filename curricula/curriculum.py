@@ -109,6 +109,12 @@ class Curriculum:
     def observe(self, experience: Experience) -> None:
         """Take one record of an environment's stream (ignored unless ``wants_experience``)."""
 
+    def observe_batch(self, records: Sequence[Experience]) -> None:
+        """Take records of environments' streams, in order (a hosted curriculum's client
+        batch); :meth:`observe` of each unless a subclass takes them at once."""
+        for experience in records:
+            self.observe(experience)
+
     def close(self) -> None:
         """Stop background work, if any, and raise a failure nobody was told of yet."""
 

@@ -33,6 +33,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -45,21 +46,24 @@ _connecting = threading.Lock()
 os.register_at_fork(after_in_child=lambda: globals().update(_connecting=threading.Lock()))
 
 
-def pack_records(records: list[Experience]) -> tuple:
+def pack_records(records: Sequence[Experience]) -> tuple:
     """Records as columns, for one cheap pickle: the observations of a batch as one array
-    where they are arrays of one shape (pickling each record's array cost 4x more, on the
-    training thread)."""
-    obs = [record.obs for record in records if record.kind != "close"]
+    where they are arrays of one shape and dtype (pickling each record's array cost 4x more,
+    on the training thread)."""
+    if not records:
+        return "", [], [], [], np.zeros(0), np.zeros(0, bool), np.zeros(0, bool)
+    kinds, env_ids, tasks, obs, rewards, terminated, truncated = zip(*records)  # in C
+    kinds = "".join([kind[0] for kind in kinds])
+    if "c" in kinds:  # close records carry no observation
+        obs = [o for kind, o in zip(kinds, obs) if kind != "c"]
     first = obs[0] if obs else None
-    if (isinstance(first, np.ndarray)
-            and all(type(o) is np.ndarray and o.shape == first.shape and o.dtype == first.dtype
-                    for o in obs)):
-        obs = np.stack(obs)  # [B, ...]
-    return ("".join(record.kind[0] for record in records),
-            [record.env_id for record in records], [record.task for record in records], obs,
-            np.array([record.reward for record in records], dtype=np.float64),
-            np.array([record.terminated for record in records], dtype=bool),
-            np.array([record.truncated for record in records], dtype=bool))
+    if type(first) is np.ndarray:
+        shape, dtype = first.shape, first.dtype
+        if all([type(o) is np.ndarray and o.shape == shape and o.dtype == dtype for o in obs]):
+            obs = np.array(obs)  # [B, ...]: several times faster than np.stack
+    return (kinds, list(env_ids), list(tasks), list(obs) if isinstance(obs, tuple) else obs,
+            np.array(rewards, dtype=np.float64), np.array(terminated, dtype=bool),
+            np.array(truncated, dtype=bool))
 
 
 _KINDS = {kind[0]: kind for kind in EXPERIENCE_KINDS}
@@ -221,7 +225,7 @@ class HostedClient:
     method) and Ray actors inside env factories; each process connects on first use.
     """
 
-    def __init__(self, wants_experience: bool, *, batch_records: int = 64, prefetch: int = 32,
+    def __init__(self, wants_experience: bool, *, batch_records: int = 256, prefetch: int = 32,
                  max_delay: float = 0.5, timeout: float = 60.0) -> None:
         self.wants_experience = bool(wants_experience)
         self.batch_records = check_count("batch_records", batch_records)

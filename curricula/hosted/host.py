@@ -108,11 +108,15 @@ class CurriculumHost:
         (PLR's full queue): the back-pressure that reaches the client. ``open_envs`` tracks
         the streams the client left open.
         """
-        observe = self.curriculum.observe
+        observe_batch = getattr(self.curriculum, "observe_batch", None)
         try:
             tasks = self.curriculum.sample(draws) if draws else []
+            if callable(observe_batch):
+                observe_batch(records)  # one hand-over (PLR: one lock, one wake-up)
+            else:
+                for record in records:
+                    self.curriculum.observe(record)
             for record in records:
-                observe(record)
                 if record.kind == "reset":
                     open_envs.add(record.env_id)
                 elif record.kind == "close":

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing.util
 import os
+import pickle
 import socket
 import threading
 import time
@@ -78,8 +79,12 @@ class _ProcessLink(Link):
         self.reader.start()
 
     def _send(self, records: list, draws: int) -> None:
+        # Plain pickle: multiprocessing's pickler copies its reducer table (torch registers
+        # dozens) at every send, on the training thread; the worker's recv unpickles it alike.
+        message = pickle.dumps(("exchange", pack_records(records), draws),
+                               protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self.conn.send(("exchange", pack_records(records), draws))
+            self.conn.send_bytes(message)
         except (OSError, ValueError):
             raise self.fail(_GONE) from None
 
@@ -183,7 +188,7 @@ class LocalCurriculumServer(HostedServer):
 
     def __init__(self, curriculum_fn: Callable[[], Any], *, agent: nn.Module | None = None,
                  process: bool = True, init_fn: Callable[[], Any] | None = None,
-                 batch_records: int = 64, prefetch: int = 32, max_delay: float = 0.5,
+                 batch_records: int = 256, prefetch: int = 32, max_delay: float = 0.5,
                  timeout: float = 60.0, nice: int = NICENESS) -> None:
         super().__init__()
         if agent is not None and not isinstance(agent, nn.Module):

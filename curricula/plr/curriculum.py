@@ -196,18 +196,27 @@ class PrioritizedLevelReplay(Curriculum):
         :meth:`close` they are ignored (it already scored what their envs played), after a
         failure too (their envs have nothing left to score; the failure is raised elsewhere).
         """
-        if not isinstance(experience, Experience):
-            raise bad_argument("experience", "an Experience record", experience)
-        if experience.kind not in EXPERIENCE_KINDS:
-            raise bad_argument("experience.kind", f"one of {list(EXPERIENCE_KINDS)}",
-                               experience.kind)
-        if not isinstance(experience.env_id, Hashable):
-            raise bad_argument("experience.env_id", "a hashable env id", experience.env_id)
-        if experience.kind == "reset":
-            self.task_space.index(experience.task, "experience.task")
-        if self._robust is not None and experience.kind != "close":
+        self.observe_batch((experience,))
+
+    def observe_batch(self, records: Sequence[Experience]) -> None:
+        """Queue records of environments' streams, in order, in one hand-over to the worker
+        (what a hosted curriculum does with each client batch): as :meth:`observe` of each,
+        but one lock and one wake-up for all. A batch of only ``close`` records raises no
+        failure."""
+        for experience in records:
+            if not isinstance(experience, Experience):
+                raise bad_argument("experience", "an Experience record", experience)
+            if experience.kind not in EXPERIENCE_KINDS:
+                raise bad_argument("experience.kind", f"one of {list(EXPERIENCE_KINDS)}",
+                                   experience.kind)
+            if not isinstance(experience.env_id, Hashable):
+                raise bad_argument("experience.env_id", "a hashable env id",
+                                   experience.env_id)
+            if experience.kind == "reset":
+                self.task_space.index(experience.task, "experience.task")
+        if self._robust is not None and any(record.kind != "close" for record in records):
             self._robust.check()
-        self._worker.put(experience)
+        self._worker.put_many(records)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every record observed before this call has been scored (in robust

@@ -6,13 +6,15 @@ Usage (what :class:`~syllabus_eval.curricula.PrioritizedLevelReplay` does with i
                            gae_lambda=0.95, num_steps=256, batch_size=256, batch_wait=0.02,
                            queue_size=4096)
     worker.put(Experience("reset", env_id=0, task="a", obs=obs))   # from any env's thread
+    worker.put_many(records)                                        # a batch: one hand-over
     worker.flush()                                                  # all put so far is scored
     worker.close()
 
-Records wait in a bounded queue. The worker thread takes up to ``batch_size`` records at a
-time (waiting up to ``batch_wait`` seconds for a batch to fill) and asks the evaluator for the
-value (and, for the policy strategies, the action distribution) of their observations in one
-batched query. For a recurrent agent that is one sequence query
+Records wait in a bounded queue, in the chunks they were put in (a hosted curriculum's client
+batch is one chunk: one lock and one wake-up, not one per record). The worker thread takes up to
+``batch_size`` records at a time (waiting up to ``batch_wait`` seconds for a batch to fill) and
+asks the evaluator for the value (and, for the policy strategies, the action distribution) of
+their observations in one batched query. For a recurrent agent that is one sequence query
 (:class:`~syllabus_eval.SequenceQueries`): each env's records in the batch are its sequence
 (shorter ones padded, their lengths given), its recurrent state carried from its previous
 observation through them and restarted at each episode start; agents without sequence queries
@@ -31,10 +33,10 @@ had.
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +47,10 @@ from syllabus_eval.errors import describe
 from syllabus_eval.query.advantages import gae
 from syllabus_eval.query.protocols import AgentQueries, SequenceQueries, is_recurrent
 
-from ..background import BackgroundThread
+from ..background import POLL_S, BackgroundThread
 from ..curriculum import Experience
 from ..task_space import DiscreteTaskSpace
 from .scores import POLICY_SCORES, TD_SCORES, VALUE_SCORES, TaskScores, one_step_td_errors
-
-_STOP = object()  # queued by close(): the worker scores everything before it, then stops
 
 # () -> (state_dict, version) of weights pushed since the last call, or None: nothing new.
 PullWeights = Callable[[], "tuple[Mapping[str, torch.Tensor], int | None] | None"]
@@ -102,7 +102,12 @@ class ScoringWorker:
         self._segments: dict[Hashable, _Segment] = {}
         self._lstm: dict[Hashable, tuple[torch.Tensor, ...]] = {}
 
-        self._queue: queue.Queue = queue.Queue(queue_size)
+        # The queue: chunks of records, bounded by the records they hold.
+        self.queue_size = queue_size
+        self._chunks: deque[list[Experience]] = deque()
+        self._waiting = 0  # records in the chunks
+        self._stopping = False  # set by close(): score what is queued, then stop
+        self._room = threading.Condition()  # guards the queue
         self._cond = threading.Condition()  # guards the counters below
         self._closed = False
         self._putting = 0  # put() calls between their closed-check and their put
@@ -121,11 +126,19 @@ class ScoringWorker:
         env at its first sub-env (issue #19). The failure stays for the next call that needs
         the worker, or for :meth:`close`.
         """
-        closing = experience.kind == "close"
+        self.put_many((experience,))
+
+    def put_many(self, records: Sequence[Experience]) -> None:
+        """Queue checked records, in order, as one chunk; blocks while the queue has no room
+        for them (a chunk larger than the queue waits until it is empty). A chunk of only
+        ``close`` records raises no failure (see :meth:`put`)."""
+        if not records:
+            return
+        closing = all(record.kind == "close" for record in records)
         with self._cond:
             if self._closed:
                 if closing:
-                    return  # an env closed after the curriculum: close() scored its segment
+                    return  # envs closed after the curriculum: close() scored their segments
                 raise RuntimeError("PrioritizedLevelReplay is closed: it takes no more "
                                    "experience")
             self._putting += 1
@@ -133,14 +146,29 @@ class ScoringWorker:
         try:
             if not closing:
                 self._thread.check()
-            queued = self._thread.feed(self._queue, experience)
+            queued = self._enqueue(list(records))
             if not closing:
-                self._thread.check()  # it ended before taking the record: it failed
+                self._thread.check()  # it ended before taking the records: it failed
         finally:
             with self._cond:
                 self._putting -= 1
-                self._received += queued
+                self._received += len(records) if queued else 0
                 self._cond.notify_all()
+
+    def _enqueue(self, chunk: list[Experience]) -> bool:
+        """Append ``chunk`` once there is room; ``False`` if the thread ended first (a wait
+        re-checks every few milliseconds, so a thread that died cannot leave it blocked)."""
+        with self._room:
+            while self._waiting and self._waiting + len(chunk) > self.queue_size:
+                if not self._thread.alive:
+                    return False
+                self._room.wait(POLL_S)
+            if not self._thread.alive:
+                return False
+            self._chunks.append(chunk)
+            self._waiting += len(chunk)
+            self._room.notify_all()
+        return True
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every record put before this call has been scored."""
@@ -157,11 +185,11 @@ class ScoringWorker:
     def close(self) -> None:
         """Score everything put so far, then stop the thread (idempotent)."""
         with self._cond:
-            first = not self._closed
             self._closed = True
             self._cond.wait_for(lambda: self._putting == 0)
-        if first:
-            self._thread.feed(self._queue, _STOP)
+        with self._room:
+            self._stopping = True
+            self._room.notify_all()
         self._thread.join()
 
     def check(self) -> None:
@@ -196,23 +224,26 @@ class ScoringWorker:
             self.evaluator.load_weights(state_dict, version=version)
 
     def _take_batch(self) -> tuple[list[Experience], bool]:
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        if self._queue.qsize() < self.batch_size - 1:
-            # One sleep rather than a wake-up per record: each wake-up takes the GIL from the
-            # training thread.
+        """Up to ``batch_size`` records, oldest first, and whether to stop after them."""
+        with self._room:
+            self._room.wait_for(lambda: self._waiting or self._stopping)
+            short = self._waiting < self.batch_size and not self._stopping
+        if short:
+            # One sleep rather than a wake-up per chunk: each wake-up takes a core from
+            # training for a few records.
             time.sleep(self.batch_wait)
-        while len(batch) < self.batch_size:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)
-        return batch, False
+        with self._room:
+            batch: list[Experience] = []
+            while self._chunks and len(batch) < self.batch_size:
+                chunk = self._chunks.popleft()
+                room = self.batch_size - len(batch)
+                if len(chunk) > room:
+                    self._chunks.appendleft(chunk[room:])
+                    chunk = chunk[:room]
+                batch.extend(chunk)
+            self._waiting -= len(batch)
+            self._room.notify_all()
+            return batch, self._stopping and not self._chunks
 
     def _process(self, batch: list[Experience]) -> None:
         with_obs = [record for record in batch if record.kind != "close"]
@@ -367,8 +398,10 @@ def _require_finite(record: Experience, task: Any, strategy: str, value: float, 
                     ) -> None:
     """Fail on a NaN or inf the segment would be scored with (issue #19): in the table it
     would turn the task's score NaN and, with the power transform, every draw uniform."""
-    where = f"env {record.env_id!r} (task {task!r}) at a {record.kind}"
     reward = float(record.reward)
+    if math.isfinite(reward) and math.isfinite(value) and math.isfinite(term):
+        return  # the common case: no message to build
+    where = f"env {record.env_id!r} (task {task!r}) at a {record.kind}"
     if not math.isfinite(reward):
         raise ValueError(f"experience.reward: expected a finite number, got {reward} from "
                          f"{where}")

@@ -139,3 +139,14 @@ class TestPacking:
         back = unpack_records(pack_records(records))
         np.testing.assert_array_equal(back[0].obs["x"], np.zeros(2))
         assert back[2].obs == [1, 2] and back[1].obs.shape == (3,)
+
+    def test_observations_of_other_dtypes_keep_theirs(self):
+        records = [Experience("reset", 0, "a", np.zeros(2, np.float32)),
+                   Experience("step", 0, obs=np.ones(2, np.float64)),
+                   Experience("step", 0, obs=np.ones(2, np.int64))]
+        back = unpack_records(pickle.loads(pickle.dumps(pack_records(records))))
+        assert [r.obs.dtype for r in back] == [np.float32, np.float64, np.int64]
+
+    def test_a_batch_of_closes_only(self):
+        records = [Experience("close", 0), Experience("close", "e1")]
+        assert unpack_records(pack_records(records)) == records

@@ -15,7 +15,13 @@ from torch.distributions import Categorical
 
 from syllabus_eval import CurriculumError, EvaluationError
 from syllabus_eval.adapters import CleanRLEvaluator, DummyEvaluator, MoolibEvaluator
-from syllabus_eval.curricula import CurriculumWrapper, Experience, PrioritizedLevelReplay, gae
+from syllabus_eval.curricula import (
+    Curriculum,
+    CurriculumWrapper,
+    Experience,
+    PrioritizedLevelReplay,
+    gae,
+)
 from syllabus_eval.demo.agents import LSTMAgent, MLPAgent
 from tests.models import MoolibNet
 
@@ -141,6 +147,58 @@ class TestValueScores:
         scores, _ = score(interleaved)
         assert scores == pytest.approx({"a": (1.40625 + 0.875 + 1.5) / 3,
                                         "b": (1.953 + 0.34 + 4.2) / 3})
+
+
+class TestBatches:
+    """``observe_batch``, a hosted curriculum's path: one hand-over per client batch."""
+
+    A_TERMINATED = (1.40625 + 0.875 + 1.5) / 3  # worked out above
+    B_TRUNCATED = (1.953 + 0.34 + 4.2) / 3
+
+    def streams(self):
+        a, b = episode(0, "a", VALUES, REWARDS), episode(1, "b", VALUES, REWARDS, "truncated")
+        return [record for pair in zip(a, b) for record in pair]
+
+    @pytest.mark.parametrize("chunk, batch_size, queue_size", [
+        (3, 2, 4096),  # chunks split across the worker's batches
+        (8, 256, 4096),  # one batch of everything
+        (8, 1, 2),  # chunks larger than the queue: each goes in once the queue is empty
+    ])
+    def test_batches_give_the_scores_worked_out_by_hand(self, chunk, batch_size, queue_size):
+        records = self.streams()
+        with PrioritizedLevelReplay(["a", "b"], CleanRLEvaluator(LinearAgent()), gamma=GAMMA,
+                                    gae_lambda=LAMBDA, batch_size=batch_size,
+                                    queue_size=queue_size) as plr:
+            for start in range(0, len(records), chunk):
+                plr.observe_batch(records[start:start + chunk])
+            plr.flush(timeout=30)
+            assert plr.task_scores() == pytest.approx({"a": self.A_TERMINATED,
+                                                       "b": self.B_TRUNCATED})
+            assert plr.scored_steps() == {"a": 3, "b": 3}
+
+    def test_a_bad_record_refuses_the_whole_batch(self):
+        with PrioritizedLevelReplay(["a", "b"], CleanRLEvaluator(LinearAgent())) as plr:
+            with pytest.raises(ValueError, match="experience.task: expected one of"):
+                plr.observe_batch(episode(0, "a", VALUES, REWARDS)
+                                  + [Experience("reset", 1, "c", np.zeros(1, np.float32))])
+            plr.flush(timeout=30)
+            assert plr.scored_steps() == {}
+
+    def test_a_curriculum_without_its_own_takes_each_record_in_order(self):
+        class Recording(Curriculum):
+            wants_experience = True
+
+            def __init__(self):
+                super().__init__(2)
+                self.seen = []
+
+            def observe(self, experience):
+                self.seen.append(experience)
+
+        records = self.streams()
+        curriculum = Recording()
+        curriculum.observe_batch(records)
+        assert curriculum.seen == records
 
 
 class TestPolicyScores:
@@ -531,6 +589,14 @@ class TestWorkerFailures:
         with pytest.raises(EvaluationError):
             for _ in range(100):  # the worker dies on the first; the queue fills, then raises
                 plr.observe(Experience("reset", 0, "a", np.zeros(3)))
+        plr.close()
+
+    def test_a_producer_blocked_on_a_batch_is_released(self):
+        plr = self.failing_plr(queue_size=2, batch_size=1)
+        with pytest.raises(EvaluationError):
+            for _ in range(100):  # the worker dies on the first; the queue fills, then raises
+                plr.observe_batch([Experience("reset", 0, "a", np.zeros(3))] * 2)
+        plr.observe_batch([Experience("close", 0)] * 2)  # closing envs: no raise
         plr.close()
 
     def test_step_before_reset(self):
