@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,7 +106,10 @@ class ScoringWorker:
         self._chunks: deque[list[Experience]] = deque()
         self._waiting = 0  # records in the chunks
         self._stopping = False  # set by close(): score what is queued, then stop
-        self._room = threading.Condition()  # guards the queue
+        self._hurry = 0  # flush() calls waiting: take what is queued, full batch or not
+        queue_lock = threading.Lock()  # guards the queue; its two conditions:
+        self._filled = threading.Condition(queue_lock)  # the thread waits for records
+        self._freed = threading.Condition(queue_lock)  # producers wait for room
         self._cond = threading.Condition()  # guards the counters below
         self._closed = False
         self._putting = 0  # put() calls between their closed-check and their put
@@ -158,25 +160,37 @@ class ScoringWorker:
     def _enqueue(self, chunk: list[Experience]) -> bool:
         """Append ``chunk`` once there is room; ``False`` if the thread ended first (a wait
         re-checks every few milliseconds, so a thread that died cannot leave it blocked)."""
-        with self._room:
+        with self._freed:
             while self._waiting and self._waiting + len(chunk) > self.queue_size:
                 if not self._thread.alive:
                     return False
-                self._room.wait(POLL_S)
+                self._freed.wait(POLL_S)
             if not self._thread.alive:
                 return False
+            before = self._waiting
             self._chunks.append(chunk)
             self._waiting += len(chunk)
-            self._room.notify_all()
+            # Wake the thread only where it may wait: for a first record, or for a full batch
+            # (a wake-up per record would take the GIL from a training thread each time).
+            if before == 0 or before < self.batch_size <= self._waiting:
+                self._filled.notify()
         return True
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every record put before this call has been scored."""
-        with self._cond:
-            target = self._received
-            done = self._cond.wait_for(
-                lambda: self._processed >= target or self._thread.error is not None
-                or not self._thread.alive, timeout)
+        """Wait until every record put before this call has been scored (the thread takes
+        what is queued at once, without waiting ``batch_wait`` for a full batch)."""
+        with self._filled:
+            self._hurry += 1
+            self._filled.notify()
+        try:
+            with self._cond:
+                target = self._received
+                done = self._cond.wait_for(
+                    lambda: self._processed >= target or self._thread.error is not None
+                    or not self._thread.alive, timeout)
+        finally:
+            with self._filled:
+                self._hurry -= 1
         self._thread.check()
         if not done:
             raise TimeoutError(f"flush: {target - self._processed} records still unscored "
@@ -187,9 +201,9 @@ class ScoringWorker:
         with self._cond:
             self._closed = True
             self._cond.wait_for(lambda: self._putting == 0)
-        with self._room:
+        with self._filled:
             self._stopping = True
-            self._room.notify_all()
+            self._filled.notify()
         self._thread.join()
 
     def check(self) -> None:
@@ -225,14 +239,11 @@ class ScoringWorker:
 
     def _take_batch(self) -> tuple[list[Experience], bool]:
         """Up to ``batch_size`` records, oldest first, and whether to stop after them."""
-        with self._room:
-            self._room.wait_for(lambda: self._waiting or self._stopping)
-            short = self._waiting < self.batch_size and not self._stopping
-        if short:
-            # One sleep rather than a wake-up per chunk: each wake-up takes a core from
-            # training for a few records.
-            time.sleep(self.batch_wait)
-        with self._room:
+        with self._filled:
+            self._filled.wait_for(lambda: self._waiting or self._stopping)
+            # Up to batch_wait for a full batch: one query for many records.
+            self._filled.wait_for(lambda: self._waiting >= self.batch_size or self._stopping
+                                  or self._hurry, self.batch_wait)
             batch: list[Experience] = []
             while self._chunks and len(batch) < self.batch_size:
                 chunk = self._chunks.popleft()
@@ -242,7 +253,7 @@ class ScoringWorker:
                     chunk = chunk[:room]
                 batch.extend(chunk)
             self._waiting -= len(batch)
-            self._room.notify_all()
+            self._freed.notify_all()
             return batch, self._stopping and not self._chunks
 
     def _process(self, batch: list[Experience]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from functools import partial
 
@@ -175,6 +176,17 @@ class TestBatches:
             assert plr.task_scores() == pytest.approx({"a": self.A_TERMINATED,
                                                        "b": self.B_TRUNCATED})
             assert plr.scored_steps() == {"a": 3, "b": 3}
+
+    def test_flush_does_not_wait_for_a_full_batch(self):
+        # batch_wait is how long the worker waits for batch_size records; a flush has the
+        # worker take what it has at once (Robust PLR and hosted servers flush often).
+        with PrioritizedLevelReplay(["a", "b"], CleanRLEvaluator(LinearAgent()), gamma=GAMMA,
+                                    gae_lambda=LAMBDA, batch_size=256, batch_wait=30.0) as plr:
+            plr.observe_batch(episode(0, "a", VALUES, REWARDS))
+            started = time.monotonic()
+            plr.flush(timeout=10)
+            assert time.monotonic() - started < 10
+            assert plr.task_scores() == pytest.approx({"a": self.A_TERMINATED})
 
     def test_a_bad_record_refuses_the_whole_batch(self):
         with PrioritizedLevelReplay(["a", "b"], CleanRLEvaluator(LinearAgent())) as plr:
