@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable
 
@@ -37,20 +36,6 @@ class BackgroundThread:
             self._target()
         except BaseException as error:  # kept for the caller: never swallowed
             self.error = error
-
-    def feed(self, channel: queue.Queue, item: object) -> bool:
-        """Put ``item`` on a bounded queue this thread drains; ``False`` if it ended first.
-
-        A blocked put re-checks every few milliseconds, so a thread that dies while the queue
-        is full cannot leave the caller waiting forever.
-        """
-        while self.alive:
-            try:
-                channel.put(item, timeout=POLL_S)
-                return True
-            except queue.Full:
-                pass
-        return False
 
     def check(self) -> None:
         """Raise the thread's failure, if it failed."""

@@ -51,7 +51,7 @@ def pack_records(records: Sequence[Experience]) -> tuple:
     where they are arrays of one shape and dtype (pickling each record's array cost 4x more,
     on the training thread)."""
     if not records:
-        return "", [], [], [], np.zeros(0), np.zeros(0, bool), np.zeros(0, bool)
+        return "", (), (), (), np.zeros(0), np.zeros(0, bool), np.zeros(0, bool)
     kinds, env_ids, tasks, obs, rewards, terminated, truncated = zip(*records)  # in C
     kinds = "".join([kind[0] for kind in kinds])
     if "c" in kinds:  # close records carry no observation
@@ -61,9 +61,8 @@ def pack_records(records: Sequence[Experience]) -> tuple:
         shape, dtype = first.shape, first.dtype
         if all([type(o) is np.ndarray and o.shape == shape and o.dtype == dtype for o in obs]):
             obs = np.array(obs)  # [B, ...]: several times faster than np.stack
-    return (kinds, list(env_ids), list(tasks), list(obs) if isinstance(obs, tuple) else obs,
-            np.array(rewards, dtype=np.float64), np.array(terminated, dtype=bool),
-            np.array(truncated, dtype=bool))
+    return (kinds, env_ids, tasks, obs, np.array(rewards, dtype=np.float64),
+            np.array(terminated, dtype=bool), np.array(truncated, dtype=bool))
 
 
 _KINDS = {kind[0]: kind for kind in EXPERIENCE_KINDS}

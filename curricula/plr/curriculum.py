@@ -196,7 +196,10 @@ class PrioritizedLevelReplay(Curriculum):
         :meth:`close` they are ignored (it already scored what their envs played), after a
         failure too (their envs have nothing left to score; the failure is raised elsewhere).
         """
-        self.observe_batch((experience,))
+        self._check_record(experience)
+        if self._robust is not None and experience.kind != "close":
+            self._robust.check()
+        self._worker.put(experience)  # the rollout loop's path: one record, no batch around it
 
     def observe_batch(self, records: Sequence[Experience]) -> None:
         """Queue records of environments' streams, in order, in one hand-over to the worker
@@ -204,19 +207,21 @@ class PrioritizedLevelReplay(Curriculum):
         but one lock and one wake-up for all. A batch of only ``close`` records raises no
         failure."""
         for experience in records:
-            if not isinstance(experience, Experience):
-                raise bad_argument("experience", "an Experience record", experience)
-            if experience.kind not in EXPERIENCE_KINDS:
-                raise bad_argument("experience.kind", f"one of {list(EXPERIENCE_KINDS)}",
-                                   experience.kind)
-            if not isinstance(experience.env_id, Hashable):
-                raise bad_argument("experience.env_id", "a hashable env id",
-                                   experience.env_id)
-            if experience.kind == "reset":
-                self.task_space.index(experience.task, "experience.task")
+            self._check_record(experience)
         if self._robust is not None and any(record.kind != "close" for record in records):
             self._robust.check()
         self._worker.put_many(records)
+
+    def _check_record(self, experience: Experience) -> None:
+        if not isinstance(experience, Experience):
+            raise bad_argument("experience", "an Experience record", experience)
+        if experience.kind not in EXPERIENCE_KINDS:
+            raise bad_argument("experience.kind", f"one of {list(EXPERIENCE_KINDS)}",
+                               experience.kind)
+        if not isinstance(experience.env_id, Hashable):
+            raise bad_argument("experience.env_id", "a hashable env id", experience.env_id)
+        if experience.kind == "reset":
+            self.task_space.index(experience.task, "experience.task")
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every record observed before this call has been scored (in robust

@@ -128,15 +128,16 @@ class ScoringWorker:
         env at its first sub-env (issue #19). The failure stays for the next call that needs
         the worker, or for :meth:`close`.
         """
-        self.put_many((experience,))
+        self._put([experience], experience.kind == "close")
 
     def put_many(self, records: Sequence[Experience]) -> None:
         """Queue checked records, in order, as one chunk; blocks while the queue has no room
         for them (a chunk larger than the queue waits until it is empty). A chunk of only
         ``close`` records raises no failure (see :meth:`put`)."""
-        if not records:
-            return
-        closing = all(record.kind == "close" for record in records)
+        if records:
+            self._put(list(records), all(record.kind == "close" for record in records))
+
+    def _put(self, chunk: list[Experience], closing: bool) -> None:
         with self._cond:
             if self._closed:
                 if closing:
@@ -148,13 +149,13 @@ class ScoringWorker:
         try:
             if not closing:
                 self._thread.check()
-            queued = self._enqueue(list(records))
+            queued = self._enqueue(chunk)
             if not closing:
                 self._thread.check()  # it ended before taking the records: it failed
         finally:
             with self._cond:
                 self._putting -= 1
-                self._received += len(records) if queued else 0
+                self._received += len(chunk) if queued else 0
                 self._cond.notify_all()
 
     def _enqueue(self, chunk: list[Experience]) -> bool:
