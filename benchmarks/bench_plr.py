@@ -22,17 +22,21 @@ The first three train side by side in one process, one PPO iteration (about 0.1 
 the order rotating: this machine's speed drifts (the same loop went from 81 to 98 ms per
 iteration within a minute), and alternating at this grain cancels most of it: two identical
 loops measured this way gave per-round ratios of 0.94-1.10 (median 1.01) over 20 rounds of 12
-iterations, against 0.81-1.09 (median 0.96) for 7 rounds of whole runs back to back. A PLR set-
-up's iteration ends once its curriculum has scored everything it was given (``flush``): no
-scoring spills into another set-up's time, and PLR is charged the wait for its last batch (under
-1 ms per iteration here). PLR in the training process cannot train beside the others: while its
-worker thread lives, the intra-op threads its queries start slowed every loop in the process
-(the plain loop to 0.4x its speed at two threads); it is measured in whole runs, each closing
-its PLR, interleaved with whole plain runs. All of it runs with torch's default intra-op threads
-and again with one. Then the worker's scoring capacity: recorded CartPole episodes pushed into
-PLR as fast as one thread can, timed until every step is scored (feedforward and recurrent
-agents: the recurrent one scores whole segments, one ``get_value_sequence`` query per batch);
-the weights do not change meanwhile, so it is an upper bound. It is measured in rounds
+iterations, against 0.81-1.09 (median 0.96) for 7 rounds of whole runs back to back. The worker
+process set-up's iteration ends once its curriculum has scored every batch the client shipped
+(``server.call("flush")``): no scoring spills into another set-up's time, and PLR is charged the
+wait for its last batch (1-2 ms per iteration here), which in training overlaps the next
+rollout. The records still in the client's buffer ship with the loop's next records, in PLR's
+own time, as in training (``server.flush()`` would also ship them: a partial batch, sent and
+scored while training waits, that training never pays for). PLR in the training process cannot
+train beside the others: while its worker thread lives, the intra-op threads its queries start
+slowed every loop in the process (the plain loop to 0.4x its speed at two threads); it is
+measured in whole runs, each closing its PLR, interleaved with whole plain runs. All of it runs
+with torch's default intra-op threads and again with one. Then the worker's scoring capacity:
+recorded CartPole episodes pushed into PLR as fast as one thread can, timed until every step is
+scored (feedforward and recurrent agents: the recurrent one scores whole segments, one
+``get_value_sequence`` query per batch); the weights do not change meanwhile, so it is an upper
+bound. It is measured in rounds
 interleaved with the plain loop at one thread, its baseline. Everything is reported as env steps
 per second and as ratios to the plain loop of the same round, median (min-max) over rounds.
 
@@ -145,13 +149,13 @@ def scoring_capacity(make_evaluator: Callable[[], object], records: list[Experie
 
 
 def compare(setups: list[str], rounds: int, iterations: int, probe: gym.vector.VectorEnv
-            ) -> dict[str, tuple[float, str]]:
+            ) -> dict[str, tuple[float, str, str]]:
     """Per set-up of ``setups`` (``"plain"`` among them): the median env steps/s over rounds and
     its per-round ratios to the plain loop. The set-ups train side by side, one PPO
     iteration each in turn (the order rotating), so that the machine's drift hits them
-    alike; a PLR set-up's iteration ends once its curriculum has scored all it was given
-    (``flush``), so no scoring spills into another set-up's time. A round is ``iterations``
-    iterations of each."""
+    alike; a PLR set-up's iteration ends once its curriculum has scored all the client shipped
+    (module docs), so no scoring spills into another set-up's time. A round is ``iterations``
+    iterations of each. PLR set-ups also get their ratio to domain randomization's round."""
     agents = {name: MLPAgent(probe) for name in setups}
     with contextlib.ExitStack() as stack:
         builders = {
@@ -166,15 +170,17 @@ def compare(setups: list[str], rounds: int, iterations: int, probe: gym.vector.V
         for name, curriculum in curricula.items():
             source = getattr(curriculum, "client", curriculum)
             envs = stack.enter_context(contextlib.closing(make_envs(source)))  # before its host
-            runs[name] = (PPOTrainer(envs, agents[name], CONFIG, seed=0).iterate(total),
-                          getattr(curriculum, "flush", None))
+            # All the client shipped is scored; its buffer goes with the next records.
+            scored = (partial(curriculum.call, "flush")
+                      if isinstance(curriculum, LocalCurriculumServer) else None)
+            runs[name] = (PPOTrainer(envs, agents[name], CONFIG, seed=0).iterate(total), scored)
 
         def one_iteration(name: str) -> float:
-            iterations_left, flush = runs[name]
+            iterations_left, scored = runs[name]
             start = time.perf_counter()
             next(iterations_left)
-            if flush is not None:
-                flush()
+            if scored is not None:
+                scored()
             return time.perf_counter() - start
 
         for name in setups:  # warm-up: first calls, allocations, the OS's caches
@@ -192,16 +198,18 @@ def compare(setups: list[str], rounds: int, iterations: int, probe: gym.vector.V
                 seconds[name].append(spent[name])
     steps = iterations * CONFIG.num_steps * NUM_ENVS
     rates = {name: [steps / spent for spent in seconds[name]] for name in setups}
-    return {name: (statistics.median(values), ratio_text(values, rates["plain"]))
+    wrapped = rates.get("domain randomization")
+    return {name: (statistics.median(values), ratio_text(values, rates["plain"]),
+                   ratio_text(values, wrapped) if wrapped and name.startswith("PLR") else "")
             for name, values in rates.items()}
 
 
 def in_process(rounds: int, iterations: int, probe: gym.vector.VectorEnv
-               ) -> tuple[float, str]:
+               ) -> tuple[float, str, str]:
     """PLR with its worker thread in the training process: whole runs of ``iterations``
     iterations, interleaved with whole plain runs (while its thread lives, the intra-op
-    threads its queries start slow any loop trained beside it). The median env steps/s and
-    the ratio text."""
+    threads its queries start slow any loop trained beside it). The median env steps/s, the
+    ratio text to plain, and an empty one (no domain randomization beside it)."""
 
     def with_plr(round_: int) -> float:
         agent = MLPAgent(probe)
@@ -221,7 +229,7 @@ def in_process(rounds: int, iterations: int, probe: gym.vector.VectorEnv
                                                       iterations, round_),
                         "PLR": with_plr}, rounds + 1)  # the first round: a warm-up
     return (statistics.median(runs["PLR"][1:]),
-            ratio_text(runs["PLR"][1:], runs["plain"][1:]))
+            ratio_text(runs["PLR"][1:], runs["plain"][1:]), "")
 
 
 class CartPoleRunner:
@@ -351,9 +359,12 @@ def main() -> None:
           "iterations (PLR in the training process: whole runs of as many iterations, "
           "interleaved with plain ones): median env steps/s, median ratio to the plain loop of "
           "the same round (min-max)\n")
-    rows = [[threads, f"training, {name}", f"{rate:,.0f}", ratio]
-            for threads, rates in results.items() for name, (rate, ratio) in rates.items()]
-    print(format_table(rows, ["torch threads", "set-up", "env steps/s", "vs plain"]))
+    rows = [[threads, f"training, {name}", f"{rate:,.0f}", *ratios]
+            for threads, rates in results.items() for name, (rate, *ratios) in rates.items()]
+    print(format_table(rows, ["torch threads", "set-up", "env steps/s", "vs plain",
+                              "vs domain randomization"]))
+    print("\n(vs domain randomization: the same loop through the same wrapper, its curriculum "
+          "scoring nothing: what PLR's scoring costs on its own)")
     print("\nPLR worker capacity (records queued up front, torch threads: 1; the weights do "
           "not change meanwhile, so no copies: an upper bound) against the plain loop at 1 "
           f"thread ({statistics.median(capacity['plain']):,.0f} env steps/s), {rounds} "

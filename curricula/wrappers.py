@@ -104,10 +104,10 @@ class CurriculumWrapper(gym.Wrapper):
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        if self._streaming:
+        if self._streaming:  # once per env step: positional fields, arrays copied inline
             self.curriculum.observe(Experience(
-                "step", self.env_id, obs=_snapshot(obs), reward=float(reward),
-                terminated=bool(terminated), truncated=bool(truncated)))
+                "step", self.env_id, None, obs.copy() if type(obs) is np.ndarray
+                else _snapshot(obs), float(reward), bool(terminated), bool(truncated)))
         return obs, reward, terminated, truncated, {**info, "task": self.task}
 
     def close(self) -> None:

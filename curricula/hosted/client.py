@@ -33,7 +33,6 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,17 +42,26 @@ from syllabus_eval.errors import CurriculumError, bad_argument, check_count, che
 from ..curriculum import EXPERIENCE_KINDS, Experience
 
 _connecting = threading.Lock()
-os.register_at_fork(after_in_child=lambda: globals().update(_connecting=threading.Lock()))
+# This process's id, kept here: a record's path compares it with its link's owner, and a
+# getpid() call per env step would cost the training thread more than the comparison.
+_pid = os.getpid()
+os.register_at_fork(after_in_child=lambda: globals().update(_connecting=threading.Lock(),
+                                                            _pid=os.getpid()))
 
 
-def pack_records(records: Sequence[Experience]) -> tuple:
-    """Records as columns, for one cheap pickle: the observations of a batch as one array
-    where they are arrays of one shape and dtype (pickling each record's array cost 4x more,
-    on the training thread)."""
-    if not records:
-        return "", (), (), (), np.zeros(0), np.zeros(0, bool), np.zeros(0, bool)
-    kinds, env_ids, tasks, obs, rewards, terminated, truncated = zip(*records)  # in C
-    kinds = "".join([kind[0] for kind in kinds])
+FIELDS = len(Experience._fields)  # a record's fields in a buffer of fields
+
+
+def pack_records(fields: list) -> tuple:
+    """Buffered records as columns, for one cheap pickle.
+
+    ``fields`` holds the records' fields one after the other (``FIELDS`` per record, in
+    :class:`Experience`'s order), as :class:`Link` buffers them. The observations of a batch
+    go as one array where they are arrays of one shape and dtype (pickling each record's
+    array cost 4x more, on the training thread).
+    """
+    kinds = "".join([kind[0] for kind in fields[0::FIELDS]])
+    obs = fields[3::FIELDS]
     if "c" in kinds:  # close records carry no observation
         obs = [o for kind, o in zip(kinds, obs) if kind != "c"]
     first = obs[0] if obs else None
@@ -61,8 +69,9 @@ def pack_records(records: Sequence[Experience]) -> tuple:
         shape, dtype = first.shape, first.dtype
         if all([type(o) is np.ndarray and o.shape == shape and o.dtype == dtype for o in obs]):
             obs = np.array(obs)  # [B, ...]: several times faster than np.stack
-    return (kinds, env_ids, tasks, obs, np.array(rewards, dtype=np.float64),
-            np.array(terminated, dtype=bool), np.array(truncated, dtype=bool))
+    return (kinds, fields[1::FIELDS], fields[2::FIELDS], obs,
+            np.array(fields[4::FIELDS], dtype=np.float64),
+            np.array(fields[5::FIELDS], dtype=bool), np.array(fields[6::FIELDS], dtype=bool))
 
 
 _KINDS = {kind[0]: kind for kind in EXPERIENCE_KINDS}
@@ -89,16 +98,24 @@ class Link:
     transports implement :meth:`_send`, :meth:`_await_tasks`, :meth:`_sync`, :meth:`_stop`).
 
     ``send_lock`` orders ships (a batch is taken and sent under it); ``cond`` guards the
-    buffers and is never held while sending, so replies are taken while a ship waits.
+    buffers and is never held while sending, so replies are taken while a ship waits. The
+    record path, once per env step on the training thread, holds ``cond``'s lock itself: the
+    same exclusion without the condition's Python-level enter and exit.
+
+    Records are buffered as their fields in one flat list, not as the records themselves: a
+    record is a tuple the garbage collector tracks, and a thousand of them held at a time
+    set off the full collections that cost a torch process a tenth of a second each (the
+    fields, strings, numbers and arrays, are not tracked).
     """
 
     def __init__(self, client: HostedClient) -> None:
-        self.pid = os.getpid()
-        self.batch_records, self.prefetch = client.batch_records, client.prefetch
+        self.pid = _pid
+        self.batch_fields, self.prefetch = client.batch_records * FIELDS, client.prefetch
         self.max_delay, self.timeout = client.max_delay, client.timeout
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.send_lock = threading.Lock()
-        self.records: list[Experience] = []
+        self.fields: list = []  # the buffered records' fields, FIELDS per record
         self.first_at = 0.0  # when the oldest buffered record came
         self.tasks: deque = deque()  # drawn ahead
         self.asked = 0  # draws asked for and not answered yet
@@ -107,25 +124,30 @@ class Link:
     # --- the client's calls --------------------------------------------------------------------
 
     def observe(self, experience: Experience) -> None:
-        closing = experience.kind == "close"
-        with self.cond:
+        if experience.kind == "close":
+            self._observe_close(experience)
+            return
+        with self.lock:
             if self.failure is not None:
-                if closing:
-                    return  # the env is going away; the failure is reported elsewhere
                 raise CurriculumError(self.failure)
-            records = self.records
-            records.append(experience)
+            fields = self.fields
+            fields.extend(experience)
             now = time.monotonic()
-            if len(records) == 1:
+            if len(fields) == FIELDS:
                 self.first_at = now
-            due = (closing or len(records) >= self.batch_records
+            due = (len(fields) >= self.batch_fields
                    or now - self.first_at >= self.max_delay)
-        if closing:
-            # The env may be in a process about to exit: wait until the host took it all.
-            with contextlib.suppress(CurriculumError, TimeoutError):
-                self.flush(None)
-        elif due:
+        if due:
             self.ship(0)
+
+    def _observe_close(self, experience: Experience) -> None:
+        with self.lock:
+            if self.failure is not None:
+                return  # the env is going away; the failure is reported elsewhere
+            self.fields.extend(experience)
+        # The env may be in a process about to exit: wait until the host took it all.
+        with contextlib.suppress(CurriculumError, TimeoutError):
+            self.flush(None)
 
     def sample(self, k: int) -> list:
         deadline = time.monotonic() + self.timeout
@@ -150,16 +172,16 @@ class Link:
         """Send the buffered records (and a request for ``draws`` tasks), in order."""
         with self.send_lock:
             with self.cond:
-                records, self.records = self.records, []
+                fields, self.fields = self.fields, []
                 if self.failure is not None:
                     if quiet:
                         return
                     raise CurriculumError(self.failure)
                 self.asked += draws
-            if not records and not draws:
+            if not fields and not draws:
                 return
             try:
-                self._send(records, draws)
+                self._send(fields, draws)
             except (CurriculumError, TimeoutError):
                 if not quiet:
                     raise
@@ -199,9 +221,10 @@ class Link:
 
     # --- the transport ---------------------------------------------------------------------------
 
-    def _send(self, records: list[Experience], draws: int) -> None:
-        """Deliver one batch and a draw request, after those sent before (``send_lock`` is
-        held); may block while the host is behind. Raise ``self.fail(...)`` if it cannot."""
+    def _send(self, fields: list, draws: int) -> None:
+        """Deliver one batch (its records' fields, for :func:`pack_records`) and a draw
+        request, after those sent before (``send_lock`` is held); may block while the host is
+        behind. Raise ``self.fail(...)`` if it cannot."""
         raise NotImplementedError
 
     def _await_tasks(self, k: int, deadline: float) -> None:
@@ -248,33 +271,35 @@ class HostedClient:
         if experience.kind not in EXPERIENCE_KINDS:
             raise bad_argument("experience.kind", f"one of {list(EXPERIENCE_KINDS)}",
                                experience.kind)
-        try:
-            link = self._here()
-        except CurriculumError:
-            if experience.kind == "close":
-                return  # no host to connect to: nothing to tell it
-            raise
+        link = self._link
+        if link is None or link.pid != _pid:
+            try:
+                link = self._here()
+            except CurriculumError:
+                if experience.kind == "close":
+                    return  # no host to connect to: nothing to tell it
+                raise
         link.observe(experience)
 
     def flush(self, timeout: float | None = None) -> None:
         """Ship the buffered records and wait until the host has handed them to the
         curriculum (then the server's ``flush`` waits for their scores)."""
         link = self._link
-        if link is not None and link.pid == os.getpid():
+        if link is not None and link.pid == _pid:
             link.flush(timeout)
 
     def close(self) -> None:
         """Ship what is buffered and let go of this process's connection (idempotent)."""
         link = self._link
-        if link is not None and link.pid == os.getpid():
+        if link is not None and link.pid == _pid:
             link.close()
 
     def _here(self) -> Link:
         link = self._link
-        if link is None or link.pid != os.getpid():
+        if link is None or link.pid != _pid:
             with _connecting:
                 link = self._link
-                if link is None or link.pid != os.getpid():
+                if link is None or link.pid != _pid:
                     link = self._link = self._connect()
         return link
 

@@ -78,10 +78,10 @@ class _ProcessLink(Link):
                                        name="hosted curriculum client")
         self.reader.start()
 
-    def _send(self, records: list, draws: int) -> None:
+    def _send(self, fields: list, draws: int) -> None:
         # Plain pickle: multiprocessing's pickler copies its reducer table (torch registers
         # dozens) at every send, on the training thread; the worker's recv unpickles it alike.
-        message = pickle.dumps(("exchange", pack_records(records), draws),
+        message = pickle.dumps(("exchange", pack_records(fields), draws),
                                protocol=pickle.HIGHEST_PROTOCOL)
         try:
             self.conn.send_bytes(message)

@@ -25,6 +25,7 @@ scored as truncated at the close).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 import time
@@ -67,6 +68,7 @@ class _CurriculumActor:
             self.host = CurriculumHost.from_spec(spec)
         except Exception as error:
             self.failure = RemoteFailure.of(error)
+        gc.freeze()  # as the worker process does (worker.py): full collections skip the rest
 
     def ready(self) -> Outcome:
         if self.host is None:
@@ -116,10 +118,10 @@ class _RayLink(Link):
                                         name="hosted curriculum watcher")
         self.watcher.start()
 
-    def _send(self, records: list, draws: int) -> None:
+    def _send(self, fields: list, draws: int) -> None:
         self._settle(self.timeout)
         try:
-            call = self.actor.exchange.remote(pack_records(records), draws)
+            call = self.actor.exchange.remote(pack_records(fields), draws)
         except Exception as error:  # Ray gone in this process
             raise self.fail(_died(self.name, error)) from None
         self.in_flight = call, draws

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import multiprocessing
 import os
 import secrets
@@ -59,6 +60,10 @@ def host_main(control: connection.Connection, spec: bytes, authkey: bytes,
     except BaseException as error:
         control.send(Outcome(failure=RemoteFailure.of(error)))
         _exit(1)
+    # What exists now (torch, the curriculum and its agent) lives as long as the process: out
+    # of the collector's sight, a full collection no longer walks it (0.3 s of CPU for PLR's
+    # worker, taken from the learner's cores).
+    gc.freeze()
     listener = _listen(authkey)
     clients = _ClientConnections(host, listener)
     control.send(Outcome((listener.address, host.wants_experience, os.getpid())))

@@ -146,3 +146,17 @@ def domain_randomization() -> Any:
 
 def not_a_curriculum() -> list:
     return [1, 2]
+
+
+def heap_report() -> Any:
+    """Domain randomization that tells how many objects its process froze out of the
+    collector's sight (``frozen_objects``)."""
+    import gc
+
+    from syllabus_eval.curricula import DomainRandomization
+
+    class HeapReport(DomainRandomization):
+        def frozen_objects(self) -> int:
+            return gc.get_freeze_count()
+
+    return HeapReport([2, 3, 5], seed=0)

@@ -39,6 +39,7 @@ from tests.curricula.hosting import (
     double_the_critic,
     dummy_plr,
     episode,
+    heap_report,
     linear_plr,
     mlp_plr,
     not_a_curriculum,
@@ -285,6 +286,12 @@ class TestLifecycle:
             os.kill(pid, 0)
         assert not memory.exists()
         assert server.task_scores() == {}  # the final tables stay
+
+    def test_the_workers_start_up_heap_is_out_of_the_collectors_sight(self, no_leaked_threads):
+        # torch, the curriculum and its agent live as long as the worker: a full collection
+        # that walked them would take a tenth of a second from the learner's cores.
+        with LocalCurriculumServer(heap_report) as server:
+            assert server.call("frozen_objects") > 10_000
 
     def test_interpreter_exit_ends_the_worker(self):
         script = ("from tests.curricula.hosting import linear_plr, LinearAgent\n"

@@ -149,6 +149,12 @@ class TestFailures:
         assert server.task_scores() == {}  # the final tables stay
         assert ray.is_initialized()  # the user's Ray, left running
 
+    def test_the_actors_start_up_heap_is_out_of_the_collectors_sight(self, ray_cluster):
+        from tests.curricula.hosting import heap_report
+
+        with RayCurriculumServer(heap_report, num_cpus=1) as server:
+            assert server.call("frozen_objects") > 10_000
+
     def test_a_factory_that_builds_no_curriculum(self, ray_cluster):
         from tests.curricula.hosting import not_a_curriculum
 
