@@ -25,7 +25,7 @@ loops measured this way gave per-round ratios of 0.94-1.10 (median 1.01) over 20
 iterations, against 0.81-1.09 (median 0.96) for 7 rounds of whole runs back to back. The worker
 process set-up's iteration ends once its curriculum has scored every batch the client shipped
 (``server.call("flush")``): no scoring spills into another set-up's time, and PLR is charged the
-wait for its last batch (1-2 ms per iteration here), which in training overlaps the next
+wait for its last batch (about 0.5 ms per iteration here), which in training overlaps the next
 rollout. The records still in the client's buffer ship with the loop's next records, in PLR's
 own time, as in training (``server.flush()`` would also ship them: a partial batch, sent and
 scored while training waits, that training never pays for). PLR in the training process cannot
@@ -36,9 +36,10 @@ with torch's default intra-op threads and again with one. Then the worker's scor
 recorded CartPole episodes pushed into PLR as fast as one thread can, timed until every step is
 scored (feedforward and recurrent agents: the recurrent one scores whole segments, one
 ``get_value_sequence`` query per batch); the weights do not change meanwhile, so it is an upper
-bound. It is measured in rounds
-interleaved with the plain loop at one thread, its baseline. Everything is reported as env steps
-per second and as ratios to the plain loop of the same round, median (min-max) over rounds.
+bound. It is measured in rounds interleaved with the plain loop at one thread, its baseline.
+Everything is reported as env steps per second and as ratios to the plain loop of the same
+round, median (min-max) over rounds; the PLR set-ups trained side by side also as ratios to
+domain randomization (the same wrapper, a curriculum that scores nothing).
 
 Last, env actors on Ray (a local Ray on this machine): 1, 2 and 4 actors, each stepping 4
 CartPole envs with random actions, plain or through CurriculumWrappers drawing from PLR hosted by
